@@ -1,0 +1,61 @@
+# churnlab: every command a person or CI needs. `make` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test lab lint format clean distclean lock bench
+
+help: ## print every target with one line of help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with the locked dependencies, the package and its Jupyter kernel
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; churnlab needs Python 3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name churnlab --display-name "churnlab (Python 3.11)" >/dev/null
+	@if [ -d .git ]; then $(BIN)/pre-commit install >/dev/null && echo "pre-commit hook installed (nbstripout, ruff)"; fi
+	touch $(STAMP)
+
+repro: setup ## run the whole pipeline on the configured data (dvc repro)
+	$(BIN)/dvc repro
+
+test: setup ## run every test: package, data, notebooks (nbval), model quality, end to end
+	$(BIN)/pytest
+
+lab: setup ## open JupyterLab on the project's kernel
+	$(BIN)/jupyter lab notebooks/
+
+lint: setup ## ruff over the package, the tests and the notebooks
+	$(BIN)/ruff check src tests notebooks bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup ## let ruff fix what it can
+	$(BIN)/ruff check --fix src tests notebooks bench
+	$(BIN)/ruff format src tests bench
+
+bench: setup ## measure the pipeline against the plain computation (writes bench/RESULTS.md)
+	$(BIN)/python bench/run.py
+
+lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	$(BIN)/python -m churnlab.lockfile environment.yml requirements.lock
+
+clean: ## remove run state, caches and failed-run leftovers (keeps data, models, .venv)
+	rm -rf .churnlab build .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)

@@ -1,0 +1,52 @@
+"""The ``churnlab`` command: what the DVC stages and the Makefile call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from churnlab.errors import ChurnlabError
+
+
+def _fetch(args) -> None:
+    from churnlab.config import get_key, load_params, project_root
+    from churnlab.fetch import fetch_raw
+
+    root = project_root()
+    params = load_params(root)
+    target = root / get_key(params, "paths.raw", "params/paths.yaml")
+    digest = fetch_raw(get_key(params, "data.source", "params/data.yaml"),
+                       get_key(params, "data.sha256", "params/data.yaml"), target, root)
+    print(f"[fetch] {target.relative_to(root)}: sha256 {digest}", file=sys.stderr)
+
+
+def _run(args) -> None:
+    from churnlab.runner import parse_overrides, run_stage
+
+    run_stage(args.stage, overrides=parse_overrides(args.set or []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="churnlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="put the raw data at paths.raw (params/data.yaml)")
+    fetch.set_defaults(handler=_fetch)
+    run = commands.add_parser("run", help="run one notebook stage of dvc.yaml with papermill")
+    run.add_argument("stage", help="the stage name in dvc.yaml")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one param key the stage reads (repeatable)")
+    run.set_defaults(handler=_run)
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except ChurnlabError as exc:
+        print(f"churnlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("churnlab: interrupted; earlier outputs were put back", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

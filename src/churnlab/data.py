@@ -1,0 +1,275 @@
+"""Reading, validating, cleaning and splitting the customer table.
+
+Every function takes the data description (``schema`` params) as an argument; none knows a
+column name of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from sklearn.model_selection import train_test_split
+
+from churnlab.errors import ChurnlabError
+
+# the prepared tables name these two columns the same whatever the source
+ID_COLUMN = "customer_id"
+TARGET_COLUMN = "churned"  # 0/1
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The description of a churn table, as given in ``params/data.yaml`` ``schema``."""
+
+    id_column: str
+    target: str
+    positive_label: Any
+    negative_label: Any
+    numeric: dict[str, dict]
+    categorical: dict[str, list | None]
+
+    @classmethod
+    def from_params(cls, schema: dict) -> TableSpec:
+        """Build a spec from the ``schema`` section, naming the key that is wrong."""
+        where = "params/data.yaml schema"
+        if not isinstance(schema, dict):
+            raise ChurnlabError(f"{where}: expected a mapping")
+        for key in ("id_column", "target", "positive_label", "negative_label"):
+            if schema.get(key) in (None, ""):
+                raise ChurnlabError(f"{where}.{key}: missing")
+        numeric = schema.get("numeric") or {}
+        categorical = schema.get("categorical") or {}
+        if not isinstance(numeric, dict) or not isinstance(categorical, dict):
+            raise ChurnlabError(f"{where}.numeric / .categorical: expected mappings")
+        for name, rule in numeric.items():
+            rule = rule or {}
+            if not isinstance(rule, dict) or set(rule) - {"min", "max", "nullable"}:
+                raise ChurnlabError(
+                    f"{where}.numeric.{name}: expected keys min, max, nullable; found {rule!r}"
+                )
+        for name, allowed in categorical.items():
+            if allowed is not None and not isinstance(allowed, list):
+                raise ChurnlabError(f"{where}.categorical.{name}: expected a list or null")
+        overlap = set(numeric) & set(categorical)
+        if overlap:
+            raise ChurnlabError(f"{where}: {sorted(overlap)} are both numeric and categorical")
+        if not numeric and not categorical:
+            raise ChurnlabError(f"{where}: no feature columns (numeric, categorical) described")
+        return cls(
+            id_column=str(schema["id_column"]),
+            target=str(schema["target"]),
+            positive_label=str(schema["positive_label"]),
+            negative_label=str(schema["negative_label"]),
+            numeric={k: dict(v or {}) for k, v in numeric.items()},
+            categorical={k: (None if v is None else [str(x) for x in v])
+                         for k, v in categorical.items()},
+        )
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.id_column, *self.features, self.target]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a raw CSV or Parquet file with every column as text (types come from the spec).
+
+    Raises:
+        ChurnlabError: a missing, empty or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ChurnlabError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ChurnlabError(f"{path}: the file is empty")
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(path)
+            frame = frame.astype({c: "str" for c in frame.columns if frame[c].dtype == object})
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas and pyarrow raise many types for an unreadable file
+        raise ChurnlabError(f"{path}: cannot be read as a table: {exc}") from None
+    if frame.empty:
+        raise ChurnlabError(f"{path}: the file has a header but no rows")
+    return frame
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Text values, stripped, with blanks as missing; numbers like 1.0 become '1'."""
+    if pd.api.types.is_float_dtype(series):
+        whole = series.dropna() % 1 == 0
+        if whole.all():
+            series = series.astype("Int64")
+    text = series.astype("str").str.strip()
+    return text.mask(series.isna() | (text == ""))
+
+
+def _to_number(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse numbers; return the numbers and a mask of the values that did not parse."""
+    text = _as_text(series)
+    numbers = pd.to_numeric(text, errors="coerce")
+    return numbers.astype("float64"), text.notna() & numbers.isna()
+
+
+def build_schema(spec: TableSpec) -> pa.DataFrameSchema:
+    """The pandera schema that the typed table must satisfy."""
+    columns: dict[str, pa.Column] = {
+        spec.id_column: pa.Column(str, nullable=False, unique=True),
+        spec.target: pa.Column(
+            str, pa.Check.isin([spec.positive_label, spec.negative_label]), nullable=False
+        ),
+    }
+    for name, rule in spec.numeric.items():
+        checks = []
+        if rule.get("min") is not None:
+            checks.append(pa.Check.ge(rule["min"]))
+        if rule.get("max") is not None:
+            checks.append(pa.Check.le(rule["max"]))
+        columns[name] = pa.Column(float, checks, nullable=bool(rule.get("nullable", False)))
+    for name, allowed in spec.categorical.items():
+        checks = [pa.Check.isin(allowed)] if allowed is not None else []
+        columns[name] = pa.Column(str, checks, nullable=False)
+    return pa.DataFrameSchema(columns, strict=False)
+
+
+def _describe_failures(cases: pd.DataFrame, where: str, max_examples: int = 3) -> str:
+    lines = []
+    cases = cases.copy()
+    cases["column"] = cases["column"].fillna("(table)")
+    for (column, check), group in cases.groupby(["column", "check"], sort=True):
+        shown = []
+        for _, case in group.head(max_examples).iterrows():
+            index = case["index"]
+            row = "" if pd.isna(index) else f"row {int(index) + 1}: "
+            value = case["failure_case"]
+            shown.append(f"{row}{'blank' if pd.isna(value) else repr(value)}")
+        more = f" (+{len(group) - max_examples} more)" if len(group) > max_examples else ""
+        lines.append(f"  - column '{column}', rule {check}: {len(group)} rows, "
+                     f"e.g. {'; '.join(shown)}{more}")
+    return f"{where}: the data does not match params/data.yaml schema:\n" + "\n".join(lines)
+
+
+def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame:
+    """Type the raw text table by the spec and check it; return the typed table.
+
+    All problems are reported at once: missing columns, values of the wrong type, values
+    out of range or not allowed, duplicate ids, unknown labels.
+
+    Raises:
+        ChurnlabError: naming ``where`` and, per column and rule, the count and example rows
+            (rows counted from 1, after the header).
+    """
+    missing = [c for c in spec.columns if c not in raw.columns]
+    if missing:
+        raise ChurnlabError(
+            f"{where}: missing column(s) {missing} named in params/data.yaml schema; "
+            f"the file has {list(raw.columns)}"
+        )
+    typed = pd.DataFrame(index=raw.index)
+    bad_type = []
+    for name in spec.columns:
+        if name in spec.numeric:
+            typed[name], unparsed = _to_number(raw[name])
+            for index in raw.index[unparsed]:
+                bad_type.append(
+                    {"column": name, "check": "is a number", "index": index,
+                     "failure_case": raw.at[index, name]}
+                )
+        else:
+            typed[name] = _as_text(raw[name])
+    try:
+        build_schema(spec).validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases[["column", "check", "index", "failure_case"]]
+        # a value that did not parse is reported as a type error, not again as missing
+        unparsed = {(case["column"], case["index"]) for case in bad_type}
+        repeated = [
+            (column, index) in unparsed and check == "not_nullable"
+            for column, index, check in zip(cases["column"], cases["index"], cases["check"])
+        ]
+        cases = pd.concat([cases[~np.array(repeated, dtype=bool)], pd.DataFrame(bad_type)],
+                          ignore_index=True)
+        raise ChurnlabError(_describe_failures(cases, where)) from None
+    if bad_type:
+        raise ChurnlabError(_describe_failures(pd.DataFrame(bad_type), where))
+    return typed
+
+
+def clean_table(typed: pd.DataFrame, spec: TableSpec, fill_missing: dict) -> pd.DataFrame:
+    """Return the modelling table: ``customer_id``, the features, and ``churned`` (0/1)."""
+    unknown = sorted(set(fill_missing or {}) - set(spec.numeric))
+    if unknown:
+        raise ChurnlabError(
+            f"params/prepare.yaml prepare.fill_missing: {unknown} are not numeric columns "
+            f"of params/data.yaml schema"
+        )
+    table = typed[[spec.id_column, *spec.features]].copy()
+    for name, value in (fill_missing or {}).items():
+        table[name] = table[name].fillna(float(value))
+    table[TARGET_COLUMN] = (typed[spec.target] == spec.positive_label).astype("int8")
+    return table.rename(columns={spec.id_column: ID_COLUMN}).reset_index(drop=True)
+
+
+def feature_columns(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns of a prepared table, by dtype."""
+    features = [c for c in table.columns if c not in (ID_COLUMN, TARGET_COLUMN)]
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(table[c])]
+    return numeric, [c for c in features if c not in numeric]
+
+
+def sample_rows(table: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFrame:
+    """A seeded sample of ``rows`` rows, stratified on the target; all rows for ``None``."""
+    if rows is None or rows >= len(table):
+        return table
+    if rows < 20:
+        raise ChurnlabError(f"params/prepare.yaml prepare.sample_rows: {rows} is below 20")
+    kept, _ = train_test_split(
+        table, train_size=rows, stratify=table[TARGET_COLUMN], random_state=seed
+    )
+    return kept.sort_index().reset_index(drop=True)
+
+
+def split_customers(
+    table: pd.DataFrame, test_size: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded, stratified train/test split; each part keeps the table's row order."""
+    if not 0 < test_size < 1:
+        raise ChurnlabError(
+            f"params/prepare.yaml prepare.test_size: expected a fraction in (0, 1), "
+            f"found {test_size}"
+        )
+    counts = table[TARGET_COLUMN].value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        raise ChurnlabError(
+            f"the target needs at least 2 rows of each class to split; found "
+            f"{counts.to_dict()}"
+        )
+    train, test = train_test_split(
+        table, test_size=test_size, stratify=table[TARGET_COLUMN], random_state=seed
+    )
+    return train.sort_index().reset_index(drop=True), test.sort_index().reset_index(drop=True)
+
+
+def load_prepared(
+    raw_path: Path, schema: dict, prepare: dict
+) -> tuple[pd.DataFrame, pd.DataFrame, TableSpec]:
+    """Read, validate, clean, sample and split the raw file: what prepare and explore share."""
+    spec = TableSpec.from_params(schema)
+    typed = validate_table(read_table(raw_path), spec, str(raw_path))
+    table = clean_table(typed, spec, prepare.get("fill_missing") or {})
+    table = sample_rows(table, prepare.get("sample_rows"), int(prepare["seed"]))
+    train, test = split_customers(table, float(prepare["test_size"]), int(prepare["seed"]))
+    return train, test, spec
+
+
+def churn_rate(labels: pd.Series) -> float:
+    return float(np.mean(labels)) if len(labels) else float("nan")

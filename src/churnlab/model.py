@@ -1,0 +1,198 @@
+"""The model: a scikit-learn Pipeline built from params, cross-validated, saved with skops."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from churnlab.errors import ChurnlabError
+from churnlab.files import write_atomic, write_json
+
+FAMILIES = {
+    "logistic_regression": LogisticRegression,
+    "gradient_boosting": HistGradientBoostingClassifier,
+}
+
+# The only types a saved model may contain; skops refuses anything else when loading.
+TRUSTED_TYPES = [
+    "numpy.dtype",
+    "numpy.ndarray",
+    "builtins.str",
+    "builtins.object",
+    "builtins.slice",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "collections.OrderedDict",
+]
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def build_model(
+    numeric: list[str], categorical: list[str], family: str, hyperparams: dict, seed: int
+) -> Pipeline:
+    """Preprocessing and estimator in one Pipeline.
+
+    Raises:
+        ChurnlabError: an unknown family or a hyper-parameter the estimator does not take.
+    """
+    if family not in FAMILIES:
+        raise ChurnlabError(
+            f"params/train.yaml train.family: '{family}' is not one of {sorted(FAMILIES)}"
+        )
+    estimator_class = FAMILIES[family]
+    known = estimator_class().get_params()
+    unknown = sorted(set(hyperparams) - set(known))
+    if unknown:
+        raise ChurnlabError(
+            f"params/train.yaml train.{family}: unknown hyper-parameter(s) {unknown} for "
+            f"{estimator_class.__name__}"
+        )
+    options = dict(hyperparams)
+    if "random_state" in known:
+        options["random_state"] = seed
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
+                                  ("scale", StandardScaler())]), numeric),
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+             categorical),
+        ],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([("preprocess", preprocess), ("estimator", estimator_class(**options))])
+
+
+def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str]):
+    """Features in a form every estimator takes: floats, and text as plain objects."""
+    features = frame[[*numeric, *categorical]].copy()
+    for name in categorical:
+        features[name] = features[name].astype(object)
+    return features
+
+
+def cross_validate(
+    model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str],
+    target: str, folds: int, seed: int,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities."""
+    if folds < 2:
+        raise ChurnlabError(f"params/train.yaml train.cv_folds: expected 2 or more, found {folds}")
+    features = model_input(train, numeric, categorical)
+    labels = train[target].to_numpy()
+    out_of_fold = np.zeros(len(train))
+    rows = []
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (fit_rows, held_rows) in enumerate(splitter.split(features, labels), start=1):
+        fitted = clone(model).fit(features.iloc[fit_rows], labels[fit_rows])
+        scores = fitted.predict_proba(features.iloc[held_rows])[:, 1]
+        out_of_fold[held_rows] = scores
+        rows.append({"fold": fold, "roc_auc": roc_auc_score(labels[held_rows], scores),
+                     "pr_auc": average_precision_score(labels[held_rows], scores)})
+    return pd.DataFrame(rows), out_of_fold
+
+
+def fit_model(model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str],
+              target: str) -> Pipeline:
+    """Fit a fresh copy of ``model`` on the whole training table."""
+    features = model_input(train, numeric, categorical)
+    return clone(model).fit(features, train[target].to_numpy())
+
+
+def predict_scores(model: Pipeline, frame: pd.DataFrame, features: dict) -> np.ndarray:
+    """Churn probabilities for ``frame`` with the feature lists saved beside the model."""
+    return model.predict_proba(
+        model_input(frame, features["numeric"], features["categorical"])
+    )[:, 1]
+
+
+def canonical_skops(data: bytes) -> bytes:
+    """Rewrite a skops archive so that the same model always gives the same bytes.
+
+    skops names array files and ``__id__`` fields after Python object ids and stamps the
+    current time. Here ids and files are renumbered in order of first appearance in
+    ``schema.json`` (the same object keeps one number) and every entry gets a fixed time.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    schema = members.pop("schema.json").decode()
+    ids: dict[str, str] = {}
+    schema = re.sub(r'"__id__": (\d+)',
+                    lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+    files: dict[str, str] = {}
+
+    def rename(match: re.Match) -> str:
+        old = match.group(1)
+        if old not in files:
+            files[old] = f"{len(files):06d}{Path(old).suffix}"
+        return f'"file": "{files[old]}"'
+
+    schema = re.sub(r'"file": "([^"]+)"', rename, schema)
+    leftover = sorted(set(members) - set(files))
+    if leftover:
+        raise ChurnlabError(f"skops archive holds files its schema does not name: {leftover}")
+    out = io.BytesIO()
+    entries = [("schema.json", schema.encode()),
+               *((new, members[old]) for old, new in files.items())]
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, content)
+    return out.getvalue()
+
+
+def save_model(model: Pipeline, features: dict, model_path: Path, features_path: Path) -> None:
+    """Save the model (canonical skops) and its feature list (JSON), checking it loads."""
+    import skops.io
+
+    data = canonical_skops(skops.io.dumps(model))
+    untrusted = [t for t in skops.io.get_untrusted_types(data=data) if t not in TRUSTED_TYPES]
+    if untrusted:
+        raise ChurnlabError(f"{model_path}: the model holds types not in TRUSTED_TYPES: "
+                            f"{untrusted}")
+    skops.io.loads(data, trusted=TRUSTED_TYPES)
+    write_atomic(Path(model_path), data)
+    write_json(Path(features_path), features)
+
+
+def load_model(model_path: Path, features_path: Path) -> tuple[Pipeline, dict]:
+    """Load a saved model without running code from the file: only trusted types load."""
+    import skops.io
+
+    model_path, features_path = Path(model_path), Path(features_path)
+    for path in (model_path, features_path):
+        if not path.is_file():
+            raise ChurnlabError(f"{path}: file not found (run the train stage first)")
+    try:
+        model = skops.io.load(model_path, trusted=TRUSTED_TYPES)
+    except Exception as exc:
+        raise ChurnlabError(f"{model_path}: cannot load the model: {exc}") from None
+    return model, json.loads(features_path.read_text())

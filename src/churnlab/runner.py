@@ -1,0 +1,319 @@
+"""Running a pipeline notebook as a DVC stage.
+
+``dvc.yaml`` is the one description of a stage: its notebook (the ``notebooks/*.py`` dep),
+the param keys it reads and its outputs. The runner passes exactly those keys to the
+notebook's ``parameters`` cell (``a.b`` becomes ``a_b``), runs it with papermill on the
+project's kernel, and only when every cell succeeded replaces the stage's outputs. On failure
+the earlier outputs are put back, and the executed notebook with its traceback is kept under
+``.churnlab/failed/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from churnlab.config import get_key, interpolate, project_root, read_yaml
+from churnlab.errors import ChurnlabError
+
+KERNEL_NAME = "churnlab"
+WORK_DIR = ".churnlab"
+HIDDEN_TAGS = ("parameters", "injected-parameters")
+
+
+@dataclass
+class Stage:
+    """One notebook stage of ``dvc.yaml``, with ``${...}`` resolved."""
+
+    name: str
+    notebook: Path
+    parameters: dict[str, Any]
+    outs: list[str]
+    report_dir: str
+
+    @property
+    def executed_path(self) -> str:
+        return f"{self.report_dir}/{self.notebook.stem}.ipynb"
+
+    @property
+    def html_path(self) -> str:
+        return f"{self.report_dir}/{self.notebook.stem}.html"
+
+
+def parameter_name(key: str) -> str:
+    """The notebook parameter that receives a param key: ``train.cv_folds`` -> ``train_cv_folds``."""
+    return key.replace(".", "_").replace("-", "_")
+
+
+def _out_path(entry: Any) -> str:
+    return next(iter(entry)) if isinstance(entry, dict) else str(entry)
+
+
+def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None) -> Stage:
+    """Read stage ``name`` from ``dvc.yaml`` and collect its parameters from ``params/``.
+
+    Args:
+        root: the project root.
+        name: the stage name.
+        overrides: ``{"file:key" or "key": value}`` replacing param values (profiles, tests).
+
+    Raises:
+        ChurnlabError: an unknown stage, a stage without a notebook dep, a missing key.
+    """
+    pipeline = read_yaml(root / "dvc.yaml") or {}
+    stages = pipeline.get("stages") or {}
+    if name not in stages:
+        raise ChurnlabError(f"dvc.yaml: no stage '{name}'; stages: {sorted(stages)}")
+    files: dict[str, dict] = {}
+    for entry in pipeline.get("vars") or []:
+        if isinstance(entry, str):
+            files[entry] = read_yaml(root / entry) or {}
+    params_by_file: dict[str, list[str]] = {}
+    for entry in stages[name].get("params") or []:
+        if isinstance(entry, dict):
+            for file_name, keys in entry.items():
+                params_by_file.setdefault(file_name, []).extend(keys)
+        else:
+            params_by_file.setdefault("params.yaml", []).append(entry)
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for file_name, keys in params_by_file.items():
+        content = files.get(file_name)
+        if content is None:
+            content = files[file_name] = read_yaml(root / file_name) or {}
+        for key in keys:
+            value = get_key(content, key, file_name)
+            for form in (f"{file_name}:{key}", key):
+                if form in overrides:
+                    value = overrides.pop(form)
+            values[parameter_name(key)] = value
+    if overrides:
+        raise ChurnlabError(
+            f"stage '{name}' does not read param(s) {sorted(overrides)} (dvc.yaml params)"
+        )
+    merged = {k: v for content in files.values() for k, v in content.items()}
+    where = f"dvc.yaml stage '{name}'"
+    deps = [interpolate(str(d), merged, where) for d in stages[name].get("deps") or []]
+    notebooks = [d for d in deps if d.startswith("notebooks/") and d.endswith(".py")]
+    if len(notebooks) != 1:
+        raise ChurnlabError(f"{where}: expected one notebooks/*.py dep, found {notebooks}")
+    outs = [interpolate(_out_path(o), merged, where)
+            for kind in ("outs", "metrics", "plots") for o in stages[name].get(kind) or []]
+    report_dir = interpolate("${paths.reports}", merged, where)
+    return Stage(name, Path(notebooks[0]), values, outs, report_dir)
+
+
+def read_notebook(path: Path):
+    """A jupytext percent script (or .ipynb) as a notebook bound to the project kernel."""
+    import jupytext
+
+    if not path.is_file():
+        raise ChurnlabError(f"{path}: notebook not found")
+    nb = jupytext.read(path)
+    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "churnlab (Python 3.11)",
+                                 "language": "python"}
+    nb.metadata.pop("jupytext", None)
+    for cell in nb.cells:  # papermill expects every cell to carry a tags list
+        cell.metadata.setdefault("tags", [])
+    return nb
+
+
+def check_parameters(nb, notebook: Path, given: dict[str, Any], stage: str) -> None:
+    """The contract between a stage and its notebook's ``parameters`` cell.
+
+    Raises:
+        ChurnlabError: no parameters cell; a parameter the cell does not declare; a declared
+            parameter that the stage does not pass.
+    """
+    from papermill.inspection import _infer_parameters
+
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ChurnlabError(
+            f"{notebook}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+        )
+    declared = {p.name for p in _infer_parameters(nb, name=KERNEL_NAME, language="python")}
+    unknown = sorted(set(given) - declared)
+    if unknown:
+        raise ChurnlabError(
+            f"{notebook}: parameter(s) {unknown} passed by stage '{stage}' are not declared in "
+            f"the notebook's parameters cell (declared: {sorted(declared)})"
+        )
+    missing = sorted(declared - set(given))
+    if missing:
+        raise ChurnlabError(
+            f"{notebook}: parameter(s) {missing} of the parameters cell are not passed by "
+            f"stage '{stage}': add their keys to the stage's params in dvc.yaml"
+        )
+
+
+def scrub_notebook(nb, parameters: dict[str, Any], notebook: Path):
+    """Remove what changes from run to run (times, durations, paths of the run)."""
+    nb = copy.deepcopy(nb)
+    nb.metadata["papermill"] = {"input_path": str(notebook), "parameters": parameters}
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            output.get("metadata", {}).pop("execution", None)
+    return nb
+
+
+def to_html(nb) -> str:
+    """The report page: outputs only, no parameters, no stderr, nothing loaded from a CDN."""
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "stream" and o.name == "stderr")]
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, sanitize_html=True, embed_images=True,
+                            mathjax_url="", require_js_url="", jquery_url="",
+                            mermaid_js_url="", widget_renderer_url="")
+    remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
+    exporter.register_preprocessor(remove, enabled=True)
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def _write_text(path: Path, text: str) -> None:
+    from churnlab.files import write_atomic
+
+    write_atomic(path, text.encode())
+
+
+class _OutputGuard:
+    """Moves a stage's existing outputs aside and puts them back unless the run succeeds."""
+
+    def __init__(self, root: Path, stage: str, outs: list[str]):
+        self.root = root
+        self.outs = outs
+        self.backup = root / WORK_DIR / "backup" / stage
+
+    def __enter__(self):
+        if self.backup.exists():  # a run killed earlier: its saved outputs come back first
+            self._restore()
+        for out in self.outs:
+            source = self.root / out
+            if source.exists():
+                target = self.backup / out
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+        return self
+
+    def _restore(self):
+        for out in self.outs:
+            saved = self.backup / out
+            if saved.exists():
+                current = self.root / out
+                if current.is_dir():
+                    shutil.rmtree(current)
+                elif current.exists():
+                    current.unlink()
+                current.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(saved, current)
+        shutil.rmtree(self.backup, ignore_errors=True)
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            shutil.rmtree(self.backup, ignore_errors=True)
+        else:
+            for out in self.outs:  # half-results of the failed run go
+                current = self.root / out
+                if current.is_dir():
+                    shutil.rmtree(current)
+                elif current.exists():
+                    current.unlink()
+            self._restore()
+        return False
+
+
+def _describe_failure(exc, notebook: Path, kept: Path) -> str:
+    cell = exc.exec_count if exc.exec_count is not None else exc.cell_index
+    first_line = next((line for line in (exc.source or "").splitlines() if line.strip()), "")
+    return (f"{notebook}: cell {cell} failed ({first_line.strip()[:80]!r}): "
+            f"{exc.ename}: {exc.evalue}\n"
+            f"  the executed notebook with the traceback is kept at {kept}")
+
+
+def run_stage(name: str, root: Path | None = None, overrides: dict | None = None,
+              progress: bool | None = None) -> Stage:
+    """Run one notebook stage end to end; raise ChurnlabError on any failure."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    root = root or project_root()
+    stage = load_stage(root, name, overrides)
+    nb = read_notebook(root / stage.notebook)
+    check_parameters(nb, stage.notebook, stage.parameters, name)
+    missing_outs = [o for o in (stage.executed_path, stage.html_path) if o not in stage.outs]
+    if missing_outs:
+        raise ChurnlabError(f"dvc.yaml stage '{name}': outs must include {missing_outs}")
+    if progress is None:
+        progress = sys.stderr.isatty() and not os.environ.get("CI")
+    running = root / WORK_DIR / "running" / f"{name}.ipynb"
+    failed = root / WORK_DIR / "failed" / f"{name}.ipynb"
+    running.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    print(f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr,
+          flush=True)
+    started = time.perf_counter()
+    with _OutputGuard(root, name, stage.outs):
+        for out in stage.outs:
+            (root / out).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            executed = papermill.execute_notebook(
+                nb, str(running), parameters=stage.parameters, kernel_name=KERNEL_NAME,
+                language="python", cwd=str(root), start_timeout=120,
+                progress_bar={"desc": f"[{name}]", "disable": not progress, "leave": False},
+                request_save_on_cell_execute=True,
+            )
+        except PapermillExecutionError as exc:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            if running.exists():
+                os.replace(running, failed)
+            raise ChurnlabError(_describe_failure(exc, stage.notebook, failed)) from None
+        except Exception as exc:
+            if type(exc).__name__ == "NoSuchKernel":
+                raise ChurnlabError(
+                    f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
+                ) from None
+            raise
+        not_written = [o for o in stage.outs if o not in (stage.executed_path, stage.html_path)
+                       and not (root / o).exists()]
+        if not_written:
+            raise ChurnlabError(f"{stage.notebook}: finished but did not write {not_written} "
+                                f"(outs of stage '{name}' in dvc.yaml)")
+        clean = scrub_notebook(executed, stage.parameters, stage.notebook)
+        _write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
+        _write_text(root / stage.html_path, to_html(clean))
+    running.unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
+    print(f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
+          f"{stage.html_path}", file=sys.stderr, flush=True)
+    return stage
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (``file:key=value`` too); values are parsed as YAML."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ChurnlabError(f"--set {pair!r}: expected KEY=VALUE")
+        result[key.strip()] = yaml.safe_load(value)
+    return result
