@@ -77,7 +77,7 @@ numeric, categorical = list(spec.numeric), list(spec.categorical)
 # ## The table
 # Columns as described in `params/data.yaml`; every value passed the schema checks.
 
-# %% tags=["keep_output"]
+# %% keep_output=true
 # NBVAL_CHECK_OUTPUT
 print(f"numeric features: {len(numeric)}, categorical features: {len(categorical)}")
 print(f"target: {spec.target!r} (churn = {spec.positive_label!r})")

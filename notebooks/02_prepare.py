@@ -75,7 +75,7 @@ train, test, spec = load_prepared(
 # (1 = the customer left), whatever the source calls them, so that later stages need no
 # column names.
 
-# %% tags=["keep_output"]
+# %% keep_output=true
 # NBVAL_CHECK_OUTPUT
 print(f"id column {spec.id_column!r} -> {ID_COLUMN!r}; "
       f"target {spec.target!r} == {spec.positive_label!r} -> {TARGET_COLUMN!r}")

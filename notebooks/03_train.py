@@ -49,7 +49,7 @@ hyperparams = {"logistic_regression": train_logistic_regression,
 model = build_model(numeric, categorical, train_family, hyperparams, train_seed)
 model
 
-# %% tags=["keep_output"]
+# %% keep_output=true
 # NBVAL_CHECK_OUTPUT
 print(f"features: {len(numeric)} numeric, {len(categorical)} categorical")
 

@@ -142,7 +142,8 @@ write_json(Path(paths_test_metrics), metrics)
 # The stage fails here, naming the metric, its value and the threshold, when the model
 # misses a gate from `params/evaluate.yaml`.
 
-# %%
+# %% keep_output=true
+# NBVAL_CHECK_OUTPUT
 missed = check_gates(metrics, evaluate_gates)
 assert not missed, "\n".join(missed)
 print("all quality gates passed:", ", ".join(sorted(evaluate_gates)))

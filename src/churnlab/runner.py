@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from churnlab.errors import ChurnlabError
 KERNEL_NAME = "churnlab"
 WORK_DIR = ".churnlab"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Stage:
     parameters: dict[str, Any]
     outs: list[str]
     report_dir: str
+    unread: list[str]  # override keys the stage does not read
 
     @property
     def executed_path(self) -> str:
@@ -58,13 +61,28 @@ def _out_path(entry: Any) -> str:
     return next(iter(entry)) if isinstance(entry, dict) else str(entry)
 
 
-def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None) -> Stage:
+def _set_nested(tree: dict, dotted: str, value: Any, where: str) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if not isinstance(tree.get(part), dict):
+            raise ChurnlabError(f"{where}: '{part}' is not a mapping in params")
+        tree = tree[part]
+    if last not in tree:
+        raise ChurnlabError(f"{where}: no such key in params (a typo?)")
+    tree[last] = value
+
+
+def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
+               strict: bool = True) -> Stage:
     """Read stage ``name`` from ``dvc.yaml`` and collect its parameters from ``params/``.
 
     Args:
         root: the project root.
         name: the stage name.
-        overrides: ``{"file:key" or "key": value}`` replacing param values (profiles, tests).
+        overrides: ``{"file:key" or "key": value}`` replacing param values (profiles, tests);
+            a key may reach into a param that is a mapping (``train.gradient_boosting.max_iter``).
+        strict: raise when an override is not read by this stage (off for profiles, which
+            hold keys for several stages).
 
     Raises:
         ChurnlabError: an unknown stage, a stage without a notebook dep, a missing key.
@@ -91,12 +109,17 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None) -
         if content is None:
             content = files[file_name] = read_yaml(root / file_name) or {}
         for key in keys:
-            value = get_key(content, key, file_name)
-            for form in (f"{file_name}:{key}", key):
-                if form in overrides:
-                    value = overrides.pop(form)
+            value = copy.deepcopy(get_key(content, key, file_name))
+            for override in sorted(overrides):
+                dotted = override.split(":", 1)[1] if ":" in override else override
+                if override.startswith(f"{file_name}:") or ":" not in override:
+                    if dotted == key:
+                        value = overrides.pop(override)
+                    elif dotted.startswith(f"{key}.") and isinstance(value, dict):
+                        _set_nested(value, dotted[len(key) + 1:], overrides.pop(override),
+                                    f"{file_name}:{dotted}")
             values[parameter_name(key)] = value
-    if overrides:
+    if overrides and strict:
         raise ChurnlabError(
             f"stage '{name}' does not read param(s) {sorted(overrides)} (dvc.yaml params)"
         )
@@ -109,7 +132,7 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None) -
     outs = [interpolate(_out_path(o), merged, where)
             for kind in ("outs", "metrics", "plots") for o in stages[name].get(kind) or []]
     report_dir = interpolate("${paths.reports}", merged, where)
-    return Stage(name, Path(notebooks[0]), values, outs, report_dir)
+    return Stage(name, Path(notebooks[0]), values, outs, report_dir, sorted(overrides))
 
 
 def read_notebook(path: Path):
@@ -122,8 +145,9 @@ def read_notebook(path: Path):
     nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "churnlab (Python 3.11)",
                                  "language": "python"}
     nb.metadata.pop("jupytext", None)
-    for cell in nb.cells:  # papermill expects every cell to carry a tags list
-        cell.metadata.setdefault("tags", [])
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:03d}"  # jupytext makes random ids: executed bytes would vary
+        cell.metadata.setdefault("tags", [])  # papermill expects every cell to have a list
     return nb
 
 
@@ -186,7 +210,9 @@ def to_html(nb) -> str:
     remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
     body, _ = exporter.from_notebook_node(nb)
-    return body
+    # The page needs no script: tables and static images only. The template's own
+    # (require.js, MathJax, mermaid from a CDN) go; outputs were already sanitized.
+    return _SCRIPT.sub("", body)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -317,3 +343,43 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ChurnlabError(f"--set {pair!r}: expected KEY=VALUE")
         result[key.strip()] = yaml.safe_load(value)
     return result
+
+
+def notebook_stages(root: Path) -> list[str]:
+    """Names of the ``dvc.yaml`` stages that run a notebook, in pipeline order."""
+    stages = (read_yaml(root / "dvc.yaml") or {}).get("stages") or {}
+    return [name for name, body in stages.items()
+            if str(body.get("cmd", "")).startswith("churnlab run ")]
+
+
+def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
+    """Write each pipeline notebook, parameterized for a profile, into ``out_dir``.
+
+    The notebooks come from their ``.ipynb`` halves (with the reference outputs of cells
+    marked ``keep_output``) and get the stage's params with the profile's values injected.
+    Relative paths then resolve inside ``out_dir``, the profile's own output root.
+
+    Raises:
+        ChurnlabError: a profile key that no notebook stage reads.
+    """
+    import papermill
+
+    overrides = read_yaml(profile) or {}
+    used: set[str] = set()
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in notebook_stages(root):
+        stage = load_stage(root, name, overrides, strict=False)
+        used |= set(overrides) - set(stage.unread)
+        nb = read_notebook(root / stage.notebook.with_suffix(".ipynb"))
+        check_parameters(nb, stage.notebook, stage.parameters, name)
+        target = out_dir / f"{stage.notebook.stem}.ipynb"
+        papermill.execute_notebook(nb, str(target), parameters=stage.parameters,
+                                   kernel_name=KERNEL_NAME, language="python",
+                                   prepare_only=True, progress_bar=False)
+        written.append(target)
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise ChurnlabError(f"{profile}: key(s) {unused} are read by no notebook stage")
+    return written
+
