@@ -1,0 +1,81 @@
+"""Shared fixtures. Tests never depend on the working directory: paths start at ROOT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from churnlab.fetch import TELCO_SHA256, fetch_raw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    from churnlab.config import load_params
+
+    return load_params(ROOT)
+
+
+@pytest.fixture(scope="session")
+def schema(params) -> dict:
+    return params["schema"]
+
+
+@pytest.fixture(scope="session")
+def telco_csv(tmp_path_factory) -> Path:
+    """The real Telco CSV, fetched the way the pipeline fetches it (checksum checked)."""
+    target = tmp_path_factory.mktemp("raw") / "churn.csv"
+    fetch_raw("telco", TELCO_SHA256, target, ROOT)
+    return target
+
+
+def tool_env() -> dict:
+    """The environment for the project's command-line tools (dvc, churnlab, pytest)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True,
+                          **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_project(target: Path) -> Path:
+    """A fresh git repository holding the project's files as they are in the work tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    run([*git, "init", "-q"], target)
+    run([*git, "add", "-A"], target)
+    run([*git, "commit", "-q", "-m", "copy"], target)
+    return target
+
+
+def set_param(project: Path, file_name: str, dotted: str, value) -> None:
+    """Change one key of a params file in a project copy."""
+    path = project / file_name
+    content = yaml.safe_load(path.read_text())
+    node = content
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path.write_text(yaml.safe_dump(content, sort_keys=False))

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from churnlab.errors import ChurnlabError
+from churnlab.evaluation import (
+    check_gates,
+    choose_threshold,
+    evaluate_scores,
+    plot_tables,
+    top_fraction_stats,
+)
+
+RNG = np.random.default_rng(5)
+LABELS = (RNG.random(400) < 0.3).astype(int)
+SCORES = np.clip(LABELS * 0.3 + RNG.random(400) * 0.7, 0, 1).round(3)
+COSTS = {"cost_missed_churner": 10.0, "cost_wasted_offer": 1.0}
+
+
+def brute_force(objective):
+    candidates = np.unique(SCORES)
+    values = [objective((SCORES >= t).astype(int)) for t in candidates]
+    best = max(values)
+    return max(t for t, v in zip(candidates, values, strict=True) if v == best)
+
+
+def test_max_f1_threshold_matches_brute_force():
+    expected = brute_force(lambda predicted: f1_score(LABELS, predicted))
+    assert choose_threshold(LABELS, SCORES, {"threshold_rule": "max_f1"}) == expected
+
+
+def test_cost_threshold_matches_brute_force():
+    def negative_cost(predicted):
+        missed = ((predicted == 0) & (LABELS == 1)).sum()
+        wasted = ((predicted == 1) & (LABELS == 0)).sum()
+        return -(10.0 * missed + 1.0 * wasted)
+
+    rule = {"threshold_rule": "cost", **COSTS}
+    assert choose_threshold(LABELS, SCORES, rule) == brute_force(negative_cost)
+
+
+def test_an_unknown_rule_or_a_bad_cost_is_named():
+    with pytest.raises(ChurnlabError, match="evaluate.threshold_rule: 'max_auc'"):
+        choose_threshold(LABELS, SCORES, {"threshold_rule": "max_auc"})
+    with pytest.raises(ChurnlabError, match="evaluate.cost_wasted_offer"):
+        choose_threshold(LABELS, SCORES, {"threshold_rule": "cost", "cost_missed_churner": 1,
+                                          "cost_wasted_offer": "cheap"})
+
+
+def test_top_decile_lift_and_capture():
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0] * 10)
+    scores = np.where(labels == 1, 0.9, 0.1) + np.arange(100) * 1e-4
+    stats = top_fraction_stats(labels, scores, 0.1)
+    assert stats["precision"] == 1.0
+    assert stats["lift"] == pytest.approx(5.0)
+    assert stats["capture_rate"] == pytest.approx(0.5)
+
+
+def test_metrics_against_baseline_and_gates():
+    metrics = evaluate_scores(LABELS, SCORES, LABELS, 0.5, 0.1, COSTS)
+    assert metrics["baseline"]["roc_auc"] == 0.5 and metrics["baseline"]["recall"] == 0.0
+    assert metrics["roc_auc"] > 0.7 and metrics["brier_skill"] > 0
+    confusion = metrics["confusion"]
+    assert sum(confusion.values()) == len(LABELS)
+    assert metrics["cost"]["model"] == 10 * confusion["fn"] + confusion["fp"]
+    assert check_gates(metrics, {"min_roc_auc": 0.5}) == []
+    missed = check_gates(metrics, {"min_roc_auc": 0.99})
+    assert len(missed) == 1
+    assert missed[0].startswith(f"quality gate min_roc_auc missed: roc_auc = "
+                                f"{metrics['roc_auc']:.4f} is below 0.99")
+    with pytest.raises(ChurnlabError, match=r"unknown gate\(s\) \['min_auc'\]"):
+        check_gates(metrics, {"min_auc": 0.5})
+
+
+def test_plot_tables_have_the_columns_dvc_plots_reads():
+    tables = plot_tables(LABELS, SCORES, 0.5)
+    assert list(tables["roc"].columns) == ["fpr", "tpr"]
+    assert list(tables["gains"].columns) == ["customers_contacted", "churners_captured",
+                                             "random"]
+    assert tables["gains"]["churners_captured"].iloc[-1] == 1.0
+    assert len(tables["confusion"]) == len(LABELS)

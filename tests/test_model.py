@@ -1,0 +1,86 @@
+import io
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+
+from churnlab.data import ID_COLUMN, TARGET_COLUMN
+from churnlab.errors import ChurnlabError
+from churnlab.model import (
+    TRUSTED_TYPES,
+    build_model,
+    canonical_skops,
+    cross_validate,
+    fit_model,
+    load_model,
+    predict_scores,
+    save_model,
+)
+
+NUMERIC, CATEGORICAL = ["months", "spend"], ["plan"]
+
+
+def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    months = rng.integers(0, 72, rows).astype(float)
+    plan = rng.choice(["basic", "pro"], rows)
+    churn = (rng.random(rows) < np.where(plan == "basic", 0.5, 0.1) * (months < 24) + 0.05)
+    return pd.DataFrame({ID_COLUMN: [f"c{i}" for i in range(rows)], "months": months,
+                         "spend": rng.normal(50, 10, rows), "plan": plan,
+                         TARGET_COLUMN: churn.astype("int8")})
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "gradient_boosting"])
+def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family):
+    table = customers()
+    hyper = {"max_iter": 30} if family == "gradient_boosting" else {"C": 1.0}
+    model = build_model(NUMERIC, CATEGORICAL, family, hyper, seed=1)
+    folds, oof = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 3, 1)
+    assert len(folds) == 3 and oof.shape == (len(table),) and ((0 <= oof) & (oof <= 1)).all()
+    fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    features = {"numeric": NUMERIC, "categorical": CATEGORICAL}
+    save_model(fitted, features, tmp_path / "m.skops", tmp_path / "f.json")
+    loaded, loaded_features = load_model(tmp_path / "m.skops", tmp_path / "f.json")
+    assert loaded_features == features
+    np.testing.assert_array_equal(predict_scores(loaded, table, features),
+                                  predict_scores(fitted, table, features))
+
+
+def test_the_same_model_gives_the_same_bytes(tmp_path):
+    table = customers()
+    model = build_model(NUMERIC, CATEGORICAL, "gradient_boosting", {"max_iter": 20}, seed=1)
+    first = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    second = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    assert skops.io.dumps(first) != skops.io.dumps(second)  # what canonical_skops fixes
+    assert canonical_skops(skops.io.dumps(first)) == canonical_skops(skops.io.dumps(second))
+    names = zipfile.ZipFile(io.BytesIO(canonical_skops(skops.io.dumps(first)))).namelist()
+    assert names[0] == "schema.json" and names[1].startswith("000000")
+
+
+def test_a_model_file_with_an_untrusted_type_does_not_load(tmp_path):
+    data = skops.io.dumps({"payload": pd.Timestamp("2024-01-01")})
+    (tmp_path / "m.skops").write_bytes(data)
+    (tmp_path / "f.json").write_text("{}")
+    with pytest.raises(ChurnlabError, match="cannot load the model"):
+        load_model(tmp_path / "m.skops", tmp_path / "f.json")
+    assert "pandas._libs.tslibs.timestamps.Timestamp" not in TRUSTED_TYPES
+
+
+@pytest.mark.parametrize(
+    ("family", "hyper", "message"),
+    [
+        ("random_forest", {}, r"train.family: 'random_forest' is not one of"),
+        ("gradient_boosting", {"learnign_rate": 0.1},
+         r"train.gradient_boosting: unknown hyper-parameter\(s\) \['learnign_rate'\]"),
+    ],
+)
+def test_bad_model_params_are_named(family, hyper, message):
+    with pytest.raises(ChurnlabError, match=message):
+        build_model(NUMERIC, CATEGORICAL, family, hyper, seed=1)
+
+
+def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
+    with pytest.raises(ChurnlabError, match="m.skops: file not found \\(run the train stage"):
+        load_model(tmp_path / "m.skops", tmp_path / "f.json")
