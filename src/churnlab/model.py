@@ -126,7 +126,7 @@ def fit_model(model: Pipeline, train: pd.DataFrame, numeric: list[str], categori
 
 
 def predict_scores(model: Pipeline, frame: pd.DataFrame, features: dict) -> np.ndarray:
-    """Churn probabilities for ``frame`` with the feature lists saved beside the model."""
+    """The churn probabilities for ``frame`` with the feature lists saved beside the model."""
     return model.predict_proba(
         model_input(frame, features["numeric"], features["categorical"])
     )[:, 1]

@@ -185,7 +185,8 @@ def scrub_notebook(nb, parameters: dict[str, Any], notebook: Path):
     nb = copy.deepcopy(nb)
     nb.metadata["papermill"] = {"input_path": str(notebook), "parameters": parameters}
     nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:03d}"  # papermill gives the injected cell a random id
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         for output in cell.get("outputs", []):
@@ -270,7 +271,7 @@ class _OutputGuard:
 def _describe_failure(exc, notebook: Path, kept: Path) -> str:
     cell = exc.exec_count if exc.exec_count is not None else exc.cell_index
     first_line = next((line for line in (exc.source or "").splitlines() if line.strip()), "")
-    return (f"{notebook}: cell {cell} failed ({first_line.strip()[:80]!r}): "
+    return (f"{notebook}: cell In [{cell}] failed ({first_line.strip()[:80]!r}): "
             f"{exc.ename}: {exc.evalue}\n"
             f"  the executed notebook with the traceback is kept at {kept}")
 
@@ -373,6 +374,9 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
         used |= set(overrides) - set(stage.unread)
         nb = read_notebook(root / stage.notebook.with_suffix(".ipynb"))
         check_parameters(nb, stage.notebook, stage.parameters, name)
+        for cell in nb.cells:  # nbval compares only cells marked as run; git strips counts
+            if cell.cell_type == "code" and cell.get("outputs"):
+                cell.execution_count = 1
         target = out_dir / f"{stage.notebook.stem}.ipynb"
         papermill.execute_notebook(nb, str(target), parameters=stage.parameters,
                                    kernel_name=KERNEL_NAME, language="python",

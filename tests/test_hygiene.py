@@ -1,0 +1,108 @@
+"""Project hygiene: notebooks in git, their defaults, the lock, the configuration."""
+
+import ast
+import json
+import re
+import subprocess
+
+import jupytext
+import pytest
+import yaml
+
+from churnlab.lockfile import environment_yaml, locked_pins
+from churnlab.runner import load_stage, notebook_stages, read_notebook
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.py"))
+
+
+def test_there_are_four_numbered_pipeline_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == ["01_explore", "02_prepare", "03_train",
+                                           "04_evaluate"]
+    assert notebook_stages(ROOT) == ["explore", "prepare", "train", "evaluate"]
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_carry_no_outputs_but_reference_ones(script):
+    notebook = json.loads(script.with_suffix(".ipynb").read_text())
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        assert cell["execution_count"] is None, "execution counts are stripped (nbstripout)"
+        if not cell["metadata"].get("keep_output"):
+            assert cell["outputs"] == [], "outputs are stripped (nbstripout)"
+        else:
+            assert "NBVAL_CHECK_OUTPUT" in "".join(cell["source"]) and cell["outputs"]
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_ipynb_is_in_step_with_its_script(script):
+    paired = jupytext.read(script.with_suffix(".ipynb"))
+    source = jupytext.read(script)
+    assert [(c.cell_type, c.source) for c in paired.cells] == \
+           [(c.cell_type, c.source) for c in source.cells], "run `jupytext --sync`"
+
+
+@pytest.mark.parametrize("stage", ["explore", "prepare", "train", "evaluate"])
+def test_notebook_defaults_equal_params(stage):
+    from papermill.inspection import _infer_parameters
+
+    loaded = load_stage(ROOT, stage)
+    nb = read_notebook(ROOT / loaded.notebook)
+    defaults = {p.name: ast.literal_eval(p.default) for p in _infer_parameters(nb)}
+    assert defaults == loaded.parameters, f"{loaded.notebook}: parameters cell != params/"
+
+
+def test_no_column_name_of_the_telco_data_outside_its_defaults():
+    schema = yaml.safe_load((ROOT / "params" / "data.yaml").read_text())["schema"]
+    names = [schema["id_column"], schema["target"], *schema["numeric"],
+             *schema["categorical"]]
+    pattern = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
+    offenders = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        offenders += [f"{path}: {m.group()}" for m in pattern.finditer(path.read_text())]
+    for script in NOTEBOOKS:
+        for cell in read_notebook(script).cells:
+            if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+                offenders += [f"{script}: {m.group()}" for m in pattern.finditer(cell.source)]
+    assert offenders == []
+
+
+def test_environment_yml_installs_the_same_lock():
+    lock = (ROOT / "requirements.lock").read_text()
+    assert (ROOT / "environment.yml").read_text() == environment_yaml(locked_pins(lock))
+
+
+def test_every_dependency_is_locked_to_an_exact_version():
+    pins = locked_pins((ROOT / "requirements.lock").read_text())
+    for name in ("pandas", "scikit-learn", "papermill", "nbconvert", "dvc", "mlflow", "nbval",
+                 "pandera", "skops", "jupyterlab", "jupytext"):
+        assert name in pins
+    assert pins["pandas"].startswith("3.")
+    major, minor = (int(x) for x in pins["mlflow"].split(".")[:2])
+    assert major == 3 and minor >= 17
+    assert '"mlflow>=3.17,<4"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_analytics_and_telemetry_are_off_in_the_project():
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert re.search(r"analytics\s*=\s*false", config)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "export MLFLOW_DISABLE_TELEMETRY := true" in makefile
+    assert "export DVC_NO_ANALYTICS := 1" in makefile
+
+
+def test_pre_commit_strips_notebooks():
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    ids = [hook["id"] for repo in hooks["repos"] for hook in repo["hooks"]]
+    assert "nbstripout" in ids
+
+
+def test_no_data_model_or_report_is_in_git():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    heavy = [t for t in tracked if re.match(r"(data|models|reports|plots)/.*"
+                                            r"\.(csv|parquet|skops|ipynb|html)$", t)]
+    assert heavy == []

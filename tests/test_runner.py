@@ -1,0 +1,141 @@
+"""The notebook runner on tiny fixture notebooks, each named for the behaviour it tests."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from churnlab.errors import ChurnlabError
+from churnlab.runner import load_stage, parameter_name, run_stage
+from conftest import ROOT
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+DVC_YAML = """
+vars:
+  - params/paths.yaml
+stages:
+  demo:
+    cmd: churnlab run demo
+    deps:
+      - notebooks/demo.py
+    params:
+      - params/paths.yaml:
+          - paths.result
+      - params/demo.yaml:
+          - demo.n
+    outs:
+      - ${paths.result}:
+          persist: true
+      - ${paths.reports}/demo.ipynb:
+          persist: true
+      - ${paths.reports}/demo.html:
+          persist: true
+"""
+
+
+def make_project(root: Path, notebook: str) -> Path:
+    (root / "params").mkdir(parents=True)
+    (root / "notebooks").mkdir()
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "params" / "paths.yaml").write_text(
+        "paths:\n  result: out/result.txt\n  reports: reports\n")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n")
+    shutil.copy(FIXTURES / notebook, root / "notebooks" / "demo.py")
+    return root
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes()
+            for name in ("out/result.txt", "reports/demo.ipynb", "reports/demo.html")}
+
+
+def test_parameter_names_flatten_param_keys():
+    assert parameter_name("train.cv_folds") == "train_cv_folds"
+
+
+def test_a_stage_gets_exactly_its_param_keys(tmp_path):
+    stage = load_stage(make_project(tmp_path, "ok.py"), "demo")
+    assert stage.parameters == {"paths_result": "out/result.txt", "demo_n": 2}
+    assert stage.notebook == Path("notebooks/demo.py")
+
+
+def test_overrides_reach_into_mappings_and_typos_are_errors():
+    stage = load_stage(ROOT, "train", {"train.gradient_boosting.max_iter": 7})
+    assert stage.parameters["train_gradient_boosting"]["max_iter"] == 7
+    with pytest.raises(ChurnlabError, match="no such key in params"):
+        load_stage(ROOT, "train", {"train.gradient_boosting.max_iterations": 7})
+    with pytest.raises(ChurnlabError, match=r"stage 'train' does not read param\(s\) "
+                                            r"\['evaluate.seed'\]"):
+        load_stage(ROOT, "train", {"evaluate.seed": 1})
+
+
+def test_a_good_run_writes_stable_outputs_and_a_script_free_report(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    first = outputs(root)
+    assert first["out/result.txt"] == b"line 0\nline 1\n"
+    executed = json.loads(first["reports/demo.ipynb"])
+    text = first["reports/demo.ipynb"].decode()
+    assert "start_time" not in text and "duration" not in text
+    assert executed["metadata"]["papermill"]["parameters"] == {"paths_result": "out/result.txt",
+                                                                "demo_n": 2}
+    html = first["reports/demo.html"].decode()
+    assert "wrote 2 lines" in html
+    assert "<script" not in html.lower()
+    assert "Path(paths_result)" not in html  # no code cells
+    assert "demo_n = 2" not in html  # no parameters cell
+    run_stage("demo", root=root, progress=False)
+    assert outputs(root) == first  # same inputs, same bytes
+
+
+def test_a_failing_cell_names_notebook_cell_and_error_and_keeps_earlier_outputs(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "broken.py", root / "notebooks" / "demo.py")
+    with pytest.raises(ChurnlabError) as error:
+        run_stage("demo", root=root, progress=False)
+    message = str(error.value)
+    assert message.startswith("notebooks/demo.py: cell In [4] failed")
+    assert "ValueError: demo_n=2 is not allowed" in message
+    kept = root / ".churnlab" / "failed" / "demo.ipynb"
+    assert str(kept) in message and "ValueError" in kept.read_text()
+    assert outputs(root) == good  # the half result did not replace the good one
+    assert not (root / ".churnlab" / "backup" / "demo").exists()
+
+
+def test_a_failing_first_run_leaves_no_half_result(tmp_path):
+    root = make_project(tmp_path, "broken.py")
+    with pytest.raises(ChurnlabError, match=r"cell In \[4\] failed"):
+        run_stage("demo", root=root, progress=False)
+    assert not (root / "out" / "result.txt").exists()
+
+
+def test_a_notebook_without_a_parameters_cell_is_an_error(tmp_path):
+    root = make_project(tmp_path, "no_parameters.py")
+    with pytest.raises(ChurnlabError, match="expected exactly one cell tagged 'parameters', "
+                                            "found 0"):
+        run_stage("demo", root=root, progress=False)
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_an_error(tmp_path):
+    root = make_project(tmp_path, "undeclared.py")
+    with pytest.raises(ChurnlabError) as error:
+        run_stage("demo", root=root, progress=False)
+    assert "['demo_n'] passed by stage 'demo' are not declared" in str(error.value)
+
+
+def test_a_declared_parameter_the_stage_does_not_pass_is_an_error(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    (root / "dvc.yaml").write_text(DVC_YAML.replace("      - params/demo.yaml:\n"
+                                                    "          - demo.n\n", ""))
+    with pytest.raises(ChurnlabError, match=r"\['demo_n'\] of the parameters cell are not "
+                                            r"passed by stage 'demo'"):
+        run_stage("demo", root=root, progress=False)
+
+
+def test_an_unknown_stage_is_named(tmp_path):
+    with pytest.raises(ChurnlabError, match="dvc.yaml: no stage 'trian'"):
+        load_stage(ROOT, "trian")
