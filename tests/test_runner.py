@@ -128,11 +128,17 @@ def test_a_parameter_the_notebook_does_not_declare_is_an_error(tmp_path):
 
 
 def test_a_declared_parameter_the_stage_does_not_pass_is_an_error(tmp_path):
+    root = make_project(tmp_path, "extra_parameter.py")
+    with pytest.raises(ChurnlabError, match=r"\['demo_colour'\] of the parameters cell are "
+                                            r"not passed by stage 'demo'"):
+        run_stage("demo", root=root, progress=False)
+
+
+def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
     root = make_project(tmp_path, "ok.py")
-    (root / "dvc.yaml").write_text(DVC_YAML.replace("      - params/demo.yaml:\n"
-                                                    "          - demo.n\n", ""))
-    with pytest.raises(ChurnlabError, match=r"\['demo_n'\] of the parameters cell are not "
-                                            r"passed by stage 'demo'"):
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n  m: 3\n")
+    with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no "
+                                            "stage"):
         run_stage("demo", root=root, progress=False)
 
 

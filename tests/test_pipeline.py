@@ -1,0 +1,217 @@
+"""End to end: the whole pipeline in a fresh copy of the project, run by DVC.
+
+One ``dvc repro`` on the default data; its metrics must equal the committed ones bit for
+bit and the copy's git tree must stay clean (so ``dvc.lock`` itself reproduces). The same
+copy then serves the model-quality tests, the no-op and param-change behaviour, an
+experiment, the DVC remote, and every bad input (each must fail with a clear message and
+leave ``dvc.lock`` and the earlier outputs untouched).
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+
+from churnlab.data import TARGET_COLUMN
+from churnlab.model import load_model, predict_scores
+from conftest import ROOT, copy_project, run, set_param
+
+pytestmark = pytest.mark.pipeline
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    copy = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    result = run(["dvc", "repro"], copy)
+    assert "Running stage 'evaluate'" in result.stdout
+    return copy
+
+
+def snapshot(project: Path) -> dict[str, str]:
+    """SHA-256 of dvc.lock and of every output file."""
+    files = [project / "dvc.lock"]
+    for folder in OUTPUT_FOLDERS:
+        files += sorted(p for p in (project / folder).rglob("*") if p.is_file())
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files}
+
+
+def git_status(project: Path) -> str:
+    return run(["git", "status", "--porcelain"], project).stdout
+
+
+@pytest.fixture
+def restore(project):
+    """Put params and data back after a test that changes them."""
+    yield project
+    run(["git", "checkout", "--", "."], project)
+    run(["git", "clean", "-fdq", "--", "own"], project)
+    run(["dvc", "checkout", "-q"], project)
+    assert git_status(project) == ""
+
+
+# --- reproducibility ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["prepare.json", "cv.json", "test.json"])
+def test_metrics_equal_the_committed_ones_bit_for_bit(project, name):
+    assert (project / "metrics" / name).read_bytes() == (ROOT / "metrics" / name).read_bytes()
+
+
+def test_the_run_leaves_git_clean_so_dvc_lock_reproduces(project):
+    assert git_status(project) == ""
+
+
+def test_a_run_with_nothing_changed_runs_nothing(project):
+    result = run(["dvc", "repro"], project)
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_the_executed_notebooks_and_reports_are_outputs(project):
+    for stem in ("01_explore", "02_prepare", "03_train", "04_evaluate"):
+        html = (project / "reports" / "notebooks" / f"{stem}.html").read_text()
+        assert "<script" not in html and "cdn" not in html.lower()
+        assert "injected-parameters" not in html
+        executed = json.loads((project / "reports" / "notebooks" / f"{stem}.ipynb").read_text())
+        assert "start_time" not in json.dumps(executed)
+
+
+# --- model quality on the held-out customers ---------------------------------------------
+
+
+def test_model_quality_meets_the_gates_in_params(project):
+    gates = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
+    gates = gates["gates"]
+    model, features = load_model(project / "models" / "model.skops",
+                                 project / "models" / "features.json")
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    labels = test[TARGET_COLUMN].to_numpy()
+    scores = predict_scores(model, test, features)
+    threshold = json.loads((project / "metrics" / "test.json").read_text())["threshold"]
+    predicted = (scores >= threshold).astype(int)
+    assert roc_auc_score(labels, scores) >= gates["min_roc_auc"]
+    assert accuracy_score(labels, predicted) >= gates["min_accuracy"]
+    assert f1_score(labels, predicted) >= gates["min_f1"]
+    assert recall_score(labels, predicted) >= gates["min_recall"]
+    majority = np.full(len(labels), round(labels.mean()))
+    assert f1_score(labels, predicted) > f1_score(labels, majority, zero_division=0)
+
+
+def test_the_model_ranks_shorter_contracts_as_riskier(project):
+    """A behaviour check: churn risk falls as the contract gets longer (Telco defaults)."""
+    model, features = load_model(project / "models" / "model.skops",
+                                 project / "models" / "features.json")
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    if "Contract" not in features["categorical"]:
+        pytest.skip("not the Telco data")
+    means = [predict_scores(model, test.assign(Contract=value), features).mean()
+             for value in ("Month-to-month", "One year", "Two year")]
+    assert means[0] > means[1] > means[2]
+
+
+# --- params, experiments, remote ---------------------------------------------------------
+
+
+def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
+    project = restore
+    result = run(["dvc", "exp", "run", "-n", "cost-rule", "-S",
+                  "params/evaluate.yaml:evaluate.threshold_rule=cost"], project)
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert "cost-rule" in json.dumps(shown)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert "metrics/test.json" in diff["diff"]
+    assert "threshold" in diff["diff"]["metrics/test.json"]
+
+
+def test_a_fresh_clone_pulls_from_the_local_remote(project, tmp_path):
+    run(["dvc", "push", "-q"], project)
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull", "-q"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    assert (clone / "models" / "model.skops").read_bytes() == \
+           (project / "models" / "model.skops").read_bytes()
+    shutil.rmtree(clone)
+
+
+# --- bad input: a clear error, nothing good lost -------------------------------------------
+
+
+def own_data(project: Path, change) -> str:
+    """A copy of the raw Telco data, changed, as the user's own file."""
+    table = pd.read_csv(project / "data" / "raw" / "churn.csv", dtype=str,
+                        keep_default_na=False)
+    (project / "own").mkdir(exist_ok=True)
+    path = project / "own" / "customers.csv"
+    change(table).to_csv(path, index=False) if change else path.write_text("")
+    return "own/customers.csv"
+
+
+def set_cell(column, row, value):
+    def change(table):
+        table.loc[row, column] = value
+        return table
+    return change
+
+
+BAD_DATA = {
+    "missing column": (lambda t: t.drop(columns="Contract"),
+                       "missing column(s) ['Contract']"),
+    "wrong type": (set_cell("tenure", 4, "twelve"),
+                   "column 'tenure', rule is a number: 1 rows, e.g. row 5: 'twelve'"),
+    "out of range": (set_cell("MonthlyCharges", 9, "-20"),
+                     "column 'MonthlyCharges', rule greater_than_or_equal_to(0)"),
+    "unknown category": (set_cell("PaymentMethod", 2, "Bitcoin"),
+                         "column 'PaymentMethod', rule isin("),
+    "empty file": (None, "own/customers.csv: the file is empty"),
+}
+
+
+def assert_fails_cleanly(project: Path, expected: str):
+    before = snapshot(project)
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("churnlab: error:") == 1
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_fails_with_a_clear_error_and_nothing_lost(restore, case):
+    project = restore
+    change, expected = BAD_DATA[case]
+    set_param(project, "params/data.yaml", "data.source", own_data(project, change))
+    set_param(project, "params/data.yaml", "data.sha256", None)
+    assert_fails_cleanly(project, expected)
+
+
+def test_a_checksum_mismatch_fails_cleanly(restore):
+    set_param(restore, "params/data.yaml", "data.sha256", "0" * 64)
+    assert_fails_cleanly(restore, "expected " + "0" * 64 + ", found 16320c9c")
+
+
+def test_a_mistyped_param_key_fails_cleanly(restore):
+    path = restore / "params" / "train.yaml"
+    path.write_text(path.read_text().replace("  cv_folds:", "  cv_fold:"))
+    assert_fails_cleanly(restore, "params/train.yaml: key 'train.cv_fold' is read by no stage")
+
+
+def test_an_unknown_hyper_parameter_fails_cleanly(restore):
+    set_param(restore, "params/train.yaml", "train.gradient_boosting.learnign_rate", 0.1)
+    assert_fails_cleanly(restore, "train.gradient_boosting: unknown hyper-parameter(s) "
+                                  "['learnign_rate']")
+
+
+def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
+    set_param(restore, "params/evaluate.yaml", "evaluate.gates.min_roc_auc", 0.99)
+    assert_fails_cleanly(restore, "quality gate min_roc_auc missed: roc_auc = 0.")
