@@ -40,7 +40,7 @@ lab: setup ## open JupyterLab on the project's kernel
 
 lint: setup ## ruff over the package, the tests and the notebooks
 	$(BIN)/ruff check src tests notebooks bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff format --check src tests
 
 format: setup ## let ruff fix what it can
 	$(BIN)/ruff check --fix src tests notebooks bench

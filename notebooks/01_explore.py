@@ -100,7 +100,7 @@ missing if len(missing) else "no missing values"
 
 # %%
 segment_tables = {name: churn_by(train, name) for name in explore_segments}
-for name, table in segment_tables.items():
+for table in segment_tables.values():
     display(table)
 
 # %%

@@ -51,7 +51,7 @@ from churnlab.evaluation import (
     plot_tables,
 )
 from churnlab.files import write_csv, write_json
-from churnlab.model import model_input, load_model, predict_scores
+from churnlab.model import load_model, model_input, predict_scores
 
 pd.set_option("display.precision", 4)
 model, features = load_model(Path(paths_model), Path(paths_features))

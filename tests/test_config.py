@@ -2,6 +2,7 @@ import pytest
 
 from churnlab.config import get_key, interpolate, load_params, project_root
 from churnlab.errors import ChurnlabError
+
 from conftest import ROOT
 
 
@@ -39,8 +40,11 @@ def test_invalid_yaml_names_the_file(tmp_path):
 def test_get_key_names_the_missing_part():
     tree = {"train": {"model": {"C": 1}}}
     assert get_key(tree, "train.model.C", "x.yaml") == 1
-    with pytest.raises(ChurnlabError, match=r"x.yaml: key 'train.modle.C' not found \(no "
-                                            r"'train.modle'\)"):
+    with pytest.raises(
+        ChurnlabError,
+        match=r"x.yaml: key 'train.modle.C' not found \(no "
+        r"'train.modle'\)",
+    ):
         get_key(tree, "train.modle.C", "x.yaml")
 
 

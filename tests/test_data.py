@@ -27,14 +27,16 @@ SCHEMA = {
 
 
 def raw(**changes) -> pd.DataFrame:
-    table = pd.DataFrame({
-        "cust": ["a", "b", "c"],
-        "months": ["1", "20", "3"],
-        "spend": ["10.5", " ", "7"],
-        "plan": ["basic", "pro", "pro"],
-        "region": ["north", "south", "east"],
-        "left": ["yes", "no", "no"],
-    })
+    table = pd.DataFrame(
+        {
+            "cust": ["a", "b", "c"],
+            "months": ["1", "20", "3"],
+            "spend": ["10.5", " ", "7"],
+            "plan": ["basic", "pro", "pro"],
+            "region": ["north", "south", "east"],
+            "left": ["yes", "no", "no"],
+        }
+    )
     for column, values in changes.items():
         table[column] = values
     return table
@@ -58,17 +60,29 @@ def test_a_missing_column_names_the_column_and_the_file():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"months": ["1", "many", "3"]}, r"column 'months', rule is a number: 1 rows, "
-                                         r"e.g. row 2: 'many'"),
-        ({"months": ["1", "200", "3"]}, r"column 'months', rule less_than_or_equal_to\(100\)"
-                                        r": 1 rows, e.g. row 2: 200.0"),
+        (
+            {"months": ["1", "many", "3"]},
+            r"column 'months', rule is a number: 1 rows, "
+            r"e.g. row 2: 'many'",
+        ),
+        (
+            {"months": ["1", "200", "3"]},
+            r"column 'months', rule less_than_or_equal_to\(100\)"
+            r": 1 rows, e.g. row 2: 200.0",
+        ),
         ({"spend": ["-1", "", "3"]}, r"column 'spend', rule greater_than_or_equal_to\(0\)"),
-        ({"plan": ["basic", "gold", "pro"]}, r"column 'plan', rule isin\(\['basic', 'pro'\]\)"
-                                             r": 1 rows, e.g. row 2: 'gold'"),
+        (
+            {"plan": ["basic", "gold", "pro"]},
+            r"column 'plan', rule isin\(\['basic', 'pro'\]\)"
+            r": 1 rows, e.g. row 2: 'gold'",
+        ),
         ({"left": ["yes", "maybe", "no"]}, r"column 'left', rule isin"),
         ({"cust": ["a", "a", "c"]}, r"column 'cust', rule field_uniqueness: 2 rows"),
-        ({"months": ["1", "", "3"]}, r"column 'months', rule not_nullable: 1 rows, "
-                                     r"e.g. row 2: blank"),
+        (
+            {"months": ["1", "", "3"]},
+            r"column 'months', rule not_nullable: 1 rows, "
+            r"e.g. row 2: blank",
+        ),
     ],
 )
 def test_each_rule_names_column_rule_and_rows(changes, message):
@@ -134,8 +148,9 @@ def test_filling_a_column_that_is_not_numeric_is_an_error():
 
 
 def test_split_is_seeded_stratified_and_disjoint():
-    table = pd.DataFrame({ID_COLUMN: [f"c{i}" for i in range(100)],
-                          TARGET_COLUMN: [1] * 30 + [0] * 70})
+    table = pd.DataFrame(
+        {ID_COLUMN: [f"c{i}" for i in range(100)], TARGET_COLUMN: [1] * 30 + [0] * 70}
+    )
     train, test = split_customers(table, 0.2, seed=3)
     again, _ = split_customers(table, 0.2, seed=3)
     pd.testing.assert_frame_equal(train, again)

@@ -43,8 +43,11 @@ def test_an_unknown_rule_or_a_bad_cost_is_named():
     with pytest.raises(ChurnlabError, match="evaluate.threshold_rule: 'max_auc'"):
         choose_threshold(LABELS, SCORES, {"threshold_rule": "max_auc"})
     with pytest.raises(ChurnlabError, match="evaluate.cost_wasted_offer"):
-        choose_threshold(LABELS, SCORES, {"threshold_rule": "cost", "cost_missed_churner": 1,
-                                          "cost_wasted_offer": "cheap"})
+        choose_threshold(
+            LABELS,
+            SCORES,
+            {"threshold_rule": "cost", "cost_missed_churner": 1, "cost_wasted_offer": "cheap"},
+        )
 
 
 def test_top_decile_lift_and_capture():
@@ -66,8 +69,9 @@ def test_metrics_against_baseline_and_gates():
     assert check_gates(metrics, {"min_roc_auc": 0.5}) == []
     missed = check_gates(metrics, {"min_roc_auc": 0.99})
     assert len(missed) == 1
-    assert missed[0].startswith(f"quality gate min_roc_auc missed: roc_auc = "
-                                f"{metrics['roc_auc']:.4f} is below 0.99")
+    assert missed[0].startswith(
+        f"quality gate min_roc_auc missed: roc_auc = {metrics['roc_auc']:.4f} is below 0.99"
+    )
     with pytest.raises(ChurnlabError, match=r"unknown gate\(s\) \['min_auc'\]"):
         check_gates(metrics, {"min_auc": 0.5})
 
@@ -75,7 +79,6 @@ def test_metrics_against_baseline_and_gates():
 def test_plot_tables_have_the_columns_dvc_plots_reads():
     tables = plot_tables(LABELS, SCORES, 0.5)
     assert list(tables["roc"].columns) == ["fpr", "tpr"]
-    assert list(tables["gains"].columns) == ["customers_contacted", "churners_captured",
-                                             "random"]
+    assert list(tables["gains"].columns) == ["customers_contacted", "churners_captured", "random"]
     assert tables["gains"]["churners_captured"].iloc[-1] == 1.0
     assert len(tables["confusion"]) == len(LABELS)

@@ -11,14 +11,14 @@ import yaml
 
 from churnlab.lockfile import environment_yaml, locked_pins
 from churnlab.runner import load_stage, notebook_stages, read_notebook
+
 from conftest import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.py"))
 
 
 def test_there_are_four_numbered_pipeline_notebooks():
-    assert [p.stem for p in NOTEBOOKS] == ["01_explore", "02_prepare", "03_train",
-                                           "04_evaluate"]
+    assert [p.stem for p in NOTEBOOKS] == ["01_explore", "02_prepare", "03_train", "04_evaluate"]
     assert notebook_stages(ROOT) == ["explore", "prepare", "train", "evaluate"]
 
 
@@ -39,8 +39,9 @@ def test_committed_notebooks_carry_no_outputs_but_reference_ones(script):
 def test_each_ipynb_is_in_step_with_its_script(script):
     paired = jupytext.read(script.with_suffix(".ipynb"))
     source = jupytext.read(script)
-    assert [(c.cell_type, c.source) for c in paired.cells] == \
-           [(c.cell_type, c.source) for c in source.cells], "run `jupytext --sync`"
+    assert [(c.cell_type, c.source) for c in paired.cells] == [
+        (c.cell_type, c.source) for c in source.cells
+    ], "run `jupytext --sync`"
 
 
 @pytest.mark.parametrize("stage", ["explore", "prepare", "train", "evaluate"])
@@ -55,8 +56,7 @@ def test_notebook_defaults_equal_params(stage):
 
 def test_no_column_name_of_the_telco_data_outside_its_defaults():
     schema = yaml.safe_load((ROOT / "params" / "data.yaml").read_text())["schema"]
-    names = [schema["id_column"], schema["target"], *schema["numeric"],
-             *schema["categorical"]]
+    names = [schema["id_column"], schema["target"], *schema["numeric"], *schema["categorical"]]
     pattern = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
     offenders = []
     for path in sorted((ROOT / "src").rglob("*.py")):
@@ -75,8 +75,19 @@ def test_environment_yml_installs_the_same_lock():
 
 def test_every_dependency_is_locked_to_an_exact_version():
     pins = locked_pins((ROOT / "requirements.lock").read_text())
-    for name in ("pandas", "scikit-learn", "papermill", "nbconvert", "dvc", "mlflow", "nbval",
-                 "pandera", "skops", "jupyterlab", "jupytext"):
+    for name in (
+        "pandas",
+        "scikit-learn",
+        "papermill",
+        "nbconvert",
+        "dvc",
+        "mlflow",
+        "nbval",
+        "pandera",
+        "skops",
+        "jupyterlab",
+        "jupytext",
+    ):
         assert name in pins
     assert pins["pandas"].startswith("3.")
     major, minor = (int(x) for x in pins["mlflow"].split(".")[:2])
@@ -99,10 +110,18 @@ def test_pre_commit_strips_notebooks():
 
 
 def test_no_data_model_or_report_is_in_git():
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout")
-    heavy = [t for t in tracked if re.match(r"(data|models|reports|plots)/.*"
-                                            r"\.(csv|parquet|skops|ipynb|html)$", t)]
+    heavy = [
+        t
+        for t in tracked
+        if re.match(
+            r"(data|models|reports|plots)/.*"
+            r"\.(csv|parquet|skops|ipynb|html)$",
+            t,
+        )
+    ]
     assert heavy == []

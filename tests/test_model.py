@@ -26,10 +26,16 @@ def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     months = rng.integers(0, 72, rows).astype(float)
     plan = rng.choice(["basic", "pro"], rows)
-    churn = (rng.random(rows) < np.where(plan == "basic", 0.5, 0.1) * (months < 24) + 0.05)
-    return pd.DataFrame({ID_COLUMN: [f"c{i}" for i in range(rows)], "months": months,
-                         "spend": rng.normal(50, 10, rows), "plan": plan,
-                         TARGET_COLUMN: churn.astype("int8")})
+    churn = rng.random(rows) < np.where(plan == "basic", 0.5, 0.1) * (months < 24) + 0.05
+    return pd.DataFrame(
+        {
+            ID_COLUMN: [f"c{i}" for i in range(rows)],
+            "months": months,
+            "spend": rng.normal(50, 10, rows),
+            "plan": plan,
+            TARGET_COLUMN: churn.astype("int8"),
+        }
+    )
 
 
 @pytest.mark.parametrize("family", ["logistic_regression", "gradient_boosting"])
@@ -44,8 +50,9 @@ def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family):
     save_model(fitted, features, tmp_path / "m.skops", tmp_path / "f.json")
     loaded, loaded_features = load_model(tmp_path / "m.skops", tmp_path / "f.json")
     assert loaded_features == features
-    np.testing.assert_array_equal(predict_scores(loaded, table, features),
-                                  predict_scores(fitted, table, features))
+    np.testing.assert_array_equal(
+        predict_scores(loaded, table, features), predict_scores(fitted, table, features)
+    )
 
 
 def test_the_same_model_gives_the_same_bytes(tmp_path):
@@ -72,8 +79,11 @@ def test_a_model_file_with_an_untrusted_type_does_not_load(tmp_path):
     ("family", "hyper", "message"),
     [
         ("random_forest", {}, r"train.family: 'random_forest' is not one of"),
-        ("gradient_boosting", {"learnign_rate": 0.1},
-         r"train.gradient_boosting: unknown hyper-parameter\(s\) \['learnign_rate'\]"),
+        (
+            "gradient_boosting",
+            {"learnign_rate": 0.1},
+            r"train.gradient_boosting: unknown hyper-parameter\(s\) \['learnign_rate'\]",
+        ),
     ],
 )
 def test_bad_model_params_are_named(family, hyper, message):

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from churnlab.runner import prepare_profile
+
 from conftest import ROOT, run
 
 pytestmark = pytest.mark.pipeline
@@ -20,10 +21,26 @@ PROFILE = ROOT / "params" / "profiles" / "ci.yaml"
 
 
 def nbval(folder, *notebooks):
-    return run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval-lax",
-                "--nbval-kernel-name", "churnlab", "--nbval-sanitize-with",
-                str(ROOT / "tests" / "nbval_sanitize.cfg"), "-q", "--rootdir", str(folder),
-                *notebooks], folder, check=False)
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-lax",
+            "--nbval-kernel-name",
+            "churnlab",
+            "--nbval-sanitize-with",
+            str(ROOT / "tests" / "nbval_sanitize.cfg"),
+            "-q",
+            "--rootdir",
+            str(folder),
+            *notebooks,
+        ],
+        folder,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -36,8 +53,12 @@ def profile_root(tmp_path, telco_csv):
 
 def test_every_pipeline_notebook_passes_nbval_on_the_ci_profile(profile_root):
     notebooks = sorted(p.name for p in profile_root.glob("0*.ipynb"))
-    assert notebooks == ["01_explore.ipynb", "02_prepare.ipynb", "03_train.ipynb",
-                         "04_evaluate.ipynb"]
+    assert notebooks == [
+        "01_explore.ipynb",
+        "02_prepare.ipynb",
+        "03_train.ipynb",
+        "04_evaluate.ipynb",
+    ]
     result = nbval(profile_root, *notebooks)
     assert result.returncode == 0, result.stdout[-4000:]
     metrics = json.loads((profile_root / "metrics" / "test.json").read_text())

@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_scor
 
 from churnlab.data import TARGET_COLUMN
 from churnlab.model import load_model, predict_scores
+
 from conftest import ROOT, copy_project, run, set_param
 
 pytestmark = pytest.mark.pipeline
@@ -39,8 +40,7 @@ def snapshot(project: Path) -> dict[str, str]:
     files = [project / "dvc.lock"]
     for folder in OUTPUT_FOLDERS:
         files += sorted(p for p in (project / folder).rglob("*") if p.is_file())
-    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in files}
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def git_status(project: Path) -> str:
@@ -90,8 +90,9 @@ def test_the_executed_notebooks_and_reports_are_outputs(project):
 def test_model_quality_meets_the_gates_in_params(project):
     gates = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
     gates = gates["gates"]
-    model, features = load_model(project / "models" / "model.skops",
-                                 project / "models" / "features.json")
+    model, features = load_model(
+        project / "models" / "model.skops", project / "models" / "features.json"
+    )
     test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
     labels = test[TARGET_COLUMN].to_numpy()
     scores = predict_scores(model, test, features)
@@ -107,13 +108,16 @@ def test_model_quality_meets_the_gates_in_params(project):
 
 def test_the_model_ranks_shorter_contracts_as_riskier(project):
     """A behaviour check: churn risk falls as the contract gets longer (Telco defaults)."""
-    model, features = load_model(project / "models" / "model.skops",
-                                 project / "models" / "features.json")
+    model, features = load_model(
+        project / "models" / "model.skops", project / "models" / "features.json"
+    )
     test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
     if "Contract" not in features["categorical"]:
         pytest.skip("not the Telco data")
-    means = [predict_scores(model, test.assign(Contract=value), features).mean()
-             for value in ("Month-to-month", "One year", "Two year")]
+    means = [
+        predict_scores(model, test.assign(Contract=value), features).mean()
+        for value in ("Month-to-month", "One year", "Two year")
+    ]
     assert means[0] > means[1] > means[2]
 
 
@@ -122,8 +126,18 @@ def test_the_model_ranks_shorter_contracts_as_riskier(project):
 
 def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
     project = restore
-    result = run(["dvc", "exp", "run", "-n", "cost-rule", "-S",
-                  "params/evaluate.yaml:evaluate.threshold_rule=cost"], project)
+    result = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "cost-rule",
+            "-S",
+            "params/evaluate.yaml:evaluate.threshold_rule=cost",
+        ],
+        project,
+    )
     ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'evaluate':"]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -139,8 +153,9 @@ def test_a_fresh_clone_pulls_from_the_local_remote(project, tmp_path):
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     run(["dvc", "pull", "-q"], clone)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
-    assert (clone / "models" / "model.skops").read_bytes() == \
-           (project / "models" / "model.skops").read_bytes()
+    assert (clone / "models" / "model.skops").read_bytes() == (
+        project / "models" / "model.skops"
+    ).read_bytes()
     shutil.rmtree(clone)
 
 
@@ -149,8 +164,7 @@ def test_a_fresh_clone_pulls_from_the_local_remote(project, tmp_path):
 
 def own_data(project: Path, change) -> str:
     """A copy of the raw Telco data, changed, as the user's own file."""
-    table = pd.read_csv(project / "data" / "raw" / "churn.csv", dtype=str,
-                        keep_default_na=False)
+    table = pd.read_csv(project / "data" / "raw" / "churn.csv", dtype=str, keep_default_na=False)
     (project / "own").mkdir(exist_ok=True)
     path = project / "own" / "customers.csv"
     change(table).to_csv(path, index=False) if change else path.write_text("")
@@ -161,18 +175,24 @@ def set_cell(column, row, value):
     def change(table):
         table.loc[row, column] = value
         return table
+
     return change
 
 
 BAD_DATA = {
-    "missing column": (lambda t: t.drop(columns="Contract"),
-                       "missing column(s) ['Contract']"),
-    "wrong type": (set_cell("tenure", 4, "twelve"),
-                   "column 'tenure', rule is a number: 1 rows, e.g. row 5: 'twelve'"),
-    "out of range": (set_cell("MonthlyCharges", 9, "-20"),
-                     "column 'MonthlyCharges', rule greater_than_or_equal_to(0)"),
-    "unknown category": (set_cell("PaymentMethod", 2, "Bitcoin"),
-                         "column 'PaymentMethod', rule isin("),
+    "missing column": (lambda t: t.drop(columns="Contract"), "missing column(s) ['Contract']"),
+    "wrong type": (
+        set_cell("tenure", 4, "twelve"),
+        "column 'tenure', rule is a number: 1 rows, e.g. row 5: 'twelve'",
+    ),
+    "out of range": (
+        set_cell("MonthlyCharges", 9, "-20"),
+        "column 'MonthlyCharges', rule greater_than_or_equal_to(0)",
+    ),
+    "unknown category": (
+        set_cell("PaymentMethod", 2, "Bitcoin"),
+        "column 'PaymentMethod', rule isin(",
+    ),
     "empty file": (None, "own/customers.csv: the file is empty"),
 }
 
@@ -208,8 +228,9 @@ def test_a_mistyped_param_key_fails_cleanly(restore):
 
 def test_an_unknown_hyper_parameter_fails_cleanly(restore):
     set_param(restore, "params/train.yaml", "train.gradient_boosting.learnign_rate", 0.1)
-    assert_fails_cleanly(restore, "train.gradient_boosting: unknown hyper-parameter(s) "
-                                  "['learnign_rate']")
+    assert_fails_cleanly(
+        restore, "train.gradient_boosting: unknown hyper-parameter(s) ['learnign_rate']"
+    )
 
 
 def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):

@@ -8,6 +8,7 @@ import pytest
 
 from churnlab.errors import ChurnlabError
 from churnlab.runner import load_stage, parameter_name, run_stage
+
 from conftest import ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -40,15 +41,18 @@ def make_project(root: Path, notebook: str) -> Path:
     (root / "notebooks").mkdir()
     (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "params" / "paths.yaml").write_text(
-        "paths:\n  result: out/result.txt\n  reports: reports\n")
+        "paths:\n  result: out/result.txt\n  reports: reports\n"
+    )
     (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n")
     shutil.copy(FIXTURES / notebook, root / "notebooks" / "demo.py")
     return root
 
 
 def outputs(root: Path) -> dict[str, bytes]:
-    return {name: (root / name).read_bytes()
-            for name in ("out/result.txt", "reports/demo.ipynb", "reports/demo.html")}
+    return {
+        name: (root / name).read_bytes()
+        for name in ("out/result.txt", "reports/demo.ipynb", "reports/demo.html")
+    }
 
 
 def test_parameter_names_flatten_param_keys():
@@ -66,8 +70,11 @@ def test_overrides_reach_into_mappings_and_typos_are_errors():
     assert stage.parameters["train_gradient_boosting"]["max_iter"] == 7
     with pytest.raises(ChurnlabError, match="no such key in params"):
         load_stage(ROOT, "train", {"train.gradient_boosting.max_iterations": 7})
-    with pytest.raises(ChurnlabError, match=r"stage 'train' does not read param\(s\) "
-                                            r"\['evaluate.seed'\]"):
+    with pytest.raises(
+        ChurnlabError,
+        match=r"stage 'train' does not read param\(s\) "
+        r"\['evaluate.seed'\]",
+    ):
         load_stage(ROOT, "train", {"evaluate.seed": 1})
 
 
@@ -79,8 +86,10 @@ def test_a_good_run_writes_stable_outputs_and_a_script_free_report(tmp_path):
     executed = json.loads(first["reports/demo.ipynb"])
     text = first["reports/demo.ipynb"].decode()
     assert "start_time" not in text and "duration" not in text
-    assert executed["metadata"]["papermill"]["parameters"] == {"paths_result": "out/result.txt",
-                                                                "demo_n": 2}
+    assert executed["metadata"]["papermill"]["parameters"] == {
+        "paths_result": "out/result.txt",
+        "demo_n": 2,
+    }
     html = first["reports/demo.html"].decode()
     assert "wrote 2 lines" in html
     assert "<script" not in html.lower()
@@ -115,8 +124,9 @@ def test_a_failing_first_run_leaves_no_half_result(tmp_path):
 
 def test_a_notebook_without_a_parameters_cell_is_an_error(tmp_path):
     root = make_project(tmp_path, "no_parameters.py")
-    with pytest.raises(ChurnlabError, match="expected exactly one cell tagged 'parameters', "
-                                            "found 0"):
+    with pytest.raises(
+        ChurnlabError, match="expected exactly one cell tagged 'parameters', found 0"
+    ):
         run_stage("demo", root=root, progress=False)
 
 
@@ -129,16 +139,18 @@ def test_a_parameter_the_notebook_does_not_declare_is_an_error(tmp_path):
 
 def test_a_declared_parameter_the_stage_does_not_pass_is_an_error(tmp_path):
     root = make_project(tmp_path, "extra_parameter.py")
-    with pytest.raises(ChurnlabError, match=r"\['demo_colour'\] of the parameters cell are "
-                                            r"not passed by stage 'demo'"):
+    with pytest.raises(
+        ChurnlabError,
+        match=r"\['demo_colour'\] of the parameters cell are "
+        r"not passed by stage 'demo'",
+    ):
         run_stage("demo", root=root, progress=False)
 
 
 def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
     root = make_project(tmp_path, "ok.py")
     (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n  m: 3\n")
-    with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no "
-                                            "stage"):
+    with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no stage"):
         run_stage("demo", root=root, progress=False)
 
 

@@ -17,11 +17,17 @@ def _fetch(args) -> None:
     check_unread_params(root)
     params = load_params(root)
     target = root / get_key(params, "paths.raw", "params/paths.yaml")
-    digest = fetch_raw(get_key(params, "data.source", "params/data.yaml"),
-                       get_key(params, "data.sha256", "params/data.yaml"), target, root,
-                       schema=get_key(params, "schema", "params/data.yaml"))
-    print(f"[fetch] {target.relative_to(root)}: sha256 {digest}; matches params/data.yaml "
-          f"schema", file=sys.stderr)
+    digest = fetch_raw(
+        get_key(params, "data.source", "params/data.yaml"),
+        get_key(params, "data.sha256", "params/data.yaml"),
+        target,
+        root,
+        schema=get_key(params, "schema", "params/data.yaml"),
+    )
+    print(
+        f"[fetch] {target.relative_to(root)}: sha256 {digest}; matches params/data.yaml schema",
+        file=sys.stderr,
+    )
 
 
 def _run(args) -> None:
@@ -37,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.set_defaults(handler=_fetch)
     run = commands.add_parser("run", help="run one notebook stage of dvc.yaml with papermill")
     run.add_argument("stage", help="the stage name in dvc.yaml")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override one param key the stage reads (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one param key the stage reads (repeatable)",
+    )
     run.set_defaults(handler=_run)
     args = parser.parse_args(argv)
     try:

@@ -66,8 +66,9 @@ class TableSpec:
             positive_label=str(schema["positive_label"]),
             negative_label=str(schema["negative_label"]),
             numeric={k: dict(v or {}) for k, v in numeric.items()},
-            categorical={k: (None if v is None else [str(x) for x in v])
-                         for k, v in categorical.items()},
+            categorical={
+                k: (None if v is None else [str(x) for x in v]) for k, v in categorical.items()
+            },
         )
 
     @property
@@ -153,8 +154,9 @@ def _describe_failures(cases: pd.DataFrame, where: str, max_examples: int = 3) -
             value = case["failure_case"]
             shown.append(f"{row}{'blank' if pd.isna(value) else repr(value)}")
         more = f" (+{len(group) - max_examples} more)" if len(group) > max_examples else ""
-        lines.append(f"  - column '{column}', rule {check}: {len(group)} rows, "
-                     f"e.g. {'; '.join(shown)}{more}")
+        lines.append(
+            f"  - column '{column}', rule {check}: {len(group)} rows, e.g. {'; '.join(shown)}{more}"
+        )
     return f"{where}: the data does not match params/data.yaml schema:\n" + "\n".join(lines)
 
 
@@ -181,8 +183,12 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
             typed[name], unparsed = _to_number(raw[name])
             for index in raw.index[unparsed]:
                 bad_type.append(
-                    {"column": name, "check": "is a number", "index": index,
-                     "failure_case": raw.at[index, name]}
+                    {
+                        "column": name,
+                        "check": "is a number",
+                        "index": index,
+                        "failure_case": raw.at[index, name],
+                    }
                 )
         else:
             typed[name] = _as_text(raw[name])
@@ -194,10 +200,13 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
         unparsed = {(case["column"], case["index"]) for case in bad_type}
         repeated = [
             (column, index) in unparsed and check == "not_nullable"
-            for column, index, check in zip(cases["column"], cases["index"], cases["check"])
+            for column, index, check in zip(
+                cases["column"], cases["index"], cases["check"], strict=True
+            )
         ]
-        cases = pd.concat([cases[~np.array(repeated, dtype=bool)], pd.DataFrame(bad_type)],
-                          ignore_index=True)
+        cases = pd.concat(
+            [cases[~np.array(repeated, dtype=bool)], pd.DataFrame(bad_type)], ignore_index=True
+        )
         raise ChurnlabError(_describe_failures(cases, where)) from None
     if bad_type:
         raise ChurnlabError(_describe_failures(pd.DataFrame(bad_type), where))
@@ -250,8 +259,7 @@ def split_customers(
     counts = table[TARGET_COLUMN].value_counts()
     if len(counts) < 2 or counts.min() < 2:
         raise ChurnlabError(
-            f"the target needs at least 2 rows of each class to split; found "
-            f"{counts.to_dict()}"
+            f"the target needs at least 2 rows of each class to split; found {counts.to_dict()}"
         )
     train, test = train_test_split(
         table, test_size=test_size, stratify=table[TARGET_COLUMN], random_state=seed

@@ -50,10 +50,13 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, evaluate: dict) -> 
     else:
         for key in ("cost_missed_churner", "cost_wasted_offer"):
             if not isinstance(evaluate.get(key), (int, float)) or evaluate[key] < 0:
-                raise ChurnlabError(f"params/evaluate.yaml evaluate.{key}: expected a number "
-                                    f">= 0, found {evaluate.get(key)!r}")
-        objective = -(evaluate["cost_missed_churner"] * false_neg
-                      + evaluate["cost_wasted_offer"] * false_pos)
+                raise ChurnlabError(
+                    f"params/evaluate.yaml evaluate.{key}: expected a number "
+                    f">= 0, found {evaluate.get(key)!r}"
+                )
+        objective = -(
+            evaluate["cost_missed_churner"] * false_neg + evaluate["cost_wasted_offer"] * false_pos
+        )
     best = np.flatnonzero(objective == objective.max())
     return float(candidates[best[-1]])
 
@@ -64,9 +67,11 @@ def top_fraction_stats(labels: np.ndarray, scores: np.ndarray, fraction: float) 
     top = np.argsort(-scores, kind="stable")[:count]
     rate_top = labels[top].mean()
     rate_all = labels.mean()
-    return {"lift": float(rate_top / rate_all), "capture_rate": float(labels[top].sum()
-                                                                      / labels.sum()),
-            "precision": float(rate_top)}
+    return {
+        "lift": float(rate_top / rate_all),
+        "capture_rate": float(labels[top].sum() / labels.sum()),
+        "precision": float(rate_top),
+    }
 
 
 def classification_metrics(labels, scores, threshold: float, top_fraction: float) -> dict:
@@ -93,22 +98,25 @@ def baseline_metrics(train_labels, labels, top_fraction: float) -> dict:
     rate = float(np.mean(train_labels))
     scores = np.full(len(labels), rate)
     predicted_positive = rate >= 0.5
-    metrics = classification_metrics(labels, scores, 0.5 if predicted_positive else 1.0,
-                                     top_fraction)
+    metrics = classification_metrics(
+        labels, scores, 0.5 if predicted_positive else 1.0, top_fraction
+    )
     # a constant score ranks nobody: its top decile is a random decile
     metrics["top_lift"], metrics["top_capture_rate"] = 1.0, top_fraction
     metrics["top_precision"] = float(np.mean(labels))
     return metrics
 
 
-def evaluate_scores(labels, scores, train_labels, threshold: float, top_fraction: float,
-                    costs: dict) -> dict:
+def evaluate_scores(
+    labels, scores, train_labels, threshold: float, top_fraction: float, costs: dict
+) -> dict:
     """Model and baseline metrics, the confusion matrix and expected costs, as one dict."""
     labels = np.asarray(labels)
     model = classification_metrics(labels, scores, threshold, top_fraction)
     baseline = baseline_metrics(train_labels, labels, top_fraction)
-    tn, fp, fn, tp = confusion_matrix(labels, (scores >= threshold).astype(int),
-                                      labels=[0, 1]).ravel()
+    tn, fp, fn, tp = confusion_matrix(
+        labels, (scores >= threshold).astype(int), labels=[0, 1]
+    ).ravel()
     cost_model = costs["cost_missed_churner"] * fn + costs["cost_wasted_offer"] * fp
     cost_nobody = costs["cost_missed_churner"] * labels.sum()
     return {
@@ -118,8 +126,11 @@ def evaluate_scores(labels, scores, train_labels, threshold: float, top_fraction
         **model,
         "brier_skill": float(1 - model["brier"] / baseline["brier"]),
         "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
-        "cost": {"model": float(cost_model), "no_action": float(cost_nobody),
-                 "saving": float(cost_nobody - cost_model)},
+        "cost": {
+            "model": float(cost_model),
+            "no_action": float(cost_nobody),
+            "saving": float(cost_nobody - cost_model),
+        },
         "baseline": baseline,
     }
 
@@ -144,14 +155,18 @@ def check_gates(metrics: dict, gates: dict) -> list[str]:
     """
     unknown = sorted(set(gates) - set(GATES))
     if unknown:
-        raise ChurnlabError(f"params/evaluate.yaml evaluate.gates: unknown gate(s) {unknown}; "
-                            f"known: {sorted(GATES)}")
+        raise ChurnlabError(
+            f"params/evaluate.yaml evaluate.gates: unknown gate(s) {unknown}; "
+            f"known: {sorted(GATES)}"
+        )
     missed = []
     for gate, threshold in sorted(gates.items()):
         value = metrics[GATES[gate]]
         if not value >= threshold:
-            missed.append(f"quality gate {gate} missed: {GATES[gate]} = {value:.4f} is below "
-                          f"{threshold} (params/evaluate.yaml evaluate.gates.{gate})")
+            missed.append(
+                f"quality gate {gate} missed: {GATES[gate]} = {value:.4f} is below "
+                f"{threshold} (params/evaluate.yaml evaluate.gates.{gate})"
+            )
     return missed
 
 
@@ -170,28 +185,43 @@ def plot_tables(labels, scores, threshold: float, bins: int = 10) -> dict[str, p
     counts = np.round(steps * len(labels)).astype(int)
     captured = np.concatenate([[0], np.cumsum(labels[order])])[counts] / labels.sum()
     predicted_labels = (scores >= threshold).astype(int)
-    confusion = pd.DataFrame({"actual": np.where(labels == 1, "churn", "stay"),
-                              "predicted": np.where(predicted_labels == 1, "churn", "stay")})
+    confusion = pd.DataFrame(
+        {
+            "actual": np.where(labels == 1, "churn", "stay"),
+            "predicted": np.where(predicted_labels == 1, "churn", "stay"),
+        }
+    )
     return {
         "roc": _round(pd.DataFrame({"fpr": fpr, "tpr": tpr})),
         "precision_recall": _round(pd.DataFrame({"recall": recall, "precision": precision})),
         "calibration": _round(pd.DataFrame({"predicted": predicted, "observed": observed})),
-        "gains": _round(pd.DataFrame({"customers_contacted": steps,
-                                      "churners_captured": captured, "random": steps})),
+        "gains": _round(
+            pd.DataFrame(
+                {"customers_contacted": steps, "churners_captured": captured, "random": steps}
+            )
+        ),
         "confusion": confusion,
     }
 
 
-def feature_importance(model, features: pd.DataFrame, labels, repeats: int, max_rows: int,
-                       seed: int) -> pd.DataFrame:
+def feature_importance(
+    model, features: pd.DataFrame, labels, repeats: int, max_rows: int, seed: int
+) -> pd.DataFrame:
     """Permutation importance (drop in ROC AUC) on at most ``max_rows`` seeded rows."""
     if len(features) > max_rows:
         rows = np.random.default_rng(seed).choice(len(features), max_rows, replace=False)
         rows.sort()
         features, labels = features.iloc[rows], np.asarray(labels)[rows]
-    result = permutation_importance(model, features, labels, scoring="roc_auc",
-                                    n_repeats=repeats, random_state=seed, n_jobs=1)
-    table = pd.DataFrame({"feature": features.columns, "importance": result.importances_mean,
-                          "std": result.importances_std})
-    return _round(table.sort_values(["importance", "feature"], ascending=[False, True])
-                  .reset_index(drop=True))
+    result = permutation_importance(
+        model, features, labels, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
+    )
+    table = pd.DataFrame(
+        {
+            "feature": features.columns,
+            "importance": result.importances_mean,
+            "std": result.importances_std,
+        }
+    )
+    return _round(
+        table.sort_values(["importance", "feature"], ascending=[False, True]).reset_index(drop=True)
+    )

@@ -39,15 +39,28 @@ def associations(table: pd.DataFrame, numeric: list[str], categorical: list[str]
         crosstab = pd.crosstab(table[name], labels)
         chi2, p_value, _, _ = chi2_contingency(crosstab)
         strength = np.sqrt(chi2 / (crosstab.to_numpy().sum() * (min(crosstab.shape) - 1)))
-        rows.append({"feature": name, "kind": "categorical", "measure": "Cramér's V",
-                     "strength": strength, "p_value": p_value})
+        rows.append(
+            {
+                "feature": name,
+                "kind": "categorical",
+                "measure": "Cramér's V",
+                "strength": strength,
+                "p_value": p_value,
+            }
+        )
     for name in numeric:
         values = table[name]
         churned, stayed = values[labels == 1].dropna(), values[labels == 0].dropna()
         u_stat, p_value = mannwhitneyu(churned, stayed)
-        rows.append({"feature": name, "kind": "numeric", "measure": "rank-biserial",
-                     "strength": 2 * u_stat / (len(churned) * len(stayed)) - 1,
-                     "p_value": p_value})
+        rows.append(
+            {
+                "feature": name,
+                "kind": "numeric",
+                "measure": "rank-biserial",
+                "strength": 2 * u_stat / (len(churned) * len(stayed)) - 1,
+                "p_value": p_value,
+            }
+        )
     result = pd.DataFrame(rows)
     result["strength"] = result["strength"].round(4)
     result["p_value"] = result["p_value"].map(lambda p: float(f"{p:.3g}"))

