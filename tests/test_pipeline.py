@@ -66,7 +66,8 @@ def test_metrics_equal_the_committed_ones_bit_for_bit(project, name):
 
 
 def test_the_run_leaves_git_clean_so_dvc_lock_reproduces(project):
-    assert git_status(project) == ""
+    changed = git_status(project)
+    assert changed == "", run(["git", "diff", "--stat", "-p"], project).stdout[-3000:]
 
 
 def test_a_run_with_nothing_changed_runs_nothing(project):
