@@ -47,7 +47,7 @@ numeric, categorical = feature_columns(train)
 hyperparams = {"logistic_regression": train_logistic_regression,
                "gradient_boosting": train_gradient_boosting}.get(train_family, {})
 model = build_model(numeric, categorical, train_family, hyperparams, train_seed)
-model
+print(model)
 
 # %% keep_output=true
 # NBVAL_CHECK_OUTPUT

@@ -122,6 +122,7 @@ def test_parquet_and_csv_give_the_same_typed_table(tmp_path):
     ("change", "message"),
     [
         ({"target": None}, r"schema.target: missing"),
+        ({"idcolumn": "cust"}, r"schema: unknown key\(s\) \['idcolumn'\]"),
         ({"numeric": {"months": {"minimum": 0}}}, r"schema.numeric.months: expected keys"),
         ({"categorical": {"plan": "basic"}}, r"schema.categorical.plan: expected a list"),
         ({"numeric": {"plan": {}}}, r"\['plan'\] are both numeric and categorical"),

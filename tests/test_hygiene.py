@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from churnlab.lockfile import environment_yaml, locked_pins
-from churnlab.runner import load_stage, notebook_stages, read_notebook
+from churnlab.runner import bind_parameters, load_stage, notebook_stages, read_notebook
 
 from conftest import ROOT
 
@@ -51,7 +51,8 @@ def test_notebook_defaults_equal_params(stage):
     loaded = load_stage(ROOT, stage)
     nb = read_notebook(ROOT / loaded.notebook)
     defaults = {p.name: ast.literal_eval(p.default) for p in _infer_parameters(nb)}
-    assert defaults == loaded.parameters, f"{loaded.notebook}: parameters cell != params/"
+    expected = bind_parameters(loaded, set(defaults))
+    assert defaults == expected, f"{loaded.notebook}: parameters cell != params/"
 
 
 def test_no_column_name_of_the_telco_data_outside_its_defaults():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from churnlab.errors import ChurnlabError
-from churnlab.runner import load_stage, parameter_name, run_stage
+from churnlab.runner import bind_parameters, load_stage, parameter_name, run_stage
 
 from conftest import ROOT
 
@@ -61,13 +61,28 @@ def test_parameter_names_flatten_param_keys():
 
 def test_a_stage_gets_exactly_its_param_keys(tmp_path):
     stage = load_stage(make_project(tmp_path, "ok.py"), "demo")
-    assert stage.parameters == {"paths_result": "out/result.txt", "demo_n": 2}
+    assert stage.values == {"paths.result": "out/result.txt", "demo.n": 2}
+    assert bind_parameters(stage, {"paths_result", "demo_n"}) == {
+        "paths_result": "out/result.txt",
+        "demo_n": 2,
+    }
     assert stage.notebook == Path("notebooks/demo.py")
+
+
+def test_a_whole_section_is_passed_per_key_unless_declared_by_name():
+    stage = load_stage(ROOT, "train")
+    assert stage.values["train"]["cv_folds"] == 5
+    paths = {parameter_name(k) for k in stage.values if k != "train"}
+    per_key = bind_parameters(stage, paths | {f"train_{k}" for k in stage.values["train"]})
+    assert per_key["train_cv_folds"] == 5
+    with pytest.raises(ChurnlabError, match=r"\['train_cv_folds', .*not declared"):
+        bind_parameters(stage, paths | {"train_seed"})
+    assert bind_parameters(stage, paths | {"train"})["train"] == stage.values["train"]
 
 
 def test_overrides_reach_into_mappings_and_typos_are_errors():
     stage = load_stage(ROOT, "train", {"train.gradient_boosting.max_iter": 7})
-    assert stage.parameters["train_gradient_boosting"]["max_iter"] == 7
+    assert stage.values["train"]["gradient_boosting"]["max_iter"] == 7
     with pytest.raises(ChurnlabError, match="no such key in params"):
         load_stage(ROOT, "train", {"train.gradient_boosting.max_iterations": 7})
     with pytest.raises(

@@ -39,6 +39,17 @@ class TableSpec:
         where = "params/data.yaml schema"
         if not isinstance(schema, dict):
             raise ChurnlabError(f"{where}: expected a mapping")
+        known = {
+            "id_column",
+            "target",
+            "positive_label",
+            "negative_label",
+            "numeric",
+            "categorical",
+        }
+        unknown = sorted(set(schema) - known)
+        if unknown:
+            raise ChurnlabError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
         for key in ("id_column", "target", "positive_label", "negative_label"):
             if schema.get(key) in (None, ""):
                 raise ChurnlabError(f"{where}.{key}: missing")

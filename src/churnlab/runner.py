@@ -38,7 +38,7 @@ class Stage:
 
     name: str
     notebook: Path
-    parameters: dict[str, Any]
+    values: dict[str, Any]  # param key as declared in dvc.yaml -> value
     outs: list[str]
     report_dir: str
     unread: list[str]  # override keys the stage does not read
@@ -123,7 +123,7 @@ def load_stage(
                             overrides.pop(override),
                             f"{file_name}:{dotted}",
                         )
-            values[parameter_name(key)] = value
+            values[key] = value
     if overrides and strict:
         raise ChurnlabError(
             f"stage '{name}' does not read param(s) {sorted(overrides)} (dvc.yaml params)"
@@ -201,12 +201,11 @@ def read_notebook(path: Path):
     return nb
 
 
-def check_parameters(nb, notebook: Path, given: dict[str, Any], stage: str) -> None:
-    """The contract between a stage and its notebook's ``parameters`` cell.
+def declared_parameters(nb, notebook: Path) -> set[str]:
+    """The names declared in the notebook's one ``parameters`` cell.
 
     Raises:
-        ChurnlabError: no parameters cell; a parameter the cell does not declare; a declared
-            parameter that the stage does not pass.
+        ChurnlabError: no ``parameters`` cell, or more than one.
     """
     from papermill.inspection import _infer_parameters
 
@@ -215,19 +214,42 @@ def check_parameters(nb, notebook: Path, given: dict[str, Any], stage: str) -> N
         raise ChurnlabError(
             f"{notebook}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
         )
-    declared = {p.name for p in _infer_parameters(nb, name=KERNEL_NAME, language="python")}
+    return {p.name for p in _infer_parameters(nb, name=KERNEL_NAME, language="python")}
+
+
+def bind_parameters(stage: Stage, declared: set[str]) -> dict[str, Any]:
+    """The notebook parameters for a stage's param values, checked against the notebook.
+
+    A key becomes a parameter by its flattened name (``train.cv_folds`` -> ``train_cv_folds``).
+    A whole section (a key without a dot, such as ``train``) is passed whole when the notebook
+    declares its name, otherwise as one parameter per key of the section; so a key added to
+    the section by mistake (``train.famliy``) reaches the notebook and is refused there.
+
+    Raises:
+        ChurnlabError: a parameter the cell does not declare; a declared parameter that the
+            stage does not pass.
+    """
+    given: dict[str, Any] = {}
+    for key, value in stage.values.items():
+        name = parameter_name(key)
+        if "." not in key and name not in declared and isinstance(value, dict):
+            for child, sub in value.items():
+                given[parameter_name(f"{key}.{child}")] = sub
+        else:
+            given[name] = value
     unknown = sorted(set(given) - declared)
     if unknown:
         raise ChurnlabError(
-            f"{notebook}: parameter(s) {unknown} passed by stage '{stage}' are not declared in "
-            f"the notebook's parameters cell (declared: {sorted(declared)})"
+            f"{stage.notebook}: parameter(s) {unknown} passed by stage '{stage.name}' are not "
+            f"declared in the notebook's parameters cell (declared: {sorted(declared)})"
         )
     missing = sorted(declared - set(given))
     if missing:
         raise ChurnlabError(
-            f"{notebook}: parameter(s) {missing} of the parameters cell are not passed by "
-            f"stage '{stage}': add their keys to the stage's params in dvc.yaml"
+            f"{stage.notebook}: parameter(s) {missing} of the parameters cell are not passed by "
+            f"stage '{stage.name}': add their keys to the stage's params in dvc.yaml"
         )
+    return given
 
 
 def scrub_notebook(nb, parameters: dict[str, Any], notebook: Path):
@@ -350,7 +372,7 @@ def run_stage(
     check_unread_params(root)
     stage = load_stage(root, name, overrides)
     nb = read_notebook(root / stage.notebook)
-    check_parameters(nb, stage.notebook, stage.parameters, name)
+    parameters = bind_parameters(stage, declared_parameters(nb, stage.notebook))
     missing_outs = [o for o in (stage.executed_path, stage.html_path) if o not in stage.outs]
     if missing_outs:
         raise ChurnlabError(f"dvc.yaml stage '{name}': outs must include {missing_outs}")
@@ -371,7 +393,7 @@ def run_stage(
             executed = papermill.execute_notebook(
                 nb,
                 str(running),
-                parameters=stage.parameters,
+                parameters=parameters,
                 kernel_name=KERNEL_NAME,
                 language="python",
                 cwd=str(root),
@@ -400,7 +422,7 @@ def run_stage(
                 f"{stage.notebook}: finished but did not write {not_written} "
                 f"(outs of stage '{name}' in dvc.yaml)"
             )
-        clean = scrub_notebook(executed, stage.parameters, stage.notebook)
+        clean = scrub_notebook(executed, parameters, stage.notebook)
         _write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         _write_text(root / stage.html_path, to_html(clean))
     running.unlink(missing_ok=True)
@@ -455,7 +477,7 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
         stage = load_stage(root, name, overrides, strict=False)
         used |= set(overrides) - set(stage.unread)
         nb = read_notebook(root / stage.notebook.with_suffix(".ipynb"))
-        check_parameters(nb, stage.notebook, stage.parameters, name)
+        parameters = bind_parameters(stage, declared_parameters(nb, stage.notebook))
         for cell in nb.cells:  # nbval compares only cells marked as run; git strips counts
             if cell.cell_type == "code" and cell.get("outputs"):
                 cell.execution_count = 1
@@ -463,7 +485,7 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
         papermill.execute_notebook(
             nb,
             str(target),
-            parameters=stage.parameters,
+            parameters=parameters,
             kernel_name=KERNEL_NAME,
             language="python",
             prepare_only=True,
