@@ -69,11 +69,11 @@ def test_every_pipeline_notebook_passes_nbval_on_the_ci_profile(profile_root):
 
 
 def test_nbval_fails_when_a_checked_output_changes(profile_root):
-    path = profile_root / "01_explore.ipynb"
+    path = profile_root / "02_prepare.ipynb"
     notebook = json.loads(path.read_text())
     checked = [c for c in notebook["cells"] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
     assert len(checked) == 1
-    checked[0]["outputs"][0]["text"] = "numeric features: 99\n"
+    checked[0]["outputs"][0]["text"] = "columns of the prepared tables: 99\n"
     path.write_text(json.dumps(notebook))
-    result = nbval(profile_root, "01_explore.ipynb")
-    assert result.returncode != 0 and "numeric features: 99" in result.stdout
+    result = nbval(profile_root, "02_prepare.ipynb")
+    assert result.returncode != 0 and "columns of the prepared tables: 99" in result.stdout

@@ -149,7 +149,10 @@ def test_a_parameter_the_notebook_does_not_declare_is_an_error(tmp_path):
     root = make_project(tmp_path, "undeclared.py")
     with pytest.raises(ChurnlabError) as error:
         run_stage("demo", root=root, progress=False)
-    assert "['demo_n'] passed by stage 'demo' are not declared" in str(error.value)
+    assert (
+        "['params/demo.yaml:demo.n'] passed by stage 'demo' as ['demo_n'] are not "
+        "declared" in str(error.value)
+    )
 
 
 def test_a_declared_parameter_the_stage_does_not_pass_is_an_error(tmp_path):

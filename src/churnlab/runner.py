@@ -39,6 +39,7 @@ class Stage:
     name: str
     notebook: Path
     values: dict[str, Any]  # param key as declared in dvc.yaml -> value
+    files: dict[str, str]  # param key -> the params file it comes from
     outs: list[str]
     report_dir: str
     unread: list[str]  # override keys the stage does not read
@@ -105,6 +106,7 @@ def load_stage(
             params_by_file.setdefault("params.yaml", []).append(entry)
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
+    key_files: dict[str, str] = {}
     for file_name, keys in params_by_file.items():
         content = files.get(file_name)
         if content is None:
@@ -124,6 +126,7 @@ def load_stage(
                             f"{file_name}:{dotted}",
                         )
             values[key] = value
+            key_files[key] = file_name
     if overrides and strict:
         raise ChurnlabError(
             f"stage '{name}' does not read param(s) {sorted(overrides)} (dvc.yaml params)"
@@ -140,7 +143,7 @@ def load_stage(
         for o in stages[name].get(kind) or []
     ]
     report_dir = interpolate("${paths.reports}", merged, where)
-    return Stage(name, Path(notebooks[0]), values, outs, report_dir, sorted(overrides))
+    return Stage(name, Path(notebooks[0]), values, key_files, outs, report_dir, sorted(overrides))
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
@@ -230,25 +233,31 @@ def bind_parameters(stage: Stage, declared: set[str]) -> dict[str, Any]:
             stage does not pass.
     """
     given: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for key, value in stage.values.items():
         name = parameter_name(key)
         if "." not in key and name not in declared and isinstance(value, dict):
             for child, sub in value.items():
                 given[parameter_name(f"{key}.{child}")] = sub
+                origin[parameter_name(f"{key}.{child}")] = f"{stage.files[key]}:{key}.{child}"
         else:
             given[name] = value
+            origin[name] = f"{stage.files[key]}:{key}"
+    problems = []
     unknown = sorted(set(given) - declared)
     if unknown:
-        raise ChurnlabError(
-            f"{stage.notebook}: parameter(s) {unknown} passed by stage '{stage.name}' are not "
-            f"declared in the notebook's parameters cell (declared: {sorted(declared)})"
+        problems.append(
+            f"param(s) {[origin[n] for n in unknown]} passed by stage '{stage.name}' as "
+            f"{unknown} are not declared in the notebook's parameters cell (a typo?)"
         )
     missing = sorted(declared - set(given))
     if missing:
-        raise ChurnlabError(
-            f"{stage.notebook}: parameter(s) {missing} of the parameters cell are not passed by "
-            f"stage '{stage.name}': add their keys to the stage's params in dvc.yaml"
+        problems.append(
+            f"parameter(s) {missing} of the parameters cell are not passed by stage "
+            f"'{stage.name}': add their keys to the stage's params in dvc.yaml"
         )
+    if problems:
+        raise ChurnlabError(f"{stage.notebook}: " + "; ".join(problems))
     return given
 
 
