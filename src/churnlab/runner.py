@@ -266,6 +266,9 @@ def scrub_notebook(nb, parameters: dict[str, Any], notebook: Path):
     nb = copy.deepcopy(nb)
     nb.metadata["papermill"] = {"input_path": str(notebook), "parameters": parameters}
     nb.metadata.pop("widgets", None)
+    language = nb.metadata.get("language_info", {})
+    if "version" in language:  # 3.11.7 here, 3.11.2 there: keep what the lock fixes
+        language["version"] = ".".join(str(language["version"]).split(".")[:2])
     for index, cell in enumerate(nb.cells):
         cell.id = f"cell-{index:03d}"  # papermill gives the injected cell a random id
         cell.metadata.pop("papermill", None)
