@@ -175,3 +175,12 @@ def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
 def test_an_unknown_stage_is_named(tmp_path):
     with pytest.raises(ChurnlabError, match="dvc.yaml: no stage 'trian'"):
         load_stage(ROOT, "trian")
+
+
+def test_html_and_script_in_outputs_never_run_in_the_report(tmp_path):
+    root = make_project(tmp_path, "html_payload.py")
+    run_stage("demo", root=root, progress=False)
+    html = (root / "reports" / "demo.html").read_text()
+    assert "visible cell" in html and "<table" in html
+    for payload in ("<script", "onclick", "onerror", "evil.invalid", "javascript:"):
+        assert payload not in html

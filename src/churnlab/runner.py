@@ -30,6 +30,7 @@ KERNEL_NAME = "churnlab"
 WORK_DIR = ".churnlab"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
+_STYLE = re.compile(r"<style\b[^>]*>.*?</style>", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass
@@ -278,23 +279,93 @@ def scrub_notebook(nb, parameters: dict[str, Any], notebook: Path):
     return nb
 
 
+# What an HTML output (a DataFrame, a styled table) may keep in a report: structure and
+# text, no script, no event handler, no remote resource.
+_SAFE_TAGS = frozenset(
+    {
+        "table",
+        "thead",
+        "tbody",
+        "tfoot",
+        "tr",
+        "th",
+        "td",
+        "caption",
+        "colgroup",
+        "col",
+        "div",
+        "span",
+        "p",
+        "br",
+        "hr",
+        "b",
+        "i",
+        "em",
+        "strong",
+        "code",
+        "pre",
+        "small",
+        "sub",
+        "sup",
+        "ul",
+        "ol",
+        "li",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "blockquote",
+    }
+)
+_SAFE_ATTRIBUTES = {
+    "*": ["class", "title"],
+    "th": ["colspan", "rowspan"],
+    "td": ["colspan", "rowspan"],
+}
+
+
+def sanitize_outputs(nb):
+    """A copy of ``nb`` whose outputs are safe to show: no stderr, no JavaScript, clean HTML.
+
+    Markdown cells are the notebook author's own text and are left as they are; outputs
+    carry data, and data is never trusted.
+    """
+    import bleach
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and output.name == "stderr":
+                continue
+            data = output.get("data", {})
+            for kind in [k for k in data if "javascript" in k or k.endswith("+json")]:
+                del data[kind]
+            if "text/html" in data:
+                html = data["text/html"]
+                html = _STYLE.sub("", "".join(html) if isinstance(html, list) else html)
+                data["text/html"] = bleach.clean(
+                    html, tags=_SAFE_TAGS, attributes=_SAFE_ATTRIBUTES, strip=True
+                )
+            kept.append(output)
+        cell.outputs = kept
+    return nb
+
+
 def to_html(nb) -> str:
     """The report page: outputs only, no parameters, no stderr, nothing loaded from a CDN."""
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
-    nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [
-                o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
-            ]
     exporter = HTMLExporter(
         template_name="lab",
         exclude_input=True,
         exclude_input_prompt=True,
         exclude_output_prompt=True,
-        sanitize_html=True,
         embed_images=True,
         mathjax_url="",
         require_js_url="",
@@ -304,9 +375,9 @@ def to_html(nb) -> str:
     )
     remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
-    body, _ = exporter.from_notebook_node(nb)
+    body, _ = exporter.from_notebook_node(sanitize_outputs(nb))
     # The page needs no script: tables and static images only. The template's own
-    # (require.js, MathJax, mermaid from a CDN) go; outputs were already sanitized.
+    # (require.js, MathJax, mermaid from a CDN) go; outputs were sanitized above.
     return _SCRIPT.sub("", body)
 
 
