@@ -32,10 +32,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +54,13 @@ TARGET_OVERHEAD_S = 1.5
 TARGET_RATIO = 1.2
 TARGET_RATIO_ROWS = 1_000_000
 SYNTH_DIR = "synth"
-QUIET = ("Kernel is running over TCP without encryption",)
+QUIET_SHARE = 0.1  # the machine counts as quiet below this share of all CPUs busy
+QUIET_WINDOW_S = 5.0
+DISTURBED_CORES = 0.1  # other processes using more than this many cores disturb a phase
+WATCH_S = 5.0  # a watched command is ended when other processes use more than
+WATCH_CORES = 0.3  # WATCH_CORES cores in WATCH_TIMES windows of WATCH_S seconds in a row
+WATCH_TIMES = 2
+MUTED_LINES = ("Kernel is running over TCP without encryption",)
 VERSIONS = (
     "dvc",
     "papermill",
@@ -66,9 +74,22 @@ VERSIONS = (
     "matplotlib",
 )
 
+PART_NAMES = (
+    "CLI start-up",
+    "kernel start",
+    "kernel imports",
+    "papermill per cell",
+    "HTML export",
+    "DVC after the stage",
+)
+
 STAGE_START = re.compile(r"^Running stage '([^']+)'")
 RUNNER_START = re.compile(r"^\[([\w-]+)\] running ")
 RUNNER_DONE = re.compile(r"^\[([\w-]+)\] done in ([\d.]+) s")
+
+
+class Disturbed(Exception):
+    """A watched command was ended because other processes started to use the CPUs."""
 
 
 @dataclass(frozen=True)
@@ -102,30 +123,38 @@ def bench_env(bin_dir: Path) -> dict[str, str]:
     return env
 
 
-def stream(command: list[str], cwd: Path, env: dict[str, str], echo: bool = True) -> Run:
+def stream(
+    command: list[str], cwd: Path, env: dict[str, str], echo: bool = True, watch: bool = False
+) -> Run:
     """Run a command, timestamping each line of its merged stdout and stderr.
 
     Raises:
+        Disturbed: ``watch`` is on and other processes loaded the CPUs (see :class:`Watchdog`).
         RuntimeError: a non-zero exit, with the last lines of output.
     """
     started = time.perf_counter()
     lines: list[tuple[float, str]] = []
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as proc:
+    with (
+        subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as proc,
+        Watchdog(proc.pid, watch) as dog,
+    ):
         assert proc.stdout is not None
         for text in proc.stdout:
             text = text.rstrip("\n")
             lines.append((time.perf_counter() - started, text))
-            if echo and text.strip() and not any(q in text for q in QUIET):
+            if echo and text.strip() and not any(m in text for m in MUTED_LINES):
                 print(f"    {lines[-1][0]:7.1f} s | {text}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
+    if dog.fired:
+        raise Disturbed(f"{' '.join(command)} ended after {wall:.0f} s: other processes")
     if proc.returncode != 0:
         tail = "\n".join(text for _, text in lines[-30:])
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}) in {cwd}:\n{tail}")
@@ -143,11 +172,18 @@ def wall_seconds(command: list[str], cwd: Path, env: dict[str, str], repeats: in
 
 
 def import_seconds(
-    python: str, modules: list[str], cwd: Path, env: dict[str, str], repeats: int
+    python: str,
+    modules: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    repeats: int,
+    preload: tuple[str, ...] = (),
 ) -> float:
-    """Median time to import ``modules`` in a fresh interpreter (start-up not counted)."""
+    """Median time to import ``modules`` in a fresh interpreter (start-up not counted),
+    after ``preload`` was imported (not counted either)."""
+    first = f"import {', '.join(preload)}; " if preload else ""
     code = (
-        "import time; s = time.perf_counter(); "
+        f"{first}import time; s = time.perf_counter(); "
         f"import {', '.join(modules)}; print(time.perf_counter() - s)"
     )
     times = [
@@ -172,28 +208,166 @@ def notebook_imports(script: Path) -> list[str]:
     return sorted(set(modules))
 
 
-def run_worker(kind: str, root: Path, out: Path, env: dict[str, str]) -> dict:
-    """Run one measurement in a fresh interpreter (this script with ``--worker``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            kind,
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-        ],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
+def cpu_busy_share(window: float) -> float:
+    """The share of all CPUs that was busy (not idle or waiting) during ``window`` seconds."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    total_before, idle_before = sample()
+    time.sleep(window)
+    total_after, idle_after = sample()
+    elapsed = max(total_after - total_before, 1)
+    return 1.0 - (idle_after - idle_before) / elapsed
+
+
+def wait_until_quiet(max_wait: float) -> float:
+    """Wait until other processes leave the CPUs (at most ``max_wait`` s); return the wait."""
+    if not Path("/proc/stat").is_file():
+        return 0.0
+    started = time.perf_counter()
+    told = False
+    while (busy := cpu_busy_share(QUIET_WINDOW_S)) >= QUIET_SHARE:
+        waited = time.perf_counter() - started
+        if waited >= max_wait:
+            log(f"the machine is still busy ({busy:.0%}) after {waited:.0f} s: measuring anyway")
+            break
+        if not told:
+            log(f"other processes keep {busy:.0%} of the CPUs busy: waiting for a quiet machine")
+            told = True
+    return time.perf_counter() - started
+
+
+def cpu_seconds() -> dict[int, tuple[int, float]]:
+    """``{pid: (parent pid, CPU seconds of it and its waited-for children)}``, all processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+    return table
+
+
+def foreign_cpu(before: dict, after: dict) -> float:
+    """CPU seconds that processes outside this benchmark's process tree used in between."""
+    children: dict[int, list[int]] = {}
+    for table in (before, after):
+        for pid, (parent, _) in table.items():
+            children.setdefault(parent, []).append(pid)
+    ours, stack = {os.getpid()}, [os.getpid()]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in ours:
+                ours.add(child)
+                stack.append(child)
+    return sum(
+        cpu - before.get(pid, (0, 0.0))[1]
+        for pid, (parent, cpu) in after.items()
+        if pid not in ours and parent != 2 and pid != 2
     )
+
+
+def timed_phase(action: Any, max_wait: float) -> tuple[Any, float, float]:
+    """Wait for a quiet machine, run ``action()``; return its result, wall time and the
+    average number of cores other processes used meanwhile (0 without ``/proc``)."""
+    wait_until_quiet(max_wait)
+    if not Path("/proc/stat").is_file():
+        started = time.perf_counter()
+        return action(), time.perf_counter() - started, 0.0
+    before = cpu_seconds()
+    started = time.perf_counter()
+    result = action()
+    wall = time.perf_counter() - started
+    return result, wall, foreign_cpu(before, cpu_seconds()) / wall
+
+
+def run_worker(
+    kind: str, root: Path, out: Path, env: dict[str, str], watch: bool = False, cells: int = 1
+) -> dict:
+    """Run one measurement in a fresh interpreter (this script with ``--worker``).
+
+    Raises:
+        Disturbed: ``watch`` is on and other processes loaded the CPUs.
+        RuntimeError: the worker failed.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    script = str(Path(__file__).resolve())
+    command = [sys.executable, script, "--worker", kind, "--root", str(root), "--out", str(out)]
+    command += ["--cells", str(cells)]
+    with (
+        subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as proc,
+        Watchdog(proc.pid, watch) as dog,
+    ):
+        stdout, _ = proc.communicate()
+    if dog.fired:
+        raise Disturbed(f"worker {kind!r} ended: other processes")
     if proc.returncode != 0:
         raise RuntimeError(f"worker {kind!r} failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def end_tree(pid: int) -> None:
+    """Kill a process this script started and every process below it, by id."""
+    table = cpu_seconds()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, stack = [pid], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    for victim in reversed(found):
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+class Watchdog:
+    """Ends a command (its whole process tree) when other processes start to use the CPUs.
+
+    Two runs competing for 2 cores slow each other down far more than twofold (the
+    OpenMP threads of the gradient boosting spin), so a disturbed measurement is worthless
+    and is better ended early and repeated on a quiet machine.
+    """
+
+    def __init__(self, pid: int, enabled: bool):
+        self.pid = pid
+        self.enabled = enabled and Path("/proc/stat").is_file()
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        before, busy = cpu_seconds(), 0
+        while not self._stop.wait(WATCH_S):
+            after = cpu_seconds()
+            busy = busy + 1 if foreign_cpu(before, after) / WATCH_S > WATCH_CORES else 0
+            before = after
+            if busy >= WATCH_TIMES:
+                self.fired = True
+                log("other processes are using the CPUs: ending this run to repeat it")
+                end_tree(self.pid)
+                return
+
+    def __enter__(self) -> Watchdog:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
 
 
 # --------------------------------------------------------------------------- the project copy
@@ -311,7 +485,7 @@ def _render(fig: Any) -> None:
 
 
 def plain_fetch(root: Path, out: Path) -> dict:
-    """The fetch stage: ``fetch_raw`` with the project's params, into ``out``."""
+    """The fetch stage: ``fetch_raw`` with the project's params (it checks the schema)."""
     from churnlab.config import get_key, load_params
     from churnlab.fetch import fetch_raw
 
@@ -321,8 +495,22 @@ def plain_fetch(root: Path, out: Path) -> dict:
         get_key(params, "data.sha256", "data"),
         out / get_key(params, "paths.raw", "paths"),
         root,
+        schema=get_key(params, "schema", "data"),
     )
     return {}
+
+
+def notebook_parameters(root: Path, name: str, out: Path) -> dict:
+    """The parameters the runner passes to a stage's notebook, paths moved under ``out``."""
+    from churnlab.runner import bind_parameters, declared_parameters, load_stage, read_notebook
+
+    stage = load_stage(root, name)
+    nb = read_notebook(root / stage.notebook)
+    params = bind_parameters(stage, declared_parameters(nb, stage.notebook))
+    return {
+        key: str(out / value) if key.startswith("paths_") else value
+        for key, value in params.items()
+    }
 
 
 def plain_explore(p: dict) -> dict:
@@ -544,7 +732,7 @@ def plain_pipeline(root: Path, out: Path) -> dict:
     import churnlab.fetch
     import churnlab.files
     import churnlab.model  # noqa: F401
-    from churnlab.runner import load_stage, notebook_stages
+    from churnlab.runner import notebook_stages
 
     imported = time.perf_counter() - started
     steps = {
@@ -553,27 +741,28 @@ def plain_pipeline(root: Path, out: Path) -> dict:
         "train": plain_train,
         "evaluate": plain_evaluate,
     }
+    stages = notebook_stages(root)
+    parameters = {name: notebook_parameters(root, name, out) for name in stages}
     times = {}
     results: dict[str, Any] = {}
     begin = time.perf_counter()
     results["fetch"] = plain_fetch(root, out)
     times["fetch"] = time.perf_counter() - begin
     print(f"    plain fetch: {times['fetch']:.2f} s", file=sys.stderr, flush=True)
-    for name in notebook_stages(root):
-        params = load_stage(root, name).parameters
-        params = {
-            key: str(out / value) if key.startswith("paths_") else value
-            for key, value in params.items()
-        }
+    for name in stages:
         begin = time.perf_counter()
-        results[name] = steps[name](params)
+        results[name] = steps[name](parameters[name])
         times[name] = time.perf_counter() - begin
         print(f"    plain {name}: {times[name]:.2f} s", file=sys.stderr, flush=True)
     return {"import": imported, "stages": times, "results": results}
 
 
-def kernel_startup(out: Path) -> dict:
-    """Import papermill, then run an empty notebook on the project's kernel (median)."""
+def kernel_startup(out: Path, cells: int) -> dict:
+    """Import papermill, then run empty notebooks on the project's kernel (medians).
+
+    One notebook has one cell, the other ``cells`` cells; both are saved after every cell
+    as the runner does, so the difference is papermill's cost per cell.
+    """
     started = time.perf_counter()
     import nbformat
     import papermill
@@ -581,27 +770,41 @@ def kernel_startup(out: Path) -> dict:
     from churnlab.runner import KERNEL_NAME
 
     imported = time.perf_counter() - started
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("pass")]
-    nb.cells[0].metadata["tags"] = []
-    nb.metadata["kernelspec"] = {
-        "name": KERNEL_NAME,
-        "display_name": KERNEL_NAME,
-        "language": "python",
+
+    def empty(count: int) -> Any:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("pass") for _ in range(count)]
+        for cell in nb.cells:
+            cell.metadata["tags"] = []
+        nb.metadata["kernelspec"] = {
+            "name": KERNEL_NAME,
+            "display_name": KERNEL_NAME,
+            "language": "python",
+        }
+        return nb
+
+    medians = {}
+    for count in (1, cells):
+        times = []
+        for number in range(REPEATS):
+            begin = time.perf_counter()
+            papermill.execute_notebook(
+                empty(count),
+                str(out / f"empty-{count}-{number}.ipynb"),
+                kernel_name=KERNEL_NAME,
+                language="python",
+                cwd=str(out),
+                progress_bar=False,
+                request_save_on_cell_execute=True,
+            )
+            times.append(time.perf_counter() - begin)
+        medians[count] = statistics.median(times)
+    return {
+        "papermill_import": imported,
+        "empty_notebook": medians[1],
+        "cells": cells,
+        "per_cell": (medians[cells] - medians[1]) / max(cells - 1, 1),
     }
-    times = []
-    for number in range(REPEATS):
-        begin = time.perf_counter()
-        papermill.execute_notebook(
-            nb,
-            str(out / f"empty-{number}.ipynb"),
-            kernel_name=KERNEL_NAME,
-            language="python",
-            cwd=str(out),
-            progress_bar=False,
-        )
-        times.append(time.perf_counter() - begin)
-    return {"papermill_import": imported, "empty_notebook": statistics.median(times)}
 
 
 def html_export(root: Path) -> dict:
@@ -640,54 +843,116 @@ def html_export(root: Path) -> dict:
 # --------------------------------------------------------------------------- measuring
 
 
-def measure_data(
-    label: str, rows: int | None, template: Any, seed: int, workdir: Path, env: dict[str, str]
-) -> dict:
-    """Full repro, no-op repro and the plain computation for one data set, in a fresh copy."""
-    from churnlab.config import read_yaml
-
-    root = workdir / f"project-{label}"
+def fresh_copy(root: Path, rows: int | None, template: Any, seed: int, env: dict[str, str]) -> str:
+    """Copy the project to ``root`` (with ``rows`` synthetic customers); return the source."""
     root.mkdir(parents=True)
-    log(f"{label}: copying the project to {root}")
+    log(f"copying the project to {root}")
     copy_project(PROJECT, root)
     source = "telco (default)"
     if rows is not None:
-        log(f"{label}: generating {rows:,} customers (seed {seed})")
+        log(f"generating {rows:,} customers (seed {seed})")
         begin = time.perf_counter()
         source = write_customers(root, template, rows, seed)
         point_data_at(root, source)
-        log(
-            f"{label}: wrote {source} ({(root / source).stat().st_size / 1e6:.0f} MB) in "
-            f"{time.perf_counter() - begin:.1f} s"
-        )
+        size = (root / source).stat().st_size / 1e6
+        log(f"wrote {source} ({size:.0f} MB) in {time.perf_counter() - begin:.1f} s")
     git_commit(root, env)
-    expected = list((read_yaml(root / "dvc.yaml") or {}).get("stages") or {})
-    log(f"{label}: full dvc repro")
-    full = stream(["dvc", "repro"], root, env)
+    return source
+
+
+def measure_data(
+    label: str,
+    rows: int | None,
+    template: Any,
+    seed: int,
+    workdir: Path,
+    env: dict[str, str],
+    attempts: int,
+    max_wait: float,
+) -> dict:
+    """Full repro, no-op repro and the plain computation for one data set.
+
+    Each phase starts on a quiet machine. A full repro or plain run is ended when other
+    processes start to use the CPUs (:class:`Watchdog`), or repeated when they used more
+    than ``DISTURBED_CORES`` cores, up to ``attempts`` runs (the repro in a fresh copy); the
+    last attempt is not watched, and the least disturbed run is kept.
+    """
+    from churnlab.config import read_yaml
+
+    best: tuple | None = None
+    for attempt in range(1, attempts + 1):
+        root = workdir / f"project-{label}-{attempt}"
+        source = fresh_copy(root, rows, template, seed, env)
+        expected = list((read_yaml(root / "dvc.yaml") or {}).get("stages") or {})
+        log(f"{label}: full dvc repro (attempt {attempt})")
+        try:
+            full, _, others = timed_phase(
+                lambda root=root, watch=attempt < attempts: stream(
+                    ["dvc", "repro"], root, env, watch=watch
+                ),
+                max_wait,
+            )
+        except Disturbed as exc:
+            log(f"{label}: {exc}")
+            shutil.rmtree(root, ignore_errors=True)
+            continue
+        startup, spans = stage_spans(full)
+        if sorted(spans) != sorted(expected):
+            raise RuntimeError(f"{label}: dvc repro ran {sorted(spans)}, expected {expected}")
+        log(f"{label}: full repro {full.wall:.1f} s; other processes used {others:.2f} cores")
+        if best is None or others < best[3]:
+            if best is not None:
+                shutil.rmtree(best[0], ignore_errors=True)
+            best = (root, source, full, others)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        if others <= DISTURBED_CORES:
+            break
+    root, source, full, repro_others = best
     startup, spans = stage_spans(full)
-    if sorted(spans) != sorted(expected):
-        raise RuntimeError(f"{label}: dvc repro ran {sorted(spans)}, expected {expected}")
-    log(f"{label}: full repro {full.wall:.1f} s; no-op dvc repro x{REPEATS}")
-    noops = []
-    for _ in range(REPEATS):
-        noop = stream(["dvc", "repro"], root, env, echo=False)
-        if any(STAGE_START.match(text) for _, text in noop.lines):
-            raise RuntimeError(f"{label}: the second dvc repro ran a stage")
-        noops.append(noop.wall)
+
+    def noop_runs() -> list[float]:
+        walls = []
+        for _ in range(REPEATS):
+            noop = stream(["dvc", "repro"], root, env, echo=False)
+            if any(STAGE_START.match(text) for _, text in noop.lines):
+                raise RuntimeError(f"{label}: the second dvc repro ran a stage")
+            walls.append(noop.wall)
+        return walls
+
+    log(f"{label}: no-op dvc repro x{REPEATS}")
+    noops, _, noop_others = timed_phase(noop_runs, max_wait)
     log(f"{label}: no-op {statistics.median(noops):.2f} s; plain computation")
-    started = time.perf_counter()
-    plain = run_worker("plain", root, workdir / f"plain-{label}", env)
-    plain["wall"] = time.perf_counter() - started
+    plain = None
+    for attempt in range(1, attempts + 1):
+        out = workdir / f"plain-{label}-{attempt}"
+        try:
+            run, wall, others = timed_phase(
+                lambda out=out, watch=attempt < attempts: run_worker(
+                    "plain", root, out, env, watch=watch
+                ),
+                max_wait,
+            )
+        except Disturbed as exc:
+            log(f"{label}: {exc}")
+            continue
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        log(
+            f"{label}: plain {sum(run['stages'].values()):.1f} s (+ imports "
+            f"{run['import']:.1f} s); other processes used {others:.2f} cores"
+        )
+        if plain is None or others < plain["others"]:
+            plain = {**run, "wall": wall, "others": others}
+        if others <= DISTURBED_CORES:
+            break
     test = json.loads((root / "metrics" / "test.json").read_text())
     cv = json.loads((root / "metrics" / "cv.json").read_text())
     same = (
         abs(test["roc_auc"] - plain["results"]["evaluate"]["roc_auc"]) < 1e-9
         and abs(cv["roc_auc_mean"] - plain["results"]["train"]["cv_roc_auc_mean"]) < 1e-9
     )
-    log(
-        f"{label}: plain {sum(plain['stages'].values()):.1f} s "
-        f"(+ imports {plain['import']:.1f} s); same metrics as the pipeline: {same}"
-    )
+    log(f"{label}: same metrics as the pipeline: {same}")
     return {
         "label": label,
         "rows": rows,
@@ -702,12 +967,20 @@ def measure_data(
         "test_roc_auc": test["roc_auc"],
         "customers": sum(plain["results"]["prepare"].values()),
         "root": str(root),
+        "others": {"repro": repro_others, "noop": noop_others, "plain": plain["others"]},
     }
 
 
-def measure_components(root: Path, workdir: Path, env: dict[str, str]) -> dict:
+def measure_components(root: Path, workdir: Path, env: dict[str, str], max_wait: float) -> dict:
     """Where a notebook stage's overhead goes, each part measured on its own."""
-    from churnlab.runner import load_stage, notebook_stages
+    parts, _, others = timed_phase(lambda: component_parts(root, workdir, env), max_wait)
+    log(f"components measured; other processes used {others:.2f} cores")
+    return {**parts, "others": others}
+
+
+def component_parts(root: Path, workdir: Path, env: dict[str, str]) -> dict:
+    """The measurements of :func:`measure_components`."""
+    from churnlab.runner import load_stage, notebook_stages, read_notebook
 
     python = sys.executable
     log("components: interpreter start, imports, kernel start, HTML export, DVC start-up")
@@ -720,6 +993,10 @@ def measure_components(root: Path, workdir: Path, env: dict[str, str]) -> dict:
         "dvc_status": wall_seconds(["dvc", "status"], root, env, REPEATS),
         "pandas_sklearn_import": import_seconds(python, ["pandas", "sklearn"], root, env, REPEATS),
         "jsonschema_import": import_seconds(python, ["jsonschema"], root, env, REPEATS),
+        "data_import": import_seconds(python, ["churnlab.data"], root, env, REPEATS),
+        "skops_import": import_seconds(
+            python, ["skops.io"], root, env, REPEATS, preload=("pandas", "sklearn")
+        ),
     }
     parts["kernel_imports"] = {}
     parts["kernel_import_modules"] = {}
@@ -727,7 +1004,12 @@ def measure_components(root: Path, workdir: Path, env: dict[str, str]) -> dict:
         modules = notebook_imports(root / load_stage(root, name).notebook)
         parts["kernel_import_modules"][name] = modules
         parts["kernel_imports"][name] = import_seconds(python, modules, root, env, REPEATS)
-    parts.update(run_worker("kernel", root, workdir / "kernel", env))
+    parts["notebook_cells"] = {
+        name: len(read_notebook(root / load_stage(root, name).notebook).cells)
+        for name in notebook_stages(root)
+    }
+    cells = max(parts["notebook_cells"].values())
+    parts.update(run_worker("kernel", root, workdir / "kernel", env, cells=cells))
     parts["html"] = run_worker("html", root, workdir / "html", env)
     return parts
 
@@ -806,32 +1088,59 @@ def size_table(result: dict) -> list[str]:
     return lines
 
 
+def stage_parts(name: str, span: dict, parts: dict) -> dict[str, float]:
+    """The measured parts of one notebook stage's overhead (seconds)."""
+    html = parts["html"]
+    values = (
+        span["cli"],
+        parts["empty_notebook"],
+        parts["kernel_imports"][name],
+        parts["per_cell"] * parts["notebook_cells"][name],
+        html["nbconvert_import"] + html["first_setup"] + html["export"][name],
+        span["after"],
+    )
+    return dict(zip(PART_NAMES, values, strict=True))
+
+
+def rests(result: dict, parts: dict) -> dict[str, float]:
+    """Per notebook stage: the overhead that the measured parts do not explain."""
+    return {
+        name: span["span"]
+        - result["plain"]["stages"][name]
+        - sum(stage_parts(name, span, parts).values())
+        for name, span in result["spans"].items()
+        if "cli" in span
+    }
+
+
 def breakdown_table(result: dict, parts: dict) -> list[str]:
     """Each notebook stage's overhead split into measured parts."""
-    html = parts["html"]
+    names = PART_NAMES
     lines = [
-        "| stage | overhead | CLI start-up | kernel start | kernel imports | "
-        "HTML export | DVC after the stage | rest |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | overhead | " + " | ".join(names) + " | rest |",
+        "|---|" + "---:|" * (len(names) + 2),
     ]
+    rest = rests(result, parts)
     for name, span in result["spans"].items():
         if "cli" not in span:
             continue
         overhead = span["span"] - result["plain"]["stages"][name]
-        export = html["nbconvert_import"] + html["first_setup"] + html["export"][name]
-        known = (
-            span["cli"]
-            + parts["empty_notebook"]
-            + parts["kernel_imports"][name]
-            + export
-            + span["after"]
-        )
+        values = stage_parts(name, span, parts).values()
         lines.append(
-            f"| {name} | {_s(overhead)} | {_s(span['cli'])} | "
-            f"{_s(parts['empty_notebook'])} | {_s(parts['kernel_imports'][name])} | "
-            f"{_s(export)} | {_s(span['after'])} | {_s(overhead - known)} |"
+            f"| {name} | {_s(overhead)} | "
+            + " | ".join(_s(v) for v in values)
+            + f" | {_s(rest[name])} |"
         )
     return lines
+
+
+def fixed_cost(result: dict, parts: dict) -> float:
+    """Mean cost of a notebook stage that does not depend on its computation."""
+    return statistics.mean(
+        sum(stage_parts(name, span, parts).values())
+        for name, span in result["spans"].items()
+        if "cli" in span
+    )
 
 
 def overheads(result: dict) -> dict[str, float]:
@@ -913,11 +1222,42 @@ def where_time_goes(results: list[dict], parts: dict) -> list[str]:
             for r in results
         )
         + ".",
-        "- **rest**: what the parts measured on their own do not explain (displaying tables "
-        "and figures in the notebook, papermill saving the notebook after every cell, "
-        "scrubbing and writing the executed notebook, lazy imports such as skops); it can "
-        "be negative because parts measured on their own do not add up exactly.",
+        f"- **Papermill per cell ({parts['per_cell'] * 1000:.0f} ms)**: an empty notebook of "
+        f"{parts['cells']} cells against one of 1 cell, saved after every cell as the runner "
+        "does; times the notebook's number of cells.",
+        "- **rest**: what the parts measured on their own do not explain: imports a notebook "
+        "makes later, inside package functions (`import skops.io` after pandas and sklearn: "
+        f"{parts['skops_import']:.2f} s, in train and evaluate), rendering the displayed "
+        "tables and figures into the notebook, papermill injecting the parameters, "
+        "scrubbing and writing the executed notebook, the spread of kernel start-up; and "
+        "what grows with the data in a fresh kernel process and not in the one plain "
+        "process (memory taken anew, caches cold). It can be negative: parts measured on "
+        "their own do not add up exactly.",
+        f"- **fetch**: `churnlab fetch` validates the data against the schema before "
+        f"writing it, so it imports `churnlab.data` (pandas, pandera, scikit-learn: "
+        f"{parts['data_import']:.2f} s in a fresh interpreter) besides the runner: "
+        + "; ".join(
+            f"{r['label']} {r['spans']['fetch']['span']:.2f} s against "
+            f"{r['plain']['stages']['fetch']:.2f} s plain"
+            for r in results
+            if "fetch" in r["spans"] and "fetch" in r["plain"]["stages"]
+        )
+        + ".",
+        f"- **In sum**: a notebook stage costs about {fixed_cost(default, parts):.1f} s on "
+        "top of its computation before anything scales with the data (the parts above "
+        "without *rest*, default data), which is "
+        f"{fixed_cost(default, parts) / TARGET_OVERHEAD_S:.0f} times the "
+        f"{TARGET_OVERHEAD_S:g} s target; the largest parts are the imports paid again in "
+        "every kernel and the CLI's own imports.",
     ]
+    for r in results[1:]:
+        extra = r["repro"] - sum(r["plain"]["stages"].values()) - r["plain"]["import"]
+        lines.append(
+            f"- **{r['label']}**: the pipeline takes {extra:.0f} s more than the plain run "
+            f"(ratio {ratio(r):.2f}); the *rest* of the notebook stages adds up to "
+            f"{sum(rests(r, parts).values()):.1f} s of it (default data: "
+            f"{sum(rests(default, parts).values()):.1f} s)."
+        )
     return lines
 
 
@@ -941,15 +1281,18 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
         "## Summary",
         "",
         "| data | customers | full repro (s) | plain (s) | plain incl. imports (s) | "
-        "repro / plain | no-op repro (s) | same metrics |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "repro / plain | no-op repro (s) | same metrics | other load: repro / no-op / plain "
+        "(cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         plain = sum(r["plain"]["stages"].values())
         out.append(
             f"| {r['label']} | {r['customers']:,} | {r['repro']:.1f} | {plain:.1f} | "
             f"{plain + r['plain']['import']:.1f} | {ratio(r):.2f} | {r['noop']:.2f} | "
-            f"{'yes' if r['same_metrics'] else 'NO'} |"
+            f"{'yes' if r['same_metrics'] else 'NO'} | "
+            + " / ".join(f"{r['others'][k]:.2f}" for k in ("repro", "noop", "plain"))
+            + " |"
         )
     for r in results:
         out += [
@@ -990,6 +1333,15 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
         "table drawn with replacement, stratified on the target, numeric columns "
         "jittered within the schema ranges, fresh ids), written as CSV into the copy, "
         "with `data.source` pointing at it and `data.sha256: null`.",
+        "- Each phase (full repro, no-op repros, plain run, component measurements) "
+        f"starts once the CPUs are quiet (under {QUIET_SHARE:.0%} busy over "
+        f"{QUIET_WINDOW_S:g} s). *other load* is the CPU time that processes outside the "
+        "benchmark used during the phase, divided by its wall time. A full repro or plain "
+        f"run is ended and repeated when other processes use more than {WATCH_CORES:g} "
+        f"cores for {WATCH_TIMES * WATCH_S:g} s, or repeated when it had more than "
+        f"{DISTURBED_CORES:g} cores of other load (the last attempt is not ended; the "
+        "least disturbed run is kept). Component measurements: "
+        f"{parts['others']:.2f} cores of other load.",
         f"- Medians of {REPEATS} runs: no-op repro, interpreter start, import times, "
         "empty-notebook kernel runs, `dvc --version`, `dvc status`.",
         "",
@@ -1020,10 +1372,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=Path(__file__).resolve().parent / "RESULTS.md",
         help="where the report goes (default bench/RESULTS.md)",
     )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="runs of a phase that other processes disturbed (default 3)",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="how long to wait for a quiet machine before a phase (900)",
+    )
+    parser.add_argument(
+        "--raw", type=Path, metavar="FILE", help="also save the measurements as JSON"
+    )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="FILE",
+        help="only write the report from measurements saved with --raw",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     parser.add_argument("--worker", choices=["plain", "kernel", "html"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cells", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -1032,10 +1407,16 @@ def main(argv: list[str]) -> int:
     if args.worker:
         worker = {
             "plain": lambda: plain_pipeline(args.root, args.out),
-            "kernel": lambda: kernel_startup(args.out),
+            "kernel": lambda: kernel_startup(args.out, args.cells),
             "html": lambda: html_export(args.root),
         }[args.worker]
         print(json.dumps(worker()))
+        return 0
+    if args.report_only:
+        saved = json.loads(args.report_only.read_text())
+        text = report(saved["results"], saved["parts"], saved["machine"], saved["argv"])
+        args.output.write_text(text)
+        print(text)
         return 0
     env = bench_env(Path(sys.executable).parent)
     sizes = [] if args.quick else args.sizes
@@ -1043,20 +1424,35 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="churnlab-bench-"))
     log(f"working in {workdir}; data: default" + "".join(f", {n:,}" for n in sizes))
     try:
-        results = [measure_data("default", None, None, args.seed, workdir, env)]
-        parts = measure_components(Path(results[0]["root"]), workdir, env)
+        results = [
+            measure_data(
+                "default", None, None, args.seed, workdir, env, args.attempts, args.max_wait
+            )
+        ]
+        parts = measure_components(Path(results[0]["root"]), workdir, env, args.max_wait)
         from churnlab.data import read_table
 
         template = read_table(Path(results[0]["root"]) / "data" / "raw" / "churn.csv")
         for rows in sizes:
             label = f"{rows // 1000}k" if rows < 1_000_000 else f"{rows / 1e6:g}M"
-            results.append(measure_data(label, rows, template, args.seed, workdir, env))
+            results.append(
+                measure_data(
+                    label, rows, template, args.seed, workdir, env, args.attempts, args.max_wait
+                )
+            )
     finally:
         if args.keep:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    text = report(results, parts, machine(), argv)
+    info = machine()
+    if args.raw:
+        args.raw.write_text(
+            json.dumps(
+                {"results": results, "parts": parts, "machine": info, "argv": argv}, indent=1
+            )
+        )
+    text = report(results, parts, info, argv)
     args.output.write_text(text)
     print(text)
     log(f"wrote {args.output} ({time.perf_counter() - started:.0f} s in all)")
