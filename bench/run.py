@@ -1095,7 +1095,7 @@ def stage_parts(name: str, span: dict, parts: dict) -> dict[str, float]:
         span["cli"],
         parts["empty_notebook"],
         parts["kernel_imports"][name],
-        parts["per_cell"] * parts["notebook_cells"][name],
+        max(parts["per_cell"], 0.0) * parts["notebook_cells"][name],
         html["nbconvert_import"] + html["first_setup"] + html["export"][name],
         span["after"],
     )
@@ -1224,7 +1224,12 @@ def where_time_goes(results: list[dict], parts: dict) -> list[str]:
         + ".",
         f"- **Papermill per cell ({parts['per_cell'] * 1000:.0f} ms)**: an empty notebook of "
         f"{parts['cells']} cells against one of 1 cell, saved after every cell as the runner "
-        "does; times the notebook's number of cells.",
+        "does; times the notebook's number of cells"
+        + (
+            " (counted as 0: too small to tell from the spread of kernel start-up)."
+            if parts["per_cell"] <= 0
+            else "."
+        ),
         "- **rest**: what the parts measured on their own do not explain: imports a notebook "
         "makes later, inside package functions (`import skops.io` after pandas and sklearn: "
         f"{parts['skops_import']:.2f} s, in train and evaluate), rendering the displayed "
