@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lab lint format clean distclean lock bench
+.PHONY: help setup repro report promote test lab lint format clean distclean lock bench
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; churnlab needs Python 3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name churnlab --display-name "churnlab (Python 3.11)" >/dev/null
 	@if [ -d .git ]; then $(BIN)/pre-commit install >/dev/null && echo "pre-commit hook installed (nbstripout, ruff)"; fi
@@ -31,6 +31,14 @@ $(STAMP): requirements.lock pyproject.toml
 
 repro: setup ## run the whole pipeline on the configured data (dvc repro)
 	$(BIN)/dvc repro
+
+report: setup ## rebuild the stakeholder report (and what it needs) and print the page to open
+	$(BIN)/dvc repro report
+	@echo "open file://$(abspath reports/index.html)"
+
+promote: setup ## make the current model the champion that reports compare with
+	$(BIN)/churnlab promote
+	$(BIN)/dvc repro report
 
 test: setup ## run every test: package, data, notebooks (nbval), model quality, end to end
 	$(BIN)/pytest

@@ -20,6 +20,7 @@ paths_model: str = "models/model.skops"  # fitted Pipeline (train stage)
 paths_features: str = "models/features.json"  # its feature lists (train stage)
 paths_oof_scores: str = "models/oof_scores.parquet"  # out-of-fold training scores (train)
 paths_test_metrics: str = "metrics/test.json"  # output: test metrics
+paths_test_scores: str = "models/test_scores.parquet"  # output: each test customer's score
 paths_plots: str = "plots"  # output: folder of plot data for `dvc plots`
 evaluate_threshold_rule: str = "max_f1"  # max_f1 or cost
 evaluate_cost_missed_churner: float = 300.0  # cost of a churner we did not contact
@@ -42,7 +43,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from churnlab.data import TARGET_COLUMN
+from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.evaluation import (
     check_gates,
     choose_threshold,
@@ -50,7 +51,7 @@ from churnlab.evaluation import (
     feature_importance,
     plot_tables,
 )
-from churnlab.files import write_csv, write_json
+from churnlab.files import write_csv, write_json, write_parquet
 from churnlab.model import load_model, model_input, predict_scores
 
 pd.set_option("display.precision", 4)
@@ -136,6 +137,8 @@ for name, table in tables.items():
     write_csv(plots / f"{name}.csv", table)
 write_csv(plots / "feature_importance.csv", importance)
 write_json(Path(paths_test_metrics), metrics)
+write_parquet(Path(paths_test_scores),
+              pd.DataFrame({ID_COLUMN: test[ID_COLUMN], TARGET_COLUMN: labels, "score": scores}))
 
 # %% [markdown]
 # ## Quality gates

@@ -36,6 +36,31 @@ def _run(args) -> None:
     run_stage(args.stage, overrides=parse_overrides(args.set or []))
 
 
+def _report(args) -> None:
+    from churnlab.config import project_root
+    from churnlab.report import build_reports
+    from churnlab.runner import check_unread_params
+
+    root = project_root()
+    check_unread_params(root)
+    written = build_reports(root)
+    print(f"[report] wrote {', '.join(str(p.relative_to(root)) for p in written)}", file=sys.stderr)
+    print(f"open file://{written[0]}")
+
+
+def _promote(args) -> None:
+    from churnlab.config import project_root
+    from churnlab.report import promote
+
+    root = project_root()
+    target = promote(root)
+    print(
+        f"[promote] the current model is the champion: {target.relative_to(root)} "
+        "(commit it; `dvc repro report` compares later models with it)",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="churnlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         help="override one param key the stage reads (repeatable)",
     )
     run.set_defaults(handler=_run)
+    report = commands.add_parser(
+        "report", help="build reports/index.html and the model card from the pipeline's outputs"
+    )
+    report.set_defaults(handler=_report)
+    promote = commands.add_parser(
+        "promote", help="make the current model the champion the report compares with"
+    )
+    promote.set_defaults(handler=_promote)
     args = parser.parse_args(argv)
     try:
         args.handler(args)

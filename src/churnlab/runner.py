@@ -25,6 +25,7 @@ import yaml
 
 from churnlab.config import get_key, interpolate, project_root, read_yaml
 from churnlab.errors import ChurnlabError
+from churnlab.secrets import redact, redact_tree, secret_values
 
 KERNEL_NAME = "churnlab"
 WORK_DIR = ".churnlab"
@@ -469,6 +470,7 @@ def run_stage(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
     )
     started = time.perf_counter()
+    secrets = secret_values(stage.values)
     with _OutputGuard(root, name, stage.outs):
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
@@ -487,8 +489,11 @@ def run_stage(
         except PapermillExecutionError as exc:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if running.exists():
-                os.replace(running, failed)
-            raise ChurnlabError(_describe_failure(exc, stage.notebook, failed)) from None
+                kept = redact_tree(nbformat.read(running, as_version=4), secrets)
+                _write_text(failed, nbformat.writes(kept) + "\n")
+                running.unlink()
+            message = _describe_failure(exc, stage.notebook, failed)
+            raise ChurnlabError(redact(message, secrets)) from None
         except Exception as exc:
             if type(exc).__name__ == "NoSuchKernel":
                 raise ChurnlabError(
@@ -505,7 +510,7 @@ def run_stage(
                 f"{stage.notebook}: finished but did not write {not_written} "
                 f"(outs of stage '{name}' in dvc.yaml)"
             )
-        clean = scrub_notebook(executed, parameters, stage.notebook)
+        clean = redact_tree(scrub_notebook(executed, parameters, stage.notebook), secrets)
         _write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         _write_text(root / stage.html_path, to_html(clean))
     running.unlink(missing_ok=True)

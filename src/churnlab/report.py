@@ -1,0 +1,735 @@
+"""The stakeholder report: ``reports/index.html`` and ``reports/model_card.html``.
+
+The pages are for people who decide on retention offers and never read code. Everything on
+them is computed here from the pipeline's outputs (test scores, metrics, params): headline
+numbers in business terms, bootstrap confidence intervals, performance by segment and the
+comparison with the champion. The pages are self-contained: styles inline, figures embedded as
+PNG, no script, no font or image from anywhere else, every value HTML-escaped.
+
+The functions that compute take tables and dicts and return tables and dicts; reading the
+project's files and writing the pages happens in :func:`build_reports` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnlab.errors import ChurnlabError
+
+REPORT_PARAMS = "params/report.yaml"
+# The metrics compared with the champion and shown with confidence intervals, in page order.
+METRIC_LABELS = {
+    "roc_auc": "ROC AUC (ranking quality)",
+    "pr_auc": "PR AUC (average precision)",
+    "top_precision": "share who leave among the top-scored customers",
+    "top_capture_rate": "share of all leavers among the top-scored customers",
+    "precision": "precision at the threshold",
+    "recall": "recall at the threshold (leavers caught)",
+    "f1": "F1 at the threshold",
+    "accuracy": "accuracy at the threshold",
+    "brier": "Brier score (lower is better)",
+}
+LOWER_IS_BETTER = {"brier"}
+
+
+# --- numbers ------------------------------------------------------------------------------
+
+
+def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC from ranks (ties averaged): equal to sklearn's, without its checks."""
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float(
+        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def _threshold_metrics(labels: np.ndarray, flagged: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and accuracy for rows of labels and flags (axis 1 = customers)."""
+    tp = (labels & flagged).sum(axis=-1)
+    fp = (~labels & flagged).sum(axis=-1)
+    fn = (labels & ~flagged).sum(axis=-1)
+    n = labels.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    accuracy = (n - fp - fn) / n
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
+
+
+def bootstrap_intervals(
+    labels,
+    scores,
+    threshold: float,
+    top_fraction: float,
+    samples: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap intervals of the headline metrics on the test customers.
+
+    Customers are resampled with replacement ``samples`` times (seeded); each metric is
+    recomputed on every resample, and the interval is the central ``confidence`` share.
+
+    Returns:
+        ``{metric: {"value", "low", "high"}}``; ``value`` is the metric on the data itself.
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=float)
+    if samples < 10:
+        raise ChurnlabError(
+            f"{REPORT_PARAMS} report.bootstrap_samples: expected at least 10, found {samples}"
+        )
+    if not 0 < confidence < 1:
+        raise ChurnlabError(
+            f"{REPORT_PARAMS} report.confidence: expected a share between 0 and 1, "
+            f"found {confidence}"
+        )
+    n = len(labels)
+    top_count = max(1, int(round(top_fraction * n)))
+    rows = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+    def metrics_of(lab: np.ndarray, sco: np.ndarray) -> dict[str, np.ndarray]:
+        lab2, sco2 = np.atleast_2d(lab), np.atleast_2d(sco)
+        result = _threshold_metrics(lab2, sco2 >= threshold)
+        order = np.argsort(-sco2, axis=1, kind="stable")[:, :top_count]
+        top_leavers = np.take_along_axis(lab2, order, axis=1).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result["top_precision"] = top_leavers / top_count
+            result["top_capture_rate"] = top_leavers / lab2.sum(axis=1)
+        result["brier"] = ((sco2 - lab2) ** 2).mean(axis=1)
+        result["roc_auc"] = np.array([_rank_auc(a, b) for a, b in zip(lab2, sco2, strict=True)])
+        return result
+
+    point = metrics_of(labels, scores)
+    resampled = metrics_of(labels[rows], scores[rows])
+    tail = (1 - confidence) / 2
+    intervals = {}
+    for name in (
+        "roc_auc",
+        "top_precision",
+        "top_capture_rate",
+        "precision",
+        "recall",
+        "f1",
+        "accuracy",
+        "brier",
+    ):
+        values = resampled[name][np.isfinite(resampled[name])]
+        low, high = np.quantile(values, [tail, 1 - tail])
+        intervals[name] = {
+            "value": float(point[name][0]),
+            "low": float(low),
+            "high": float(high),
+        }
+    return intervals
+
+
+def segment_labels(values: pd.Series, spec: Mapping[str, Any], where: str) -> pd.Series:
+    """The group of each customer for one segment of ``report.segments``.
+
+    A segment is ``{column, label}`` plus either ``bins`` (upper edges of numeric bands:
+    ``[12, 24]`` gives "up to 12", "12 to 24", "over 24") or ``names`` (display names of
+    the column's values); without either, the values themselves are the groups.
+    """
+    if spec.get("bins") is not None:
+        edges = spec["bins"]
+        if (
+            not isinstance(edges, list)
+            or not edges
+            or not all(isinstance(e, (int, float)) for e in edges)
+            or list(edges) != sorted(set(edges))
+        ):
+            raise ChurnlabError(f"{where}.bins: expected increasing numbers, found {edges!r}")
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.isna().any() and values.notna().all():
+            raise ChurnlabError(f"{where}.bins: column '{spec['column']}' is not numeric")
+        names = _band_names(edges)[:-1]
+        codes = np.searchsorted(np.asarray(edges, dtype=float), numbers.to_numpy(float), "left")
+        groups = pd.Series(np.asarray(names, dtype=object)[codes], index=values.index)
+        return groups.where(numbers.notna(), "missing").astype(str)
+    names = {str(k): str(v) for k, v in (spec.get("names") or {}).items()}
+    text = values.astype(str).where(values.notna(), "missing")
+    return text.map(lambda v: names.get(v, v))
+
+
+def segment_performance(
+    table: pd.DataFrame,
+    labels,
+    scores,
+    threshold: float,
+    segments: Sequence[Mapping[str, Any]],
+    min_size: int,
+) -> pd.DataFrame:
+    """Customers, churn, flags, precision, recall and ROC AUC for each group of each segment.
+
+    Args:
+        table: the test customers with the segment columns, in the order of ``labels``.
+        segments: ``report.segments`` from params.
+        min_size: groups smaller than this are marked ``small`` (too few to judge).
+
+    Raises:
+        ChurnlabError: a segment naming a column the table does not have.
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=float)
+    flagged = scores >= threshold
+    rows = []
+    for index, spec in enumerate(segments):
+        where = f"{REPORT_PARAMS} report.segments[{index}]"
+        if not isinstance(spec, Mapping) or "column" not in spec:
+            raise ChurnlabError(f"{where}: expected a mapping with 'column' and 'label'")
+        if spec["column"] not in table.columns:
+            raise ChurnlabError(
+                f"{where}.column: '{spec['column']}' is not a column of the test data; "
+                f"columns: {sorted(table.columns)}"
+            )
+        groups = segment_labels(table[spec["column"]], spec, where).to_numpy()
+        order = sorted(set(groups))
+        if spec.get("bins") is not None:  # bands low to high, not alphabetically
+            order = [g for g in _band_names(spec["bins"]) if g in order]
+        for group in order:
+            member = groups == group
+            lab, flag = labels[member], flagged[member]
+            metrics = _threshold_metrics(lab[None, :], flag[None, :])
+            rows.append(
+                {
+                    "segment": str(spec.get("label", spec["column"])),
+                    "group": str(group),
+                    "customers": int(member.sum()),
+                    "churn_rate": float(lab.mean()),
+                    "mean_score": float(scores[member].mean()),
+                    "flagged_share": float(flag.mean()),
+                    "precision": float(metrics["precision"][0]),
+                    "recall": float(metrics["recall"][0]) if lab.any() else float("nan"),
+                    "roc_auc": _rank_auc(lab, scores[member]),
+                    "small": bool(member.sum() < min_size),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _band_names(edges: list) -> list[str]:
+    """Names of the numeric bands cut at ``edges`` (upper edges, inclusive), low to high."""
+    names = [f"up to {edges[0]:g}"]
+    names += [f"{low:g} to {high:g}" for low, high in zip(edges, edges[1:], strict=False)]
+    return [*names, f"over {edges[-1]:g}", "missing"]
+
+
+def segment_gaps(performance: pd.DataFrame, metric: str = "recall") -> list[dict[str, Any]]:
+    """For each segment, the groups (of judgeable size) with the highest and lowest metric."""
+    gaps = []
+    for segment, part in performance[~performance["small"]].groupby("segment", sort=False):
+        part = part.dropna(subset=[metric])
+        if len(part) < 2:
+            continue
+        best = part.loc[part[metric].idxmax()]
+        worst = part.loc[part[metric].idxmin()]
+        gaps.append(
+            {
+                "segment": segment,
+                "metric": metric,
+                "best_group": best["group"],
+                "best": float(best[metric]),
+                "worst_group": worst["group"],
+                "worst": float(worst[metric]),
+                "gap": float(best[metric] - worst[metric]),
+            }
+        )
+    return sorted(gaps, key=lambda g: -g["gap"])
+
+
+def business_summary(metrics: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline numbers in business terms, from the test metrics and the cost params."""
+    confusion = metrics["confusion"]
+    customers = metrics["rows"]
+    flagged = confusion["tp"] + confusion["fp"]
+    saving = metrics["cost"]["saving"]
+    return {
+        "top_fraction": float(evaluate["top_fraction"]),
+        "top_precision": float(metrics["top_precision"]),
+        "top_capture_rate": float(metrics["top_capture_rate"]),
+        "top_lift": float(metrics["top_lift"]),
+        "threshold": float(metrics["threshold"]),
+        "threshold_rule": str(evaluate["threshold_rule"]),
+        "customers": int(customers),
+        "flagged": int(flagged),
+        "flagged_share": flagged / customers,
+        "caught": int(confusion["tp"]),
+        "leavers": int(confusion["tp"] + confusion["fn"]),
+        "recall": float(metrics["recall"]),
+        "precision": float(metrics["precision"]),
+        "cost_missed": float(evaluate["cost_missed_churner"]),
+        "cost_offer": float(evaluate["cost_wasted_offer"]),
+        "cost_model": float(metrics["cost"]["model"]),
+        "cost_no_action": float(metrics["cost"]["no_action"]),
+        "saving": float(saving),
+        "saving_per_1000": float(saving) / customers * 1000,
+    }
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def compare_with_champion(
+    current: Mapping[str, Any], champion: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What changed between this model and the champion: metrics with deltas, params, data.
+
+    Args:
+        current: ``{"metrics": test metrics, "cv": cv metrics, "params": ..., "data": ...}``.
+        champion: the same shape, read from the champion file; None when there is none.
+    """
+    if not champion:
+        return {"status": "none", "metrics": [], "params": [], "same_data": True}
+    rows = []
+    for name, label in METRIC_LABELS.items():
+        new = current["metrics"].get(name)
+        old = champion["metrics"].get(name)
+        if new is None or old is None:
+            continue
+        delta = new - old
+        better = -delta if name in LOWER_IS_BETTER else delta
+        rows.append(
+            {
+                "metric": name,
+                "label": label,
+                "champion": float(old),
+                "current": float(new),
+                "delta": float(delta),
+                "direction": "better" if better > 1e-9 else "worse" if better < -1e-9 else "same",
+            }
+        )
+    for name in ("saving",):
+        new, old = current["metrics"]["cost"][name], champion["metrics"]["cost"][name]
+        per_new = new / current["metrics"]["rows"] * 1000
+        per_old = old / champion["metrics"]["rows"] * 1000
+        rows.append(
+            {
+                "metric": "saving_per_1000",
+                "label": "expected saving per 1,000 customers",
+                "champion": per_old,
+                "current": per_new,
+                "delta": per_new - per_old,
+                "direction": "better"
+                if per_new > per_old + 1e-9
+                else "worse"
+                if per_new < per_old - 1e-9
+                else "same",
+            }
+        )
+    old_params, new_params = _flat(champion.get("params", {})), _flat(current.get("params", {}))
+    changed = [
+        {
+            "key": key,
+            "champion": old_params.get(key, "(not set)"),
+            "current": new_params.get(key, "(not set)"),
+        }
+        for key in sorted(set(old_params) | set(new_params))
+        if old_params.get(key, "(not set)") != new_params.get(key, "(not set)")
+    ]
+    same_data = champion.get("data", {}).get("sha256") == current.get("data", {}).get("sha256")
+    identical = not changed and all(r["direction"] == "same" for r in rows) and same_data
+    return {
+        "status": "identical" if identical else "different",
+        "metrics": rows,
+        "params": changed,
+        "same_data": same_data,
+        "champion_commit": champion.get("commit"),
+    }
+
+
+def champion_record(
+    metrics: Mapping[str, Any],
+    cv: Mapping[str, Any],
+    params: Mapping[str, Any],
+    data: Mapping[str, Any],
+    commit: str | None,
+    dirty: bool,
+) -> dict[str, Any]:
+    """What the champion file keeps of a model: its metrics, params, data and commit."""
+    from churnlab.secrets import masked_params
+
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "data": dict(data),
+        "params": masked_params(dict(params)),
+        "metrics": dict(metrics),
+        "cv": dict(cv),
+    }
+
+
+# --- figures -------------------------------------------------------------------------------
+
+_BLUE, _GREY, _ORANGE = "#1f5f99", "#8c8c8c", "#d9822b"
+
+
+def _png(fig) -> str:
+    """A figure as a ``data:`` URI; PNG bytes are stable (no date, no software stamp)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def figures(
+    labels, scores, threshold: float, top_fraction: float, performance: pd.DataFrame
+) -> dict[str, str]:
+    """The report's figures as embedded PNGs: gains and lift, precision-recall,
+    calibration and churn by segment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    from churnlab.evaluation import plot_tables
+
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    tables = plot_tables(labels, scores, threshold)
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
+    out = {}
+
+    fig, (gains_ax, lift_ax) = plt.subplots(1, 2, figsize=(9, 3.6))
+    gains = tables["gains"]
+    gains_ax.plot(
+        gains["customers_contacted"] * 100,
+        gains["churners_captured"] * 100,
+        color=_BLUE,
+        label="contact by model score",
+    )
+    gains_ax.plot([0, 100], [0, 100], "--", color=_GREY, label="contact at random")
+    at_top = float(
+        np.interp(top_fraction, gains["customers_contacted"], gains["churners_captured"])
+    )
+    gains_ax.scatter([top_fraction * 100], [at_top * 100], color=_ORANGE, zorder=3)
+    gains_ax.annotate(
+        f"top {top_fraction:.0%}: {at_top:.0%} of leavers",
+        (top_fraction * 100, at_top * 100),
+        xytext=(8, -14),
+        textcoords="offset points",
+        fontsize=9,
+    )
+    gains_ax.set(
+        title="Cumulative gains", xlabel="% of customers contacted", ylabel="% of leavers reached"
+    )
+    gains_ax.legend(loc="lower right", frameon=False, fontsize=8)
+    order = np.argsort(-scores, kind="stable")
+    deciles = np.array_split(labels[order], 10)
+    lift = [part.mean() / labels.mean() for part in deciles]
+    lift_ax.bar(range(1, 11), lift, color=_BLUE)
+    lift_ax.axhline(1, color=_GREY, linestyle="--", linewidth=1)
+    lift_ax.set(
+        title="Lift by score decile",
+        xlabel="decile (1 = highest scores)",
+        ylabel="churn rate / average",
+        xticks=range(1, 11),
+    )
+    fig.tight_layout()
+    out["gains_lift"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    ax.plot(recall, precision, color=_BLUE)
+    ax.axhline(labels.mean(), color=_GREY, linestyle="--", linewidth=1, label="random")
+    flagged = scores >= threshold
+    point_p = labels[flagged].mean() if flagged.any() else 0.0
+    point_r = labels[flagged].sum() / labels.sum()
+    ax.scatter([point_r], [point_p], color=_ORANGE, zorder=3, label="chosen threshold")
+    ax.set(
+        title="Precision and recall",
+        xlabel="recall (share of leavers caught)",
+        ylabel="precision (share of flagged who leave)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="upper right", frameon=False, fontsize=8)
+    fig.tight_layout()
+    out["precision_recall"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    observed, predicted = tables["calibration"]["observed"], tables["calibration"]["predicted"]
+    ax.plot([0, 1], [0, 1], "--", color=_GREY, linewidth=1, label="perfect")
+    ax.plot(predicted, observed, "o-", color=_BLUE, label="model")
+    ax.set(
+        title="Calibration",
+        xlabel="predicted churn probability",
+        ylabel="observed churn rate",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    fig.tight_layout()
+    out["calibration"] = _png(fig)
+
+    segments = list(dict.fromkeys(performance["segment"]))
+    if segments:
+        columns = min(2, len(segments))
+        rows = -(-len(segments) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(9, 2.6 * rows), squeeze=False)
+        for ax, segment in zip(axes.flat, segments, strict=False):
+            part = performance[performance["segment"] == segment]
+            y = np.arange(len(part))
+            ax.barh(
+                y - 0.2, part["churn_rate"] * 100, height=0.4, color=_BLUE, label="observed churn"
+            )
+            ax.barh(
+                y + 0.2, part["mean_score"] * 100, height=0.4, color=_ORANGE, label="mean predicted"
+            )
+            ax.set_yticks(
+                y, [f"{g} (n={n})" for g, n in zip(part["group"], part["customers"], strict=True)]
+            )
+            ax.invert_yaxis()
+            ax.set(title=segment, xlabel="% of customers")
+        for ax in list(axes.flat)[len(segments) :]:
+            ax.axis("off")
+        axes.flat[0].legend(loc="lower right", frameon=False, fontsize=8)
+        fig.tight_layout()
+        out["segments"] = _png(fig)
+    return out
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("churnlab", "templates"),
+        autoescape=True,  # every value is text: a payload in the data shows, never runs
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v, digits=0: (
+        "n/a" if v is None or v != v else (f"{v * 100:.{digits}f}%")
+    )
+    env.filters["num"] = lambda v, digits=3: "n/a" if v is None or v != v else f"{v:.{digits}f}"
+    env.filters["money"] = lambda v, currency="$": f"{currency}{v:,.0f}"
+    env.filters["signed"] = lambda v, digits=3: f"{v:+.{digits}f}"
+    env.filters["count"] = lambda v: f"{int(v):,}"
+    return env
+
+
+def render_pages(context: Mapping[str, Any]) -> dict[str, str]:
+    """``{"index.html": page, "model_card.html": page}`` from the report context."""
+    env = _environment()
+    return {
+        name: env.get_template(name).render(**context) for name in ("index.html", "model_card.html")
+    }
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ChurnlabError(f"{path}: not found; run `dvc repro` first") from None
+    except json.JSONDecodeError as exc:
+        raise ChurnlabError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _notebook_title(executed: Path) -> str:
+    content = _read_json(executed)
+    for cell in content.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            first = "".join(cell.get("source", "")).strip().splitlines()
+            if first:
+                return first[0].lstrip("# ").strip()
+    return executed.stem
+
+
+def _git_state(root: Path) -> tuple[str | None, bool]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None, False
+    return commit, dirty
+
+
+def _model_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that make a model what it is (compared with the champion's)."""
+    return {
+        section: params[section]
+        for section in ("prepare", "train", "evaluate")
+        if section in params
+    }
+
+
+def _data_record(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"source": str(params["data"]["source"]), "sha256": params["data"].get("sha256")}
+
+
+def build_context(root: Path) -> dict[str, Any]:
+    """Read the pipeline's outputs and params and compute everything the pages show."""
+    from churnlab.config import get_key, load_params
+    from churnlab.data import ID_COLUMN, TARGET_COLUMN
+    from churnlab.evaluation import plot_tables
+    from churnlab.runner import load_stage, notebook_stages
+    from churnlab.secrets import masked_params
+
+    params = load_params(root)
+    report = get_key(params, "report", REPORT_PARAMS)
+    evaluate = get_key(params, "evaluate", "params/evaluate.yaml")
+    paths = get_key(params, "paths", "params/paths.yaml")
+    metrics = _read_json(root / paths["test_metrics"])
+    cv = _read_json(root / paths["cv_metrics"])
+    prepared = _read_json(root / paths["prepare_summary"])
+    features = _read_json(root / paths["features"])
+    scores_path = root / paths["test_scores"]
+    if not scores_path.is_file():
+        raise ChurnlabError(f"{paths['test_scores']}: not found; run `dvc repro evaluate`")
+    scored = pd.read_parquet(scores_path)
+    test = pd.read_parquet(root / paths["test"])
+    table = scored[[ID_COLUMN]].merge(test, on=ID_COLUMN, how="left", validate="one_to_one")
+    if table[TARGET_COLUMN].isna().any() or len(table) != len(scored):
+        raise ChurnlabError(
+            f"{paths['test_scores']}: its customers are not those of {paths['test']}; "
+            "run `dvc repro`"
+        )
+    labels = scored[TARGET_COLUMN].to_numpy().astype(int)
+    scores = scored["score"].to_numpy(dtype=float)
+    threshold = float(metrics["threshold"])
+    top_fraction = float(evaluate["top_fraction"])
+
+    intervals = bootstrap_intervals(
+        labels,
+        scores,
+        threshold,
+        top_fraction,
+        int(report["bootstrap_samples"]),
+        int(report["seed"]),
+        float(report["confidence"]),
+    )
+    performance = segment_performance(
+        table,
+        labels,
+        scores,
+        threshold,
+        report.get("segments") or [],
+        int(report["min_segment_size"]),
+    )
+    champion_path = root / paths["champion"]
+    champion = _read_json(champion_path).get("champion") if champion_path.is_file() else None
+    current = {
+        "metrics": metrics,
+        "cv": cv,
+        "params": masked_params(_model_params(params)),
+        "data": _data_record(params),
+    }
+    notebooks = []
+    for name in notebook_stages(root):
+        stage = load_stage(root, name)
+        html = Path(stage.html_path)
+        notebooks.append(
+            {
+                "stage": name,
+                "title": _notebook_title(root / stage.executed_path),
+                "href": html.relative_to(Path(paths["report_index"]).parent).as_posix(),
+            }
+        )
+    calibration = plot_tables(labels, scores, threshold)["calibration"]
+    return {
+        "report": report,
+        "business": business_summary(metrics, evaluate),
+        "metrics": metrics,
+        "cv": cv,
+        "intervals": intervals,
+        "metric_labels": METRIC_LABELS,
+        "segments": performance.to_dict("records"),
+        "gaps": segment_gaps(performance),
+        "calibration_gap": float((calibration["observed"] - calibration["predicted"]).abs().max()),
+        "comparison": compare_with_champion(current, champion),
+        "champion_file": paths["champion"],
+        "data": {
+            **_data_record(params),
+            "rows": int(sum(prepared["rows"].values())),
+            "train_rows": int(prepared["rows"]["train"]),
+            "test_rows": int(prepared["rows"]["test"]),
+            "churn_rate_train": float(prepared["churn_rate"]["train"]),
+            "churn_rate_test": float(prepared["churn_rate"]["test"]),
+            "numeric": list(features["numeric"]),
+            "categorical": list(features["categorical"]),
+        },
+        "model": {
+            "family": str(get_key(params, "train.family", "params/train.yaml")),
+            "cv_folds": int(cv["folds"]),
+        },
+        "notebooks": notebooks,
+        "figures": figures(labels, scores, threshold, top_fraction, performance),
+    }
+
+
+def build_reports(root: Path) -> list[Path]:
+    """Compute the report and write its pages; nothing is written unless all pages render."""
+    from churnlab.config import get_key, load_params
+    from churnlab.files import write_atomic
+    from churnlab.secrets import redact, secret_values
+
+    params = load_params(root)
+    index = root / get_key(params, "paths.report_index", "params/paths.yaml")
+    card = root / get_key(params, "paths.model_card", "params/paths.yaml")
+    print("[report] computing bootstrap intervals, segments and figures", file=sys.stderr)
+    pages = render_pages(build_context(root))
+    secrets = secret_values(params)
+    written = []
+    for path, name in ((index, "index.html"), (card, "model_card.html")):
+        write_atomic(path, redact(pages[name], secrets).encode())
+        written.append(path)
+    return written
+
+
+def promote(root: Path) -> Path:
+    """Make the current model the champion: write its record to ``paths.champion``."""
+    from churnlab.config import get_key, load_params
+    from churnlab.files import write_json
+
+    params = load_params(root)
+    paths = get_key(params, "paths", "params/paths.yaml")
+    metrics = _read_json(root / paths["test_metrics"])
+    cv = _read_json(root / paths["cv_metrics"])
+    commit, dirty = _git_state(root)
+    record = champion_record(
+        metrics, cv, _model_params(params), _data_record(params), commit, dirty
+    )
+    target = root / paths["champion"]
+    write_json(target, {"champion": record})
+    return target
