@@ -84,3 +84,12 @@ def set_param(project: Path, file_name: str, dotted: str, value) -> None:
         node = node[part]
     node[last] = value
     path.write_text(yaml.safe_dump(content, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def pipeline_project(tmp_path_factory) -> Path:
+    """A fresh copy of the project after one full ``dvc repro`` on the default data."""
+    copy = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    result = run(["dvc", "repro"], copy)
+    assert "Running stage 'report'" in result.stdout
+    return copy

@@ -22,18 +22,15 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_scor
 from churnlab.data import TARGET_COLUMN
 from churnlab.model import load_model, predict_scores
 
-from conftest import ROOT, copy_project, run, set_param
+from conftest import ROOT, run, set_param
 
 pytestmark = pytest.mark.pipeline
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    copy = copy_project(tmp_path_factory.mktemp("e2e") / "project")
-    result = run(["dvc", "repro"], copy)
-    assert "Running stage 'evaluate'" in result.stdout
-    return copy
+def project(pipeline_project):
+    return pipeline_project
 
 
 def snapshot(project: Path) -> dict[str, str]:
@@ -101,6 +98,23 @@ def test_the_executed_notebooks_and_reports_are_outputs(project):
         assert "start_time" not in json.dumps(executed)
 
 
+def test_the_report_shows_headline_numbers_computed_from_the_model(project):
+    model, features = load_model(
+        project / "models" / "model.skops", project / "models" / "features.json"
+    )
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    labels = test[TARGET_COLUMN].to_numpy()
+    scores = predict_scores(model, test, features)
+    evaluate = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
+    top = np.argsort(-scores, kind="stable")[: round(evaluate["top_fraction"] * len(scores))]
+    page = (project / "reports" / "index.html").read_text()
+    assert f"{labels[top].mean():.0%}</div>" in page
+    assert f"{labels[top].sum() / labels.sum():.0%}</div>" in page
+    assert "This model is the champion" in page
+    sizes = [p.stat().st_size for p in (project / "reports").rglob("*.html")]
+    assert len(sizes) == 6 and sum(sizes) < 5_000_000
+
+
 # --- model quality on the held-out customers ---------------------------------------------
 
 
@@ -156,7 +170,7 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
         project,
     )
     ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate':"]
+    assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert "cost-rule" in json.dumps(shown)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)

@@ -184,3 +184,41 @@ def test_html_and_script_in_outputs_never_run_in_the_report(tmp_path):
     assert "visible cell" in html and "<table" in html
     for payload in ("<script", "onclick", "onerror", "evil.invalid", "javascript:"):
         assert payload not in html
+
+
+def secret_project(root: Path, fail: bool) -> Path:
+    make_project(root, "secret.py")
+    dvc_yaml = (root / "dvc.yaml").read_text()
+    (root / "dvc.yaml").write_text(
+        dvc_yaml.replace("- demo.n", "- demo.n\n          - demo.api_token")
+    )
+    (root / "params" / "demo.yaml").write_text(
+        f"demo:\n  n: {0 if fail else 2}\n  api_token: canary-param-5f1e0c\n"
+    )
+    return root
+
+
+def written_text(root: Path) -> str:
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".ipynb", ".html")]
+    assert files
+    return "\n".join(p.read_text() for p in files)
+
+
+def test_no_secret_from_params_or_environment_reaches_a_notebook_or_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURNLAB_CANARY_TOKEN", "canary-env-93b7aa")
+    root = secret_project(tmp_path, fail=False)
+    run_stage("demo", root=root)
+    text = written_text(root / "reports")
+    assert "canary-param-5f1e0c" not in text and "canary-env-93b7aa" not in text
+    assert text.count("***") >= 3  # parameter cell, printed param, printed variable
+
+
+def test_a_failing_run_keeps_secrets_out_of_its_message_and_kept_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURNLAB_CANARY_TOKEN", "canary-env-93b7aa")
+    root = secret_project(tmp_path, fail=True)
+    with pytest.raises(ChurnlabError) as failure:
+        run_stage("demo", root=root)
+    assert "cannot log in with ***" in str(failure.value)
+    assert "canary-param-5f1e0c" not in str(failure.value)
+    text = written_text(root / ".churnlab")
+    assert "canary-param-5f1e0c" not in text and "canary-env-93b7aa" not in text
