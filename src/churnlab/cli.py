@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from churnlab.errors import ChurnlabError
+
+
+@contextlib.contextmanager
+def _tracked(root, default_stage: str):
+    """Record a stage that is not a notebook (fetch, report) like the notebook stages."""
+    from churnlab.runner import load_stage
+    from churnlab.tracking import Tracker, record_stage, tracked_stage
+
+    tracker = Tracker.open(root)
+    stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
+    with tracked_stage(root, stage, tracker) as run:
+        yield
+        if run is not None:
+            record_stage(run, root, stage)
 
 
 def _fetch(args) -> None:
@@ -17,13 +33,14 @@ def _fetch(args) -> None:
     check_unread_params(root)
     params = load_params(root)
     target = root / get_key(params, "paths.raw", "params/paths.yaml")
-    digest = fetch_raw(
-        get_key(params, "data.source", "params/data.yaml"),
-        get_key(params, "data.sha256", "params/data.yaml"),
-        target,
-        root,
-        schema=get_key(params, "schema", "params/data.yaml"),
-    )
+    with _tracked(root, "fetch"):
+        digest = fetch_raw(
+            get_key(params, "data.source", "params/data.yaml"),
+            get_key(params, "data.sha256", "params/data.yaml"),
+            target,
+            root,
+            schema=get_key(params, "schema", "params/data.yaml"),
+        )
     print(
         f"[fetch] {target.relative_to(root)}: sha256 {digest}; matches params/data.yaml schema",
         file=sys.stderr,
@@ -43,7 +60,8 @@ def _report(args) -> None:
 
     root = project_root()
     check_unread_params(root)
-    written = build_reports(root)
+    with _tracked(root, "report"):
+        written = build_reports(root)
     print(f"[report] wrote {', '.join(str(p.relative_to(root)) for p in written)}", file=sys.stderr)
     print(f"open file://{written[0]}")
 

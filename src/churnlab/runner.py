@@ -26,6 +26,7 @@ import yaml
 from churnlab.config import get_key, interpolate, project_root, read_yaml
 from churnlab.errors import ChurnlabError
 from churnlab.secrets import redact, redact_tree, secret_values
+from churnlab.tracking import SETTINGS_FILE as TRACKING_SETTINGS
 
 KERNEL_NAME = "churnlab"
 WORK_DIR = ".churnlab"
@@ -42,9 +43,11 @@ class Stage:
     notebook: Path
     values: dict[str, Any]  # param key as declared in dvc.yaml -> value
     files: dict[str, str]  # param key -> the params file it comes from
-    outs: list[str]
+    outs: list[str]  # outs, metrics and plots
     report_dir: str
     unread: list[str]  # override keys the stage does not read
+    deps: list[str]
+    metrics: list[str]
 
     @property
     def executed_path(self) -> str:
@@ -76,7 +79,11 @@ def _set_nested(tree: dict, dotted: str, value: Any, where: str) -> None:
 
 
 def load_stage(
-    root: Path, name: str, overrides: dict[str, Any] | None = None, strict: bool = True
+    root: Path,
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    strict: bool = True,
+    notebook: bool = True,
 ) -> Stage:
     """Read stage ``name`` from ``dvc.yaml`` and collect its parameters from ``params/``.
 
@@ -87,6 +94,7 @@ def load_stage(
             a key may reach into a param that is a mapping (``train.gradient_boosting.max_iter``).
         strict: raise when an override is not read by this stage (off for profiles, which
             hold keys for several stages).
+        notebook: the stage runs a notebook (``churnlab fetch`` and ``report`` do not).
 
     Raises:
         ChurnlabError: an unknown stage, a stage without a notebook dep, a missing key.
@@ -137,15 +145,26 @@ def load_stage(
     where = f"dvc.yaml stage '{name}'"
     deps = [interpolate(str(d), merged, where) for d in stages[name].get("deps") or []]
     notebooks = [d for d in deps if d.startswith("notebooks/") and d.endswith(".py")]
-    if len(notebooks) != 1:
+    if len(notebooks) != int(notebook):
         raise ChurnlabError(f"{where}: expected one notebooks/*.py dep, found {notebooks}")
     outs = [
         interpolate(_out_path(o), merged, where)
         for kind in ("outs", "metrics", "plots")
         for o in stages[name].get(kind) or []
     ]
+    metrics = [interpolate(_out_path(o), merged, where) for o in stages[name].get("metrics") or []]
     report_dir = interpolate("${paths.reports}", merged, where)
-    return Stage(name, Path(notebooks[0]), values, key_files, outs, report_dir, sorted(overrides))
+    return Stage(
+        name,
+        Path(notebooks[0]) if notebooks else None,
+        values,
+        key_files,
+        outs,
+        report_dir,
+        sorted(overrides),
+        deps,
+        metrics,
+    )
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
@@ -179,6 +198,8 @@ def check_unread_params(root: Path) -> None:
     for file_name, content in load_param_files(root).items():
         if file_name in (pipeline.get("vars") or []):
             continue  # paths: read by dvc.yaml itself
+        if file_name == TRACKING_SETTINGS:
+            continue  # how runs are recorded, not an input of any stage: checked on its own
         keys = declared.get(file_name, set())
         for leaf in _leaf_keys(content):
             if not any(leaf == key or leaf.startswith(f"{key}.") for key in keys):
@@ -452,6 +473,8 @@ def run_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from churnlab.tracking import Tracker, record_stage, tracked_stage
+
     root = root or project_root()
     check_unread_params(root)
     stage = load_stage(root, name, overrides)
@@ -469,9 +492,10 @@ def run_stage(
     print(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
     )
+    tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
     started = time.perf_counter()
     secrets = secret_values(stage.values)
-    with _OutputGuard(root, name, stage.outs):
+    with tracked_stage(root, stage, tracker) as run, _OutputGuard(root, name, stage.outs):
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -513,6 +537,8 @@ def run_stage(
         clean = redact_tree(scrub_notebook(executed, parameters, stage.notebook), secrets)
         _write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         _write_text(root / stage.html_path, to_html(clean))
+        if run is not None:  # inside the guard: a failure to record restores the outputs
+            record_stage(run, root, stage, clean)
     running.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     print(
