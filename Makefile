@@ -12,10 +12,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro report promote test lab lint format clean distclean lock bench
+.PHONY: help setup repro report promote ui server server-stop test lab lint format clean distclean lock bench
 
 help: ## print every target with one line of help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv with the locked dependencies, the package and its Jupyter kernel
 
@@ -39,6 +39,15 @@ report: setup ## rebuild the stakeholder report (and what it needs) and print th
 promote: setup ## make the current model the champion that reports compare with
 	$(BIN)/churnlab promote
 	$(BIN)/dvc repro report
+
+ui: setup ## the MLflow UI over the project's tracking store, on localhost
+	$(BIN)/churnlab ui
+
+server: setup ## start the team MLflow server on a local PostgreSQL (see README: team mode)
+	$(BIN)/churnlab server start
+
+server-stop: setup ## stop the team MLflow server and its PostgreSQL
+	$(BIN)/churnlab server stop
 
 test: setup ## run every test: package, data, notebooks (nbval), model quality, end to end
 	$(BIN)/pytest

@@ -15,6 +15,18 @@ from churnlab.fetch import TELCO_SHA256, fetch_raw
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _not_the_users_tracking_store():
+    """Tests in this process never log to a store the user configured."""
+    saved = {
+        n: os.environ.pop(n)
+        for n in ("MLFLOW_TRACKING_URI", "CHURNLAB_TRACKING")
+        if n in os.environ
+    }
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def params() -> dict:
     from churnlab.config import load_params
@@ -40,6 +52,8 @@ def tool_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    for name in ("MLFLOW_TRACKING_URI", "CHURNLAB_TRACKING"):  # never the user's store
+        env.pop(name, None)
     return env
 
 

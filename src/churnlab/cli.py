@@ -79,6 +79,50 @@ def _promote(args) -> None:
     )
 
 
+def _server(args) -> None:
+    from churnlab import server
+    from churnlab.config import project_root
+
+    root = project_root()
+    if args.action == "stop":
+        server.stop(root)
+        print("[server] stopped", file=sys.stderr)
+        return
+    url = server.start(root, db_port=args.db_port, port=args.port)
+    print(
+        f"[server] MLflow on PostgreSQL at {url} (data, password file and logs in "
+        f"{server.SERVER_DIR}/); log the pipeline to it with\n"
+        f"  export MLFLOW_TRACKING_URI={url}",
+        file=sys.stderr,
+    )
+
+
+def _ui(args) -> None:
+    from churnlab.config import project_root
+    from churnlab.tracking import display_uri, load_settings
+
+    root = project_root()
+    settings = load_settings(root)
+    if not settings.uri.startswith("sqlite:///"):
+        print(f"the tracking store is a server: open {display_uri(settings.uri)}")
+        return
+    print(f"[ui] MLflow UI over {settings.uri} at http://127.0.0.1:{args.port}", file=sys.stderr)
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    os.execv(
+        mlflow,
+        [
+            mlflow,
+            "ui",
+            "--backend-store-uri",
+            settings.uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="churnlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         "promote", help="make the current model the champion the report compares with"
     )
     promote.set_defaults(handler=_promote)
+    serve = commands.add_parser(
+        "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
+    )
+    serve.add_argument("action", choices=["start", "stop"])
+    serve.add_argument("--port", type=int, default=5000, help="MLflow's port (5000)")
+    serve.add_argument("--db-port", type=int, default=5433, help="PostgreSQL's port (5433)")
+    serve.set_defaults(handler=_server)
+    ui = commands.add_parser("ui", help="the MLflow UI over the project's embedded store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -204,7 +205,7 @@ def git_state(root: Path, ignore: set[str] = frozenset()) -> tuple[str | None, b
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    if isinstance(tree, Mapping) and tree:
+    if isinstance(tree, Mapping) and (tree or not prefix):
         out: dict[str, Any] = {}
         for key, value in tree.items():
             out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
@@ -251,6 +252,26 @@ def notebook_figures(nb) -> list[bytes]:
 # --- the tracker ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside an SQLite store (``mlflow.db.lock``); no-op for servers.
+
+    SQLite allows one writer; MLflow's own retries give up with "database is locked", and two
+    processes creating the tables of a new store collide. Waiting here avoids both.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Records the stage runs of pipeline runs in one MLflow store."""
 
@@ -259,7 +280,6 @@ class Tracker:
 
         self.root = root
         self.settings = settings
-        mlflow.set_tracking_uri(settings.uri)
         self.client = mlflow.MlflowClient(settings.uri)
         self._experiment_id: str | None = None
 
@@ -275,9 +295,11 @@ class Tracker:
             return None
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
         try:
-            tracker = cls(root, settings)
-            with tracker.locked():
+            with store_lock(settings.uri):  # creating the client may create the database
+                tracker = cls(root, settings)
                 tracker.experiment_id()
         except Exception as exc:  # any failure to reach the store is the same to the user
             text = str(exc).strip()
@@ -298,20 +320,9 @@ class Tracker:
             ) from None
         return tracker
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self):
         """Serialise writers of an embedded SQLite store (a server needs no lock)."""
-        if not self.settings.uri.startswith("sqlite:///"):
-            yield
-            return
-        database = Path(self.settings.uri[len("sqlite:///") :])
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{database}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return store_lock(self.settings.uri)
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -465,10 +476,41 @@ class StageRun:
 # --- the model: logging, registry, promotion -------------------------------------------------
 
 
+@contextlib.contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's module-level API at ``uri`` for a block, then back where it was.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, which
+    would leak into later settings and child processes.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
 def _pinned(*names: str) -> list[str]:
     from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in names]
+
+
+def promotion_decision(
+    challenger: float, champion: float | None, metric: str, margin: float
+) -> tuple[bool, str]:
+    """Whether the challenger becomes champion, and why, from both scores on the same data."""
+    if champion is None:
+        return True, "there was no champion"
+    gain = challenger - champion if PROMOTION_METRICS[metric] else champion - challenger
+    promoted = gain >= margin
+    return promoted, (
+        f"{metric} {challenger:.4f} against the champion's {champion:.4f}: "
+        f"{'better' if promoted else 'not better'} by at least the margin {margin}"
+    )
 
 
 def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict[str, Any]:
@@ -496,7 +538,7 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
     labels = test[TARGET_COLUMN].to_numpy()
     example = inputs.head(5)
     signature = infer_signature(example, model.predict_proba(example))
-    with run.tracker.locked(), mlflow.start_run(run_id=run.run_id):
+    with run.tracker.locked(), fluent_uri(settings.uri), mlflow.start_run(run_id=run.run_id):
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -519,10 +561,10 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
         "pr_auc": average_precision_score,
         "brier": brier_score_loss,
     }[settings.promotion_metric]
-    higher_is_better = PROMOTION_METRICS[settings.promotion_metric]
 
     def score(model_uri: str) -> float:
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        with run.tracker.locked(), fluent_uri(settings.uri):
+            loaded = mlflow.pyfunc.load_model(model_uri)
         return float(scorer(labels, pd.DataFrame(loaded.predict(inputs)).iloc[:, 1]))
 
     challenger_score = score(f"models:/{settings.registered_model}/{version.version}")
@@ -537,24 +579,18 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
             "score": challenger_score,
         },
     }
-    if champion is None:
-        promoted, reason = True, "there was no champion"
-        decision["champion_before"] = None
-    else:
+    champion_score = None
+    decision["champion_before"] = None
+    if champion is not None:
         champion_score = score(f"models:/{settings.registered_model}/{champion.version}")
-        gain = challenger_score - champion_score
-        gain = gain if higher_is_better else -gain
-        promoted = gain >= settings.promotion_margin
-        reason = (
-            f"{settings.promotion_metric} {challenger_score:.4f} against the champion's "
-            f"{champion_score:.4f}: {'better' if promoted else 'not better'} by the margin "
-            f"{settings.promotion_margin}"
-        )
         decision["champion_before"] = {
             "version": int(champion.version),
             "run_id": champion.run_id,
             "score": champion_score,
         }
+    promoted, reason = promotion_decision(
+        challenger_score, champion_score, settings.promotion_metric, settings.promotion_margin
+    )
     decision["promoted"] = promoted
     decision["reason"] = reason
     if promoted:
@@ -626,9 +662,9 @@ def load_champion(root: Path | None = None):
 
     root = root or project_root()
     settings = load_settings(root)
-    mlflow.set_tracking_uri(settings.uri)
     try:
-        return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}@champion")
+        with store_lock(settings.uri), fluent_uri(settings.uri):
+            return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}@champion")
     except MlflowException as exc:
         raise ChurnlabError(
             f"no champion of '{settings.registered_model}' in {display_uri(settings.uri)}: "
