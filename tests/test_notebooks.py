@@ -59,8 +59,14 @@ def test_every_pipeline_notebook_passes_nbval_on_the_ci_profile(profile_root):
         "03_train.ipynb",
         "04_evaluate.ipynb",
     ]
+    store = ROOT / "mlflow.db"
+    before = store.stat().st_mtime_ns if store.exists() else None
     result = nbval(profile_root, *notebooks)
     assert result.returncode == 0, result.stdout[-4000:]
+    assert (store.stat().st_mtime_ns if store.exists() else None) == before, (
+        "the notebook checks wrote into the user's MLflow store"
+    )
+    assert not (profile_root / "mlflow.db").exists()
     metrics = json.loads((profile_root / "metrics" / "test.json").read_text())
     prepared = json.loads((profile_root / "metrics" / "prepare.json").read_text())
     assert sum(prepared["rows"].values()) == 2000  # the profile's sample, not the full data

@@ -11,8 +11,10 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,9 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_scor
 
 from churnlab.data import TARGET_COLUMN
 from churnlab.model import load_model, predict_scores
+from churnlab.runner import load_stage
+from churnlab.secrets import masked_params
+from churnlab.tracking import flatten, fluent_uri, load_champion, metric_values
 
 from conftest import ROOT, run, set_param
 
@@ -115,6 +120,88 @@ def test_the_report_shows_headline_numbers_computed_from_the_model(project):
     assert len(sizes) == 6 and sum(sizes) < 5_000_000
 
 
+# --- tracking: the copy's embedded MLflow store --------------------------------------------
+
+
+def tracked_runs(project: Path):
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("churnlab")
+    found = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000
+    )
+    return client, found
+
+
+STAGES = ["fetch", "explore", "prepare", "train", "evaluate", "report"]
+
+
+def test_the_pipeline_run_is_one_mlflow_run_with_a_run_per_stage(project):
+    client, found = tracked_runs(project)
+    parent = found[0]
+    assert "mlflow.parentRunId" not in parent.data.tags
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert [r.info.run_name for r in children] == STAGES
+    assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
+    for name in STAGES:  # every param every stage read
+        values = load_stage(project, name, notebook=name not in ("fetch", "report")).values
+        for key, value in flatten(masked_params(values)).items():
+            assert parent.data.params[key] == (
+                value if isinstance(value, str) else json.dumps(value)
+            )
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert parent.data.tags["git.commit"] == head and parent.data.tags["git.dirty"] == "false"
+    evaluate = children[STAGES.index("evaluate")]
+    artifacts = [a.path for a in client.list_artifacts(evaluate.info.run_id, "reports")]
+    assert artifacts == ["reports/04_evaluate.html", "reports/04_evaluate.ipynb"]
+    assert len(client.list_artifacts(evaluate.info.run_id, "figures")) == 2
+
+
+def test_mlflow_shows_the_numbers_of_the_metrics_files_and_of_dvc_exp_show(project):
+    _, found = tracked_runs(project)
+    logged = found[0].data.metrics
+    expected = {}
+    for name in ("prepare", "cv", "test"):
+        content = json.loads((project / "metrics" / f"{name}.json").read_text())
+        expected.update(metric_values(name, content))
+    assert {key: logged[key] for key in expected} == expected
+    shown = json.loads(run(["dvc", "exp", "show", "--json", "--no-fetch"], project).stdout)
+    workspace = next(entry for entry in shown if entry.get("rev") == "workspace")
+    for path, content in workspace["data"]["metrics"].items():
+        for key, value in metric_values(Path(path).stem, content["data"]).items():
+            assert logged[key] == value, key
+
+
+def test_the_data_lineage_matches_dvc(project):
+    _, found = tracked_runs(project)
+    tags = found[0].data.tags
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for out in lock["stages"]["prepare"]["outs"]:
+        if out["path"].endswith(".parquet"):
+            assert tags[f"lineage.{out['path']}.md5"] == out["md5"]
+            rows = len(pd.read_parquet(project / out["path"]))
+            assert tags[f"lineage.{out['path']}.rows"] == str(rows)
+    assert (
+        found[0].data.params["data.sha256"]
+        == lock["stages"]["fetch"]["params"]["params/data.yaml"]["data"]["sha256"]
+    )
+
+
+def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project):
+    decision = json.loads((project / "reports" / "promotion.json").read_text())
+    assert decision["promoted"] is True and decision["champion_before"] is None
+    model = load_champion(project)
+    ours, features = load_model(
+        project / "models" / "model.skops", project / "models" / "features.json"
+    )
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    scores = np.asarray(model.predict(test[features["numeric"] + features["categorical"]]))
+    assert np.array_equal(scores[:, 1], predict_scores(ours, test, features))
+    with fluent_uri(f"sqlite:///{project / 'mlflow.db'}"):
+        info = mlflow.models.get_model_info("models:/churnlab-churn@champion")
+    assert info.signature.inputs.input_names() == features["numeric"] + features["categorical"]
+    assert info.saved_input_example_info is not None
+
+
 # --- model quality on the held-out customers ---------------------------------------------
 
 
@@ -179,6 +266,13 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
         diff["metrics/test.json"]["threshold"]["new"]
         != diff["metrics/test.json"]["threshold"]["old"]
     )
+    client, found = tracked_runs(project)
+    parent = next(r for r in found if r.data.tags.get("dvc.experiment") == "cost-rule")
+    assert parent.info.run_name == "cost-rule" and parent.info.status == "FINISHED"
+    decision = json.loads((project / "reports" / "promotion.json").read_text())
+    assert decision["promoted"] is False  # the same model: the champion is kept
+    champion = client.get_model_version_by_alias("churnlab-churn", "champion")
+    assert int(champion.version) == decision["champion_before"]["version"]
 
 
 def test_a_fresh_clone_pulls_from_the_local_remote(project, tmp_path):
@@ -278,5 +372,22 @@ def test_an_unknown_hyper_parameter_fails_cleanly(restore):
 
 
 def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
+    client, _ = tracked_runs(restore)
+    versions = len(client.search_model_versions("name = 'churnlab-churn'"))
     set_param(restore, "params/evaluate.yaml", "evaluate.gates.min_roc_auc", 0.99)
     assert_fails_cleanly(restore, "quality gate min_roc_auc missed: roc_auc = 0.")
+    _, found = tracked_runs(restore)
+    failed = found[-1]
+    assert (failed.info.run_name, failed.info.status) == ("evaluate", "FAILED")
+    parent = client.get_run(failed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+    assert len(client.search_model_versions("name = 'churnlab-churn'")) == versions
+
+
+def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    set_param(restore, "params/tracking.yaml", "tracking.uri", uri)
+    set_param(restore, "params/evaluate.yaml", "evaluate.threshold_rule", "cost")
+    assert_fails_cleanly(restore, f"MLflow tracking store {uri} cannot be reached")
