@@ -221,7 +221,7 @@ def team_server():
         server.start_tracking_server(folder, backend, port)
         yield f"http://127.0.0.1:{port}", folder
     finally:
-        server.stop_tracking_server(folder)
+        server.stop_tracking_server(folder, grace=1)
         server.stop_postgres(folder)
         shutil.rmtree(folder, ignore_errors=True)
 

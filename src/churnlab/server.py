@@ -13,6 +13,7 @@ For a shared deployment see the README: allowed hosts, authentication, the admin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -219,14 +220,17 @@ def start_tracking_server(
     return process
 
 
-def stop_tracking_server(folder: Path) -> None:
+def stop_tracking_server(folder: Path, grace: float = 10) -> None:
+    """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds."""
     pid_file = folder.resolve() / "mlflow.pid"
     if not pid_file.is_file():
         return
     pid = int(pid_file.read_text())
     try:
         os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
+        for _ in range(int(grace * 10)):
+            with contextlib.suppress(ChildProcessError):  # our own child: reap it
+                os.waitpid(pid, os.WNOHANG)
             os.kill(pid, 0)
             time.sleep(0.1)
         os.killpg(pid, signal.SIGKILL)

@@ -93,6 +93,8 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
     from churnlab.config import read_yaml
 
     environ = os.environ if environ is None else environ
+    if not (root / SETTINGS_FILE).is_file():  # a project that has not set tracking up
+        return Settings(False, "", "", "", "stop", "", "roc_auc", 0.0)
     content = (read_yaml(root / SETTINGS_FILE) or {}).get("tracking")
     if not isinstance(content, dict):
         raise ChurnlabError(f"{SETTINGS_FILE}: expected a 'tracking' section")
