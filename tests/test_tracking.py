@@ -162,7 +162,7 @@ LOGGER = textwrap.dedent(
 
 def test_two_pipeline_runs_logging_at_once_both_succeed(tmp_path):
     root = tracking_project(tmp_path)
-    start_at = str(time.time() + 3)
+    start_at = str(time.time() + 2)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", LOGGER, str(root), start_at, "ok"],
