@@ -107,3 +107,28 @@ def pipeline_project(tmp_path_factory) -> Path:
     result = run(["dvc", "repro"], copy)
     assert "Running stage 'report'" in result.stdout
     return copy
+
+
+def pipeline_model(project: Path):
+    """The model file, its feature lists and the test split of a project after a run."""
+    import pandas as pd
+
+    from churnlab.model import load_model
+
+    model, features = load_model(
+        project / "models" / "model.skops", project / "models" / "features.json"
+    )
+    return model, features, pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+
+
+def assert_champion_scores_like_the_model_file(project: Path) -> None:
+    """The registry's champion, loaded by alias, gives the model file's churn scores."""
+    import numpy as np
+
+    from churnlab.model import predict_scores
+    from churnlab.tracking import load_champion
+
+    model, features, test = pipeline_model(project)
+    columns = features["numeric"] + features["categorical"]
+    served = np.asarray(load_champion(project).predict(test[columns]))
+    assert np.array_equal(served[:, 1], predict_scores(model, test, features))

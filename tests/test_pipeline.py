@@ -22,12 +22,18 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
 from churnlab.data import TARGET_COLUMN
-from churnlab.model import load_model, predict_scores
+from churnlab.model import predict_scores
 from churnlab.runner import load_stage
 from churnlab.secrets import masked_params
-from churnlab.tracking import flatten, fluent_uri, load_champion, metric_values
+from churnlab.tracking import flatten, fluent_uri, metric_values
 
-from conftest import ROOT, run, set_param
+from conftest import (
+    ROOT,
+    assert_champion_scores_like_the_model_file,
+    pipeline_model,
+    run,
+    set_param,
+)
 
 pytestmark = pytest.mark.pipeline
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports")
@@ -106,10 +112,7 @@ def test_the_executed_notebooks_and_reports_are_outputs(project):
 
 
 def test_the_report_shows_headline_numbers_computed_from_the_model(project):
-    model, features = load_model(
-        project / "models" / "model.skops", project / "models" / "features.json"
-    )
-    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    model, features, test = pipeline_model(project)
     labels = test[TARGET_COLUMN].to_numpy()
     scores = predict_scores(model, test, features)
     evaluate = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
@@ -191,13 +194,8 @@ def test_the_data_lineage_matches_dvc(project):
 def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project):
     decision = json.loads((project / "reports" / "promotion.json").read_text())
     assert decision["promoted"] is True and decision["champion_before"] is None
-    model = load_champion(project)
-    ours, features = load_model(
-        project / "models" / "model.skops", project / "models" / "features.json"
-    )
-    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
-    scores = np.asarray(model.predict(test[features["numeric"] + features["categorical"]]))
-    assert np.array_equal(scores[:, 1], predict_scores(ours, test, features))
+    assert_champion_scores_like_the_model_file(project)
+    features = json.loads((project / "models" / "features.json").read_text())
     with fluent_uri(f"sqlite:///{project / 'mlflow.db'}"):
         info = mlflow.models.get_model_info("models:/churnlab-churn@champion")
     assert info.signature.inputs.input_names() == features["numeric"] + features["categorical"]
@@ -210,10 +208,7 @@ def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project)
 def test_model_quality_meets_the_gates_in_params(project):
     gates = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
     gates = gates["gates"]
-    model, features = load_model(
-        project / "models" / "model.skops", project / "models" / "features.json"
-    )
-    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    model, features, test = pipeline_model(project)
     labels = test[TARGET_COLUMN].to_numpy()
     scores = predict_scores(model, test, features)
     threshold = json.loads((project / "metrics" / "test.json").read_text())["threshold"]
@@ -228,10 +223,7 @@ def test_model_quality_meets_the_gates_in_params(project):
 
 def test_the_model_ranks_shorter_contracts_as_riskier(project):
     """A behaviour check: churn risk falls as the contract gets longer (Telco defaults)."""
-    model, features = load_model(
-        project / "models" / "model.skops", project / "models" / "features.json"
-    )
-    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    model, features, test = pipeline_model(project)
     if "Contract" not in features["categorical"]:
         pytest.skip("not the Telco data")
     means = [

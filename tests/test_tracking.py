@@ -17,25 +17,21 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from churnlab.errors import ChurnlabError
-from churnlab.model import load_model, predict_scores
 from churnlab.runner import load_stage
 from churnlab.tracking import (
     SETTINGS_FILE,
     Tracker,
     display_uri,
-    load_champion,
     load_settings,
     promotion_decision,
     record_stage,
 )
 
-from conftest import ROOT
+from conftest import ROOT, assert_champion_scores_like_the_model_file
 
 
 def tracking_project(root: Path, **changes) -> Path:
@@ -262,10 +258,4 @@ def test_the_registry_flow_on_postgresql(team_server, pipeline_project, monkeypa
     metrics = json.loads((project / "metrics" / "test.json").read_text())
     assert run.data.metrics["test.roc_auc"] == metrics["roc_auc"]
     assert run.data.tags["promotion.decision"] == "kept champion"
-    model = load_champion(project)
-    ours, features = load_model(
-        project / "models" / "model.skops", project / "models" / "features.json"
-    )
-    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
-    served = np.asarray(model.predict(test[features["numeric"] + features["categorical"]]))
-    assert np.array_equal(served[:, 1], predict_scores(ours, test, features))
+    assert_champion_scores_like_the_model_file(project)  # from the server, by alias

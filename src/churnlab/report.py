@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -566,25 +565,6 @@ def _notebook_title(executed: Path) -> str:
     return executed.stem
 
 
-def _git_state(root: Path) -> tuple[str | None, bool]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None, False
-    return commit, dirty
-
-
 def _model_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The params that make a model what it is (compared with the champion's)."""
     return {
@@ -726,7 +706,9 @@ def promote(root: Path) -> Path:
     paths = get_key(params, "paths", "params/paths.yaml")
     metrics = _read_json(root / paths["test_metrics"])
     cv = _read_json(root / paths["cv_metrics"])
-    commit, dirty = _git_state(root)
+    from churnlab.tracking import git_state
+
+    commit, dirty = git_state(root)
     record = champion_record(
         metrics, cv, _model_params(params), _data_record(params), commit, dirty
     )
