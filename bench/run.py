@@ -652,7 +652,7 @@ def plain_evaluate(p: dict) -> dict:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from churnlab.data import TARGET_COLUMN
+    from churnlab.data import ID_COLUMN, TARGET_COLUMN
     from churnlab.evaluation import (
         check_gates,
         choose_threshold,
@@ -660,7 +660,7 @@ def plain_evaluate(p: dict) -> dict:
         feature_importance,
         plot_tables,
     )
-    from churnlab.files import write_csv, write_json
+    from churnlab.files import write_csv, write_json, write_parquet
     from churnlab.model import load_model, model_input, predict_scores
 
     model, features = load_model(Path(p["paths_model"]), Path(p["paths_features"]))
@@ -710,6 +710,10 @@ def plain_evaluate(p: dict) -> dict:
         write_csv(plots / f"{name}.csv", table)
     write_csv(plots / "feature_importance.csv", importance)
     write_json(Path(p["paths_test_metrics"]), metrics)
+    write_parquet(
+        Path(p["paths_test_scores"]),
+        pd.DataFrame({ID_COLUMN: test[ID_COLUMN], TARGET_COLUMN: labels, "score": scores}),
+    )
     return {
         "roc_auc": metrics["roc_auc"],
         "gates_missed": check_gates(metrics, p["evaluate_gates"]),
@@ -754,6 +758,14 @@ def plain_pipeline(root: Path, out: Path) -> dict:
         results[name] = steps[name](parameters[name])
         times[name] = time.perf_counter() - begin
         print(f"    plain {name}: {times[name]:.2f} s", file=sys.stderr, flush=True)
+    # The report's computation (bootstrap, segments, figures, pages) on the same outputs: the
+    # pipeline's, in this copy, which are equal to the plain ones (checked by the metrics).
+    from churnlab.report import build_context, render_pages
+
+    begin = time.perf_counter()
+    render_pages(build_context(root))
+    times["report"] = time.perf_counter() - begin
+    print(f"    plain report: {times['report']:.2f} s", file=sys.stderr, flush=True)
     return {"import": imported, "stages": times, "results": results}
 
 
