@@ -185,10 +185,10 @@ def test_the_data_lineage_matches_dvc(project):
             assert tags[f"lineage.{out['path']}.md5"] == out["md5"]
             rows = len(pd.read_parquet(project / out["path"]))
             assert tags[f"lineage.{out['path']}.rows"] == str(rows)
-    assert (
-        found[0].data.params["data.sha256"]
-        == lock["stages"]["fetch"]["params"]["params/data.yaml"]["data"]["sha256"]
-    )
+    data = lock["stages"]["fetch"]["params"]["params/data.yaml"]["data"]
+    assert found[0].data.params["data.sha256"] == data["sha256"]
+    assert tags["lineage.source.sha256"] == data["sha256"]
+    assert tags["lineage.source.name"] == data["source"]
 
 
 def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project):

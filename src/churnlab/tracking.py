@@ -625,10 +625,14 @@ def record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     run.log_files([p for p in pages if p.is_file()], "reports")
     if nb is not None:
         run.log_figures(notebook_figures(nb), stage.name)
+    params = load_params(root)
     data_files = [p for p in (*stage.deps, *stage.outs) if p.endswith((".csv", ".parquet"))]
-    run.log_lineage({p: file_lineage(root, p) for p in data_files if (root / p).is_file()})
+    lineage = {p: file_lineage(root, p) for p in data_files if (root / p).is_file()}
+    source = get_key(params, "data", "params/data.yaml")  # where the raw data comes from
+    lineage["source"] = {"name": str(source.get("source")), "sha256": str(source.get("sha256"))}
+    run.log_lineage(lineage)
     if stage.name == run.tracker.settings.register_stage:
-        paths = get_key(load_params(root), "paths", "params/paths.yaml")
+        paths = get_key(params, "paths", "params/paths.yaml")
         decision = log_and_promote(run, root, paths)
         print(
             f"[{stage.name}] registered {decision['registered_model']} version "
