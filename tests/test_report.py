@@ -22,7 +22,7 @@ from churnlab.report import (
 def scored():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 400)
-    scores = np.clip(0.2 * labels + rng.uniform(0, 0.8, 400), 0, 1)
+    scores = np.clip(0.15 * labels + rng.uniform(0, 0.85, 400), 0, 1)
     table = pd.DataFrame(
         {
             "plan": np.where(np.arange(400) % 3 == 0, "monthly", "yearly"),
@@ -44,6 +44,33 @@ def test_bootstrap_intervals_hold_the_metric_and_are_seeded(scored):
         assert interval["low"] < interval["high"]
     assert bootstrap_intervals(labels, scores, 0.5, 0.1, 200, seed=1) == first
     assert bootstrap_intervals(labels, scores, 0.5, 0.1, 200, seed=2) != first
+
+
+def test_the_intervals_agree_with_a_plain_bootstrap_of_sklearn_metrics(scored):
+    _, labels, scores = scored
+    ours = bootstrap_intervals(labels, scores, 0.5, 0.1, 2000, seed=5)
+    rng = np.random.default_rng(6)
+    plain = {"roc_auc": [], "recall": [], "accuracy": []}
+    for _ in range(2000):
+        rows = rng.integers(0, len(labels), len(labels))
+        plain["roc_auc"].append(roc_auc_score(labels[rows], scores[rows]))
+        plain["recall"].append(recall_score(labels[rows], scores[rows] >= 0.5))
+        plain["accuracy"].append(np.mean(labels[rows] == (scores[rows] >= 0.5)))
+    for name, values in plain.items():
+        low, high = np.quantile(values, [0.025, 0.975])
+        assert ours[name]["low"] == pytest.approx(low, abs=0.01), name
+        assert ours[name]["high"] == pytest.approx(high, abs=0.01), name
+
+
+def test_ties_and_the_top_fraction_count_like_the_evaluation():
+    from churnlab.evaluation import classification_metrics
+
+    labels = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0] * 30)
+    scores = np.round(np.linspace(0.9, 0.1, 300), 1)  # many ties
+    ours = bootstrap_intervals(labels, scores, 0.5, 0.1, 50, seed=1)
+    expected = classification_metrics(labels, scores, 0.5, 0.1)
+    for name in ("roc_auc", "top_precision", "top_capture_rate", "precision", "recall", "f1"):
+        assert ours[name]["value"] == pytest.approx(expected[name]), name
 
 
 def test_more_customers_give_narrower_intervals(scored):

@@ -70,6 +70,63 @@ def _threshold_metrics(labels: np.ndarray, flagged: np.ndarray) -> dict[str, np.
     return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
 
 
+BOOTSTRAP_METRICS = (
+    "roc_auc",
+    "top_precision",
+    "top_capture_rate",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+    "brier",
+)
+_CHUNK_CELLS = 4_000_000  # resample counts held in memory at once (32 MB of int64)
+
+
+def _resample_metrics(
+    counts: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    groups: np.ndarray,
+    top_count: int,
+) -> dict[str, np.ndarray]:
+    """Metrics of resamples given as counts per customer (rows: resamples).
+
+    Customers are sorted by descending score; ``groups`` are the starts of runs of equal
+    scores. Working on counts makes each resample O(customers), without sorting it again.
+    """
+    n = counts.shape[1]
+    leaving = counts * labels
+    staying = counts - leaving
+    positives = leaving.sum(axis=1)
+    negatives = n - positives
+    tp = (leaving * flagged).sum(axis=1)
+    fp = (staying * flagged).sum(axis=1)
+    fn = positives - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = {
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "recall": np.where(positives > 0, tp / positives, np.nan),
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+            "accuracy": (n - fp - fn) / n,
+            "brier": (counts * (scores - labels) ** 2).sum(axis=1) / n,
+        }
+        # the top_count highest-scored customers of the resample, copies counted one by one
+        before = np.cumsum(counts, axis=1) - counts
+        taken = np.clip(top_count - before, 0, counts)
+        top_leavers = (taken * labels).sum(axis=1)
+        result["top_precision"] = top_leavers / top_count
+        result["top_capture_rate"] = top_leavers / positives
+        # ROC AUC: P(leaver scored above stayer) + half P(equal), by runs of equal scores
+        group_pos = np.add.reduceat(leaving, groups, axis=1)
+        group_neg = np.add.reduceat(staying, groups, axis=1)
+        below = negatives[:, None] - np.cumsum(group_neg, axis=1)
+        wins = (group_pos * below).sum(axis=1) + 0.5 * (group_pos * group_neg).sum(axis=1)
+        result["roc_auc"] = wins / (positives * negatives)
+    return result
+
+
 def bootstrap_intervals(
     labels,
     scores,
@@ -83,12 +140,12 @@ def bootstrap_intervals(
 
     Customers are resampled with replacement ``samples`` times (seeded); each metric is
     recomputed on every resample, and the interval is the central ``confidence`` share.
+    Resamples are handled as counts per customer in chunks, so memory stays bounded and
+    time grows linearly with customers times samples.
 
     Returns:
         ``{metric: {"value", "low", "high"}}``; ``value`` is the metric on the data itself.
     """
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=float)
     if samples < 10:
         raise ChurnlabError(
             f"{REPORT_PARAMS} report.bootstrap_samples: expected at least 10, found {samples}"
@@ -98,43 +155,30 @@ def bootstrap_intervals(
             f"{REPORT_PARAMS} report.confidence: expected a share between 0 and 1, "
             f"found {confidence}"
         )
-    n = len(labels)
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")  # as the evaluation
+    scores = np.asarray(scores, dtype=float)[order]
+    labels = np.asarray(labels).astype(bool)[order].astype(np.int64)
+    flagged = (scores >= threshold).astype(np.int64)
+    groups = np.flatnonzero(np.concatenate([[True], scores[1:] != scores[:-1]]))
+    n = len(scores)
     top_count = max(1, int(round(top_fraction * n)))
-    rows = np.random.default_rng(seed).integers(0, n, size=(samples, n))
-
-    def metrics_of(lab: np.ndarray, sco: np.ndarray) -> dict[str, np.ndarray]:
-        lab2, sco2 = np.atleast_2d(lab), np.atleast_2d(sco)
-        result = _threshold_metrics(lab2, sco2 >= threshold)
-        order = np.argsort(-sco2, axis=1, kind="stable")[:, :top_count]
-        top_leavers = np.take_along_axis(lab2, order, axis=1).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            result["top_precision"] = top_leavers / top_count
-            result["top_capture_rate"] = top_leavers / lab2.sum(axis=1)
-        result["brier"] = ((sco2 - lab2) ** 2).mean(axis=1)
-        result["roc_auc"] = np.array([_rank_auc(a, b) for a, b in zip(lab2, sco2, strict=True)])
-        return result
-
-    point = metrics_of(labels, scores)
-    resampled = metrics_of(labels[rows], scores[rows])
+    args = (labels, scores, flagged, groups, top_count)
+    point = _resample_metrics(np.ones((1, n), dtype=np.int64), *args)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // n)
+    parts = []
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        rows = rng.integers(0, n, size=(size, n))
+        offsets = (np.arange(size) * n)[:, None]
+        counts = np.bincount((rows + offsets).ravel(), minlength=size * n).reshape(size, n)
+        parts.append(_resample_metrics(counts, *args))
     tail = (1 - confidence) / 2
     intervals = {}
-    for name in (
-        "roc_auc",
-        "top_precision",
-        "top_capture_rate",
-        "precision",
-        "recall",
-        "f1",
-        "accuracy",
-        "brier",
-    ):
-        values = resampled[name][np.isfinite(resampled[name])]
-        low, high = np.quantile(values, [tail, 1 - tail])
-        intervals[name] = {
-            "value": float(point[name][0]),
-            "low": float(low),
-            "high": float(high),
-        }
+    for name in BOOTSTRAP_METRICS:
+        values = np.concatenate([part[name] for part in parts])
+        low, high = np.quantile(values[np.isfinite(values)], [tail, 1 - tail])
+        intervals[name] = {"value": float(point[name][0]), "low": float(low), "high": float(high)}
     return intervals
 
 
