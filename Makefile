@@ -70,8 +70,9 @@ lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 	$(BIN)/python -m churnlab.lockfile environment.yml requirements.lock
 
-clean: ## remove run state, caches and failed-run leftovers (keeps data, models, .venv)
-	rm -rf .churnlab build .pytest_cache .ruff_cache
+clean: ## remove run state, caches and failed-run leftovers (keeps data, models, the team server, .venv)
+	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server -exec rm -rf {} +; fi
+	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 
 distclean: clean ## clean, and remove .venv too
