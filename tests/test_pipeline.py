@@ -369,6 +369,7 @@ def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
     client, _ = tracked_runs(restore)
     versions = len(client.search_model_versions("name = 'churnlab-churn'"))
     set_param(restore, "params/evaluate.yaml", "evaluate.gates.min_roc_auc", 0.99)
+    set_param(restore, "params/evaluate.yaml", "evaluate.importance_repeats", 1)  # faster
     assert_fails_cleanly(restore, "quality gate min_roc_auc missed: roc_auc = 0.")
     _, found = tracked_runs(restore)
     failed = found[-1]

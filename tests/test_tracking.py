@@ -232,7 +232,11 @@ def test_the_team_server_keeps_no_password_in_a_uri_or_command_line(team_server)
 
 
 def test_the_registry_flow_on_postgresql(team_server, pipeline_project, monkeypatch, tmp_path):
-    """Log the evaluate stage's results and model to the server, register, promote, load."""
+    """Log the evaluate stage's results and model to the server, register, promote, load.
+
+    (Keeping the champion when a challenger is not better is checked on the embedded store by
+    the experiment in test_pipeline.py, and the decision rule in test_promotion_needs_the_margin.)
+    """
     url, _ = team_server
     project = pipeline_project
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -242,20 +246,20 @@ def test_the_registry_flow_on_postgresql(team_server, pipeline_project, monkeypa
     saved = promotion.read_bytes()
     try:
         tracker = Tracker.open(project)
-        for _ in range(2):  # the same model twice: promoted, then the champion is kept
-            with tracker.stage_run("evaluate", stage.values, set(stage.outs)) as run:
-                record_stage(run, project, stage)
-            decisions = json.loads(promotion.read_text())
+        with tracker.stage_run("evaluate", stage.values, set(stage.outs)) as run:
+            record_stage(run, project, stage)
+        decision = json.loads(promotion.read_text())
     finally:
         promotion.write_bytes(saved)
-    assert decisions["challenger"]["version"] == 2 and decisions["promoted"] is False
-    assert decisions["champion_before"]["version"] == 1
+    assert decision["challenger"]["version"] == 1 and decision["promoted"] is True
     client = mlflow.MlflowClient(url)
     champion = client.get_model_version_by_alias("churnlab-churn", "champion")
     challenger = client.get_model_version_by_alias("churnlab-churn", "challenger")
-    assert (champion.version, challenger.version) == ("1", "2")
+    assert champion.version == challenger.version == "1"
     run = client.get_run(challenger.run_id)
     metrics = json.loads((project / "metrics" / "test.json").read_text())
     assert run.data.metrics["test.roc_auc"] == metrics["roc_auc"]
-    assert run.data.tags["promotion.decision"] == "kept champion"
+    assert run.data.tags["promotion.decision"] == "promoted"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["test.roc_auc"] == metrics["roc_auc"]
     assert_champion_scores_like_the_model_file(project)  # from the server, by alias
