@@ -247,6 +247,8 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
             "cost-rule",
             "-S",
             "params/evaluate.yaml:evaluate.threshold_rule=cost",
+            "-S",
+            "params/evaluate.yaml:evaluate.importance_repeats=1",  # faster, evaluation-only
         ],
         project,
     )
