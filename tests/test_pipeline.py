@@ -21,11 +21,12 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
+from churnlab.config import flatten
 from churnlab.data import TARGET_COLUMN
 from churnlab.model import predict_scores
 from churnlab.runner import load_stage
 from churnlab.secrets import masked_params
-from churnlab.tracking import flatten, fluent_uri, metric_values
+from churnlab.tracking import fluent_uri, metric_values
 
 from conftest import (
     ROOT,

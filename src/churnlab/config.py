@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,19 @@ def load_params(root: Path | None = None) -> dict[str, Any]:
             merged[section] = value
             origin[section] = name
     return merged
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``.
+
+    Lists stay values; a nested empty mapping is a value of its own.
+    """
+    if isinstance(tree, Mapping) and (tree or not prefix):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
 
 
 _VAR = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")

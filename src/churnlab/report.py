@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from churnlab.config import flatten
 from churnlab.errors import ChurnlabError
 
 REPORT_PARAMS = "params/report.yaml"
@@ -325,15 +326,6 @@ def business_summary(metrics: Mapping[str, Any], evaluate: Mapping[str, Any]) ->
     }
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: tree}
-
-
 def compare_with_champion(
     current: Mapping[str, Any], champion: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -381,7 +373,7 @@ def compare_with_champion(
                 else "same",
             }
         )
-    old_params, new_params = _flat(champion.get("params", {})), _flat(current.get("params", {}))
+    old_params, new_params = flatten(champion.get("params", {})), flatten(current.get("params", {}))
     changed = [
         {
             "key": key,

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from churnlab.config import flatten
+
 MASK = "***"
 MIN_SECRET_LENGTH = 8
 SECRET_NAME = re.compile(
@@ -28,14 +30,6 @@ def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
-def _leaves(tree: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, tree
-
-
 def secret_values(
     params: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> list[str]:
@@ -44,7 +38,7 @@ def secret_values(
     found = {value for name, value in environ.items() if is_secret_name(name)}
     found |= {
         str(value)
-        for key, value in _leaves(params or {})
+        for key, value in flatten(dict(params or {})).items()
         if value is not None and is_secret_name(key.rsplit(".", 1)[-1])
     }
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=lambda v: (-len(v), v))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from churnlab.config import flatten
 from churnlab.errors import ChurnlabError
 
 SETTINGS_FILE = "params/tracking.yaml"
@@ -203,16 +204,6 @@ def git_state(root: Path, ignore: set[str] = frozenset()) -> tuple[str | None, b
 
 
 # --- what gets logged ------------------------------------------------------------------------
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    if isinstance(tree, Mapping) and (tree or not prefix):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: tree}
 
 
 def metric_values(name: str, content: Mapping) -> dict[str, float]:
@@ -463,12 +454,7 @@ class StageRun:
                     self.client.log_artifacts(self.run_id, folder, "figures")
 
     def log_lineage(self, lineage: Mapping[str, Mapping[str, Any]]) -> None:
-        tags = {
-            f"lineage.{path}.{field}": value
-            for path, record in lineage.items()
-            for field, value in record.items()
-        }
-        self.set_tags(tags)
+        self.set_tags(flatten(dict(lineage), "lineage"))
         with tempfile.TemporaryDirectory() as folder:
             target = Path(folder) / "lineage.json"
             target.write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
