@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from churnlab.errors import ChurnlabError
+from churnlab.evaluation import plot_tables
 from churnlab.report import (
     bootstrap_intervals,
     business_summary,
@@ -245,7 +246,7 @@ def page_context(scored, group_name=PAYLOAD):
         },
         "model": {"family": "gradient_boosting", "cv_folds": 5},
         "notebooks": [{"stage": "explore", "title": "Explore", "href": "notebooks/x.html"}],
-        "figures": figures(labels, scores, 0.5, 0.1, performance),
+        "figures": figures(labels, scores, 0.5, 0.1, performance, plot_tables(labels, scores, 0.5)),
     }
 
 

@@ -45,32 +45,6 @@ LOWER_IS_BETTER = {"brier"}
 # --- numbers ------------------------------------------------------------------------------
 
 
-def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC from ranks (ties averaged): equal to sklearn's, without its checks."""
-    positives = labels.sum()
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float(
-        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    )
-
-
-def _threshold_metrics(labels: np.ndarray, flagged: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and accuracy for rows of labels and flags (axis 1 = customers)."""
-    tp = (labels & flagged).sum(axis=-1)
-    fp = (~labels & flagged).sum(axis=-1)
-    fn = (labels & ~flagged).sum(axis=-1)
-    n = labels.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    accuracy = (n - fp - fn) / n
-    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
-
-
 BOOTSTRAP_METRICS = (
     "roc_auc",
     "top_precision",
@@ -128,6 +102,28 @@ def _resample_metrics(
     return result
 
 
+def _ranked(labels, scores, threshold: float, top_fraction: float) -> tuple:
+    """The arrays :func:`_resample_metrics` works on: customers by descending score (ties in
+    their order, as the evaluation ranks them), flags, runs of equal scores, the top count."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    scores = np.asarray(scores, dtype=float)[order]
+    labels = np.asarray(labels).astype(bool)[order].astype(np.int64)
+    flagged = (scores >= threshold).astype(np.int64)
+    groups = np.flatnonzero(np.concatenate([[True], scores[1:] != scores[:-1]]))
+    top_count = max(1, int(round(top_fraction * len(scores))))
+    return labels, scores, flagged, groups, top_count
+
+
+def _each_once(ranked: tuple) -> dict[str, float]:
+    once = np.ones((1, len(ranked[0])), dtype=np.int64)
+    return {name: float(values[0]) for name, values in _resample_metrics(once, *ranked).items()}
+
+
+def point_metrics(labels, scores, threshold: float, top_fraction: float = 1.0) -> dict[str, float]:
+    """The bootstrapped metrics on the customers themselves (each counted once)."""
+    return _each_once(_ranked(labels, scores, threshold, top_fraction))
+
+
 def bootstrap_intervals(
     labels,
     scores,
@@ -156,15 +152,9 @@ def bootstrap_intervals(
             f"{REPORT_PARAMS} report.confidence: expected a share between 0 and 1, "
             f"found {confidence}"
         )
-    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")  # as the evaluation
-    scores = np.asarray(scores, dtype=float)[order]
-    labels = np.asarray(labels).astype(bool)[order].astype(np.int64)
-    flagged = (scores >= threshold).astype(np.int64)
-    groups = np.flatnonzero(np.concatenate([[True], scores[1:] != scores[:-1]]))
-    n = len(scores)
-    top_count = max(1, int(round(top_fraction * n)))
-    args = (labels, scores, flagged, groups, top_count)
-    point = _resample_metrics(np.ones((1, n), dtype=np.int64), *args)
+    ranked = _ranked(labels, scores, threshold, top_fraction)
+    n = len(ranked[0])
+    point = _each_once(ranked)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // n)
     parts = []
@@ -173,13 +163,13 @@ def bootstrap_intervals(
         rows = rng.integers(0, n, size=(size, n))
         offsets = (np.arange(size) * n)[:, None]
         counts = np.bincount((rows + offsets).ravel(), minlength=size * n).reshape(size, n)
-        parts.append(_resample_metrics(counts, *args))
+        parts.append(_resample_metrics(counts, *ranked))
     tail = (1 - confidence) / 2
     intervals = {}
     for name in BOOTSTRAP_METRICS:
         values = np.concatenate([part[name] for part in parts])
         low, high = np.quantile(values[np.isfinite(values)], [tail, 1 - tail])
-        intervals[name] = {"value": float(point[name][0]), "low": float(low), "high": float(high)}
+        intervals[name] = {"value": point[name], "low": float(low), "high": float(high)}
     return intervals
 
 
@@ -231,7 +221,6 @@ def segment_performance(
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=float)
-    flagged = scores >= threshold
     rows = []
     for index, spec in enumerate(segments):
         where = f"{REPORT_PARAMS} report.segments[{index}]"
@@ -248,19 +237,18 @@ def segment_performance(
             order = [g for g in _band_names(spec["bins"]) if g in order]
         for group in order:
             member = groups == group
-            lab, flag = labels[member], flagged[member]
-            metrics = _threshold_metrics(lab[None, :], flag[None, :])
+            metrics = point_metrics(labels[member], scores[member], threshold)
             rows.append(
                 {
                     "segment": str(spec.get("label", spec["column"])),
                     "group": str(group),
                     "customers": int(member.sum()),
-                    "churn_rate": float(lab.mean()),
+                    "churn_rate": float(labels[member].mean()),
                     "mean_score": float(scores[member].mean()),
-                    "flagged_share": float(flag.mean()),
-                    "precision": float(metrics["precision"][0]),
-                    "recall": float(metrics["recall"][0]) if lab.any() else float("nan"),
-                    "roc_auc": _rank_auc(lab, scores[member]),
+                    "flagged_share": float((scores[member] >= threshold).mean()),
+                    "precision": metrics["precision"],
+                    "recall": metrics["recall"],  # NaN for a group without leavers
+                    "roc_auc": metrics["roc_auc"],  # NaN for a group of one class
                     "small": bool(member.sum() < min_size),
                 }
             )
@@ -326,6 +314,20 @@ def business_summary(metrics: Mapping[str, Any], evaluate: Mapping[str, Any]) ->
     }
 
 
+def _change(metric: str, label: str, champion: float, current: float) -> dict[str, Any]:
+    """One row of the comparison: both values, the change, and whether it is better."""
+    delta = float(current) - float(champion)
+    better = -delta if metric in LOWER_IS_BETTER else delta
+    return {
+        "metric": metric,
+        "label": label,
+        "champion": float(champion),
+        "current": float(current),
+        "delta": delta,
+        "direction": "better" if better > 1e-9 else "worse" if better < -1e-9 else "same",
+    }
+
+
 def compare_with_champion(
     current: Mapping[str, Any], champion: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -337,42 +339,15 @@ def compare_with_champion(
     """
     if not champion:
         return {"status": "none", "metrics": [], "params": [], "same_data": True}
-    rows = []
-    for name, label in METRIC_LABELS.items():
-        new = current["metrics"].get(name)
-        old = champion["metrics"].get(name)
-        if new is None or old is None:
-            continue
-        delta = new - old
-        better = -delta if name in LOWER_IS_BETTER else delta
-        rows.append(
-            {
-                "metric": name,
-                "label": label,
-                "champion": float(old),
-                "current": float(new),
-                "delta": float(delta),
-                "direction": "better" if better > 1e-9 else "worse" if better < -1e-9 else "same",
-            }
-        )
-    for name in ("saving",):
-        new, old = current["metrics"]["cost"][name], champion["metrics"]["cost"][name]
-        per_new = new / current["metrics"]["rows"] * 1000
-        per_old = old / champion["metrics"]["rows"] * 1000
-        rows.append(
-            {
-                "metric": "saving_per_1000",
-                "label": "expected saving per 1,000 customers",
-                "champion": per_old,
-                "current": per_new,
-                "delta": per_new - per_old,
-                "direction": "better"
-                if per_new > per_old + 1e-9
-                else "worse"
-                if per_new < per_old - 1e-9
-                else "same",
-            }
-        )
+    rows = [
+        _change(name, label, champion["metrics"][name], current["metrics"][name])
+        for name, label in METRIC_LABELS.items()
+        if name in champion["metrics"] and name in current["metrics"]
+    ]
+    per_1000 = [
+        m["cost"]["saving"] / m["rows"] * 1000 for m in (champion["metrics"], current["metrics"])
+    ]
+    rows.append(_change("saving_per_1000", "expected saving per 1,000 customers", *per_1000))
     old_params, new_params = flatten(champion.get("params", {})), flatten(current.get("params", {}))
     changed = [
         {
@@ -431,21 +406,23 @@ def _png(fig) -> str:
 
 
 def figures(
-    labels, scores, threshold: float, top_fraction: float, performance: pd.DataFrame
+    labels,
+    scores,
+    threshold: float,
+    top_fraction: float,
+    performance: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
 ) -> dict[str, str]:
     """The report's figures as embedded PNGs: gains and lift, precision-recall,
-    calibration and churn by segment."""
+    calibration and churn by segment (``tables``: :func:`churnlab.evaluation.plot_tables`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve
 
-    from churnlab.evaluation import plot_tables
-
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=float)
-    tables = plot_tables(labels, scores, threshold)
     plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
     out = {}
 
@@ -682,7 +659,8 @@ def build_context(root: Path) -> dict[str, Any]:
                 "href": html.relative_to(Path(paths["report_index"]).parent).as_posix(),
             }
         )
-    calibration = plot_tables(labels, scores, threshold)["calibration"]
+    tables = plot_tables(labels, scores, threshold)
+    calibration = tables["calibration"]
     return {
         "report": report,
         "business": business_summary(metrics, evaluate),
@@ -710,7 +688,7 @@ def build_context(root: Path) -> dict[str, Any]:
             "cv_folds": int(cv["folds"]),
         },
         "notebooks": notebooks,
-        "figures": figures(labels, scores, threshold, top_fraction, performance),
+        "figures": figures(labels, scores, threshold, top_fraction, performance, tables),
     }
 
 
@@ -737,13 +715,12 @@ def promote(root: Path) -> Path:
     """Make the current model the champion: write its record to ``paths.champion``."""
     from churnlab.config import get_key, load_params
     from churnlab.files import write_json
+    from churnlab.tracking import git_state
 
     params = load_params(root)
     paths = get_key(params, "paths", "params/paths.yaml")
     metrics = _read_json(root / paths["test_metrics"])
     cv = _read_json(root / paths["cv_metrics"])
-    from churnlab.tracking import git_state
-
     commit, dirty = git_state(root)
     record = champion_record(
         metrics, cv, _model_params(params), _data_record(params), commit, dirty
