@@ -142,21 +142,23 @@ def display_uri(uri: str) -> str:
 # --- processes: which pipeline run a stage belongs to, and whether a run's process lives ---
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot), or None when it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name, or None when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot), or None when it is gone."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def _parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def _is_dvc(pid: int) -> bool:
