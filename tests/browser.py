@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conftest import apt_install
 
 # As the machine's own browser checks start it: no background traffic, no first-run work.
 CHROMIUM_ARGS = [
@@ -22,10 +22,8 @@ CHROMIUM_ARGS = [
 def chromium_path() -> str:
     """Debian's Chromium, installed with apt-get when missing and we are allowed to."""
     path = shutil.which("chromium")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False)
+    if path is None:
+        apt_install("chromium")
         path = shutil.which("chromium")
     if path is None:
         raise RuntimeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def assert_champion_scores_like_the_model_file(project: Path) -> None:
     columns = features["numeric"] + features["categorical"]
     served = np.asarray(load_champion(project).predict(test[columns]))
     assert np.array_equal(served[:, 1], predict_scores(model, test, features))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def apt_install(package: str) -> None:
+    """Install a Debian package when we may (root, apt-get there); the caller checks after."""
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env, check=False)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import mlflow
@@ -31,6 +30,7 @@ from churnlab.tracking import fluent_uri, metric_values
 from conftest import (
     ROOT,
     assert_champion_scores_like_the_model_file,
+    free_port,
     pipeline_model,
     run,
     set_param,
@@ -383,9 +383,7 @@ def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
 
 
 def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"
     set_param(restore, "params/tracking.yaml", "tracking.uri", uri)
     set_param(restore, "params/evaluate.yaml", "evaluate.threshold_rule", "cost")
     assert_fails_cleanly(restore, f"MLflow tracking store {uri} cannot be reached")

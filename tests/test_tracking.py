@@ -5,10 +5,8 @@ registry flow against a real PostgreSQL 15 and ``mlflow server`` that the fixtur
 """
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ from churnlab.tracking import (
     record_stage,
 )
 
-from conftest import ROOT, assert_champion_scores_like_the_model_file
+from conftest import ROOT, apt_install, assert_champion_scores_like_the_model_file, free_port
 
 
 def tracking_project(root: Path, **changes) -> Path:
@@ -40,12 +38,6 @@ def tracking_project(root: Path, **changes) -> Path:
     (root / "params").mkdir(parents=True, exist_ok=True)
     (root / SETTINGS_FILE).write_text(yaml.safe_dump(content))
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def runs(root: Path) -> list:
@@ -206,10 +198,7 @@ def team_server():
     from churnlab import server
 
     if shutil.which("runuser") is None or not list(Path("/usr/lib/postgresql").glob("*/bin")):
-        if os.geteuid() == 0 and shutil.which("apt-get"):
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=env, check=False)
+        apt_install("postgresql")
     folder = Path(tempfile.mkdtemp(prefix="churnlab-server-", dir="/tmp"))
     try:
         backend = server.start_postgres(folder, free_port())
