@@ -52,8 +52,8 @@ server-stop: setup ## stop the team MLflow server and its PostgreSQL
 test: setup ## run every test: package, data, notebooks (nbval), model quality, end to end
 	$(BIN)/pytest
 
-lab: setup ## open JupyterLab on the project's kernel
-	$(BIN)/jupyter lab notebooks/
+lab: setup ## JupyterLab on the whole project (Run All works in every notebook)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 lint: setup ## ruff over the package, the tests and the notebooks
 	$(BIN)/ruff check src tests notebooks bench

@@ -13,47 +13,20 @@
 # here leaks from the customers we will test the model on. The split is the same one the
 # prepare stage writes: same function, same seed.
 
+# %%
+from churnlab.notebook import stage_params
+
+# defaults from params/; in JupyterLab this also moves to the project root
+param = stage_params("explore")
+
 # %% tags=["parameters"]
-paths_raw: str = "data/raw/churn.csv"  # raw customer table, written by the fetch stage
-schema: dict = {
-    "id_column": "customerID",
-    "target": "Churn",
-    "positive_label": "Yes",
-    "negative_label": "No",
-    "numeric": {
-        "tenure": {"min": 0, "max": 120},
-        "MonthlyCharges": {"min": 0, "max": 1000},
-        "TotalCharges": {"min": 0, "max": 100000, "nullable": True},
-    },
-    "categorical": {
-        "gender": ["Female", "Male"],
-        "SeniorCitizen": [0, 1],
-        "Partner": ["Yes", "No"],
-        "Dependents": ["Yes", "No"],
-        "PhoneService": ["Yes", "No"],
-        "MultipleLines": ["Yes", "No", "No phone service"],
-        "InternetService": ["DSL", "Fiber optic", "No"],
-        "OnlineSecurity": ["Yes", "No", "No internet service"],
-        "OnlineBackup": ["Yes", "No", "No internet service"],
-        "DeviceProtection": ["Yes", "No", "No internet service"],
-        "TechSupport": ["Yes", "No", "No internet service"],
-        "StreamingTV": ["Yes", "No", "No internet service"],
-        "StreamingMovies": ["Yes", "No", "No internet service"],
-        "Contract": ["Month-to-month", "One year", "Two year"],
-        "PaperlessBilling": ["Yes", "No"],
-        "PaymentMethod": [
-            "Electronic check",
-            "Mailed check",
-            "Bank transfer (automatic)",
-            "Credit card (automatic)",
-        ],
-    },
-}  # the data description (params/data.yaml)
-prepare_seed: int = 20240601  # split seed (params/prepare.yaml)
-prepare_test_size: float = 0.2  # share of customers held out for testing
-prepare_sample_rows = None  # int: keep this many rows (small-data profile); None: all
-explore_segments: list = ["Contract", "PaymentMethod", "InternetService", "SeniorCitizen"]
-explore_bands: int = 5  # quantile bands for numeric columns
+paths_raw: str = param("paths.raw")  # raw customer table, written by the fetch stage
+schema: dict = param("schema")  # the data description (params/data.yaml)
+prepare_seed: int = param("prepare.seed")  # split seed (the prepare stage's)
+prepare_test_size: float = param("prepare.test_size")  # share of customers held out for testing
+prepare_sample_rows = param("prepare.sample_rows")  # int: keep this many rows; None: all
+explore_segments: list = param("explore.segments")  # categorical columns to break churn down by
+explore_bands: int = param("explore.bands")  # quantile bands for numeric columns
 
 # %%
 from pathlib import Path
@@ -104,17 +77,20 @@ for table in segment_tables.values():
     display(table)
 
 # %%
-fig, axes = plt.subplots(1, len(explore_segments), figsize=(4.5 * len(explore_segments), 3.6),
-                         squeeze=False)
-overall = churn_rate(train[TARGET_COLUMN])
-for ax, (name, table) in zip(axes[0], segment_tables.items(), strict=True):
-    ax.bar([str(v) for v in table.index], table["churn_rate"], color="#4c72b0")
-    ax.axhline(overall, color="#c44e52", linestyle="--", label="overall")
-    ax.set_title(f"churn rate by {name}")
-    ax.tick_params(axis="x", labelrotation=30)
-axes[0][0].legend()
-fig.tight_layout()
-plt.show()
+if segment_tables:  # a table may have no categorical columns (explore.segments: [])
+    fig, axes = plt.subplots(1, len(segment_tables), figsize=(4.5 * len(segment_tables), 3.6),
+                             squeeze=False)
+    overall = churn_rate(train[TARGET_COLUMN])
+    for ax, (name, table) in zip(axes[0], segment_tables.items(), strict=True):
+        ax.bar([str(v) for v in table.index], table["churn_rate"], color="#4c72b0")
+        ax.axhline(overall, color="#c44e52", linestyle="--", label="overall")
+        ax.set_title(f"churn rate by {name}")
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].legend()
+    fig.tight_layout()
+    plt.show()
+else:
+    print("no segments to break churn down by (explore.segments is empty)")
 
 # %% [markdown]
 # ## Numeric features: bands and distributions
@@ -124,16 +100,17 @@ for name in numeric:
     display(churn_by(train, name, bands=explore_bands))
 
 # %%
-fig, axes = plt.subplots(1, len(numeric), figsize=(4.5 * len(numeric), 3.4), squeeze=False)
-for ax, name in zip(axes[0], numeric, strict=True):
-    for label, color in ((0, "#4c72b0"), (1, "#c44e52")):
-        values = train.loc[train[TARGET_COLUMN] == label, name].dropna()
-        ax.hist(values, bins=30, alpha=0.6, density=True, color=color,
-                label="churned" if label else "stayed")
-    ax.set_title(name)
-axes[0][0].legend()
-fig.tight_layout()
-plt.show()
+if numeric:  # a table may have no numeric columns
+    fig, axes = plt.subplots(1, len(numeric), figsize=(4.5 * len(numeric), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], numeric, strict=True):
+        for label, color in ((0, "#4c72b0"), (1, "#c44e52")):
+            values = train.loc[train[TARGET_COLUMN] == label, name].dropna()
+            ax.hist(values, bins=30, alpha=0.6, density=True, color=color,
+                    label="churned" if label else "stayed")
+        ax.set_title(name)
+    axes[0][0].legend()
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Which features go with churn?

@@ -13,49 +13,22 @@
 # every violation is reported at once), cleaned, and split into a training and a test set,
 # stratified on churn and seeded.
 
+# %%
+from churnlab.notebook import stage_params
+
+# defaults from params/; in JupyterLab this also moves to the project root
+param = stage_params("prepare")
+
 # %% tags=["parameters"]
-paths_raw: str = "data/raw/churn.csv"  # raw customer table, written by the fetch stage
-paths_train: str = "data/prepared/train.parquet"  # output: training split
-paths_test: str = "data/prepared/test.parquet"  # output: test split
-paths_prepare_summary: str = "metrics/prepare.json"  # output: row counts and churn rates
-schema: dict = {
-    "id_column": "customerID",
-    "target": "Churn",
-    "positive_label": "Yes",
-    "negative_label": "No",
-    "numeric": {
-        "tenure": {"min": 0, "max": 120},
-        "MonthlyCharges": {"min": 0, "max": 1000},
-        "TotalCharges": {"min": 0, "max": 100000, "nullable": True},
-    },
-    "categorical": {
-        "gender": ["Female", "Male"],
-        "SeniorCitizen": [0, 1],
-        "Partner": ["Yes", "No"],
-        "Dependents": ["Yes", "No"],
-        "PhoneService": ["Yes", "No"],
-        "MultipleLines": ["Yes", "No", "No phone service"],
-        "InternetService": ["DSL", "Fiber optic", "No"],
-        "OnlineSecurity": ["Yes", "No", "No internet service"],
-        "OnlineBackup": ["Yes", "No", "No internet service"],
-        "DeviceProtection": ["Yes", "No", "No internet service"],
-        "TechSupport": ["Yes", "No", "No internet service"],
-        "StreamingTV": ["Yes", "No", "No internet service"],
-        "StreamingMovies": ["Yes", "No", "No internet service"],
-        "Contract": ["Month-to-month", "One year", "Two year"],
-        "PaperlessBilling": ["Yes", "No"],
-        "PaymentMethod": [
-            "Electronic check",
-            "Mailed check",
-            "Bank transfer (automatic)",
-            "Credit card (automatic)",
-        ],
-    },
-}  # the data description (params/data.yaml)
-prepare_seed: int = 20240601  # split seed (params/prepare.yaml)
-prepare_test_size: float = 0.2  # share of customers held out for testing
-prepare_fill_missing: dict = {"TotalCharges": 0.0}  # values for blank numeric cells
-prepare_sample_rows = None  # int: keep this many rows (small-data profile); None: all
+paths_raw: str = param("paths.raw")  # raw customer table, written by the fetch stage
+paths_train: str = param("paths.train")  # output: training split
+paths_test: str = param("paths.test")  # output: test split
+paths_prepare_summary: str = param("paths.prepare_summary")  # output: rows and churn rates
+schema: dict = param("schema")  # the data description (params/data.yaml)
+prepare_seed: int = param("prepare.seed")  # split seed
+prepare_test_size: float = param("prepare.test_size")  # share of customers held out for testing
+prepare_fill_missing: dict = param("prepare.fill_missing")  # values for blank numeric cells
+prepare_sample_rows = param("prepare.sample_rows")  # int: keep this many rows; None: all
 
 # %%
 from pathlib import Path

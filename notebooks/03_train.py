@@ -15,23 +15,23 @@
 # on the training split gives an honest estimate and the out-of-fold scores from which the
 # evaluate stage picks its decision threshold.
 
+# %%
+from churnlab.notebook import stage_params
+
+# defaults from params/; in JupyterLab this also moves to the project root
+param = stage_params("train")
+
 # %% tags=["parameters"]
-paths_train: str = "data/prepared/train.parquet"  # training split (prepare stage)
-paths_model: str = "models/model.skops"  # output: the fitted Pipeline (skops)
-paths_features: str = "models/features.json"  # output: the feature lists the model takes
-paths_oof_scores: str = "models/oof_scores.parquet"  # output: out-of-fold training scores
-paths_cv_metrics: str = "metrics/cv.json"  # output: cross-validation metrics
-train_seed: int = 42  # seed of the folds and the estimator
-train_cv_folds: int = 5  # number of cross-validation folds
-train_family: str = "gradient_boosting"  # logistic_regression or gradient_boosting
-train_logistic_regression: dict = {"C": 0.5, "max_iter": 2000}
-train_gradient_boosting: dict = {
-    "learning_rate": 0.05,
-    "max_iter": 200,
-    "max_leaf_nodes": 15,
-    "min_samples_leaf": 40,
-    "l2_regularization": 1.0,
-}
+paths_train: str = param("paths.train")  # training split (prepare stage)
+paths_model: str = param("paths.model")  # output: the fitted Pipeline (skops)
+paths_features: str = param("paths.features")  # output: the feature lists the model takes
+paths_oof_scores: str = param("paths.oof_scores")  # output: out-of-fold training scores
+paths_cv_metrics: str = param("paths.cv_metrics")  # output: cross-validation metrics
+train_seed: int = param("train.seed")  # seed of the folds and the estimator
+train_cv_folds: int = param("train.cv_folds")  # number of cross-validation folds
+train_family: str = param("train.family")  # logistic_regression or gradient_boosting
+train_logistic_regression: dict = param("train.logistic_regression")  # its hyper-parameters
+train_gradient_boosting: dict = param("train.gradient_boosting")  # its hyper-parameters
 
 # %%
 from pathlib import Path

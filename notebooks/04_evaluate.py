@@ -14,28 +14,28 @@
 # scores**, then applied unchanged to the test split. The model is compared with a
 # majority-class baseline, and the quality gates in params decide whether it passes.
 
+# %%
+from churnlab.notebook import stage_params
+
+# defaults from params/; in JupyterLab this also moves to the project root
+param = stage_params("evaluate")
+
 # %% tags=["parameters"]
-paths_test: str = "data/prepared/test.parquet"  # test split (prepare stage)
-paths_model: str = "models/model.skops"  # fitted Pipeline (train stage)
-paths_features: str = "models/features.json"  # its feature lists (train stage)
-paths_oof_scores: str = "models/oof_scores.parquet"  # out-of-fold training scores (train)
-paths_test_metrics: str = "metrics/test.json"  # output: test metrics
-paths_test_scores: str = "models/test_scores.parquet"  # output: each test customer's score
-paths_plots: str = "plots"  # output: folder of plot data for `dvc plots`
-evaluate_threshold_rule: str = "max_f1"  # max_f1 or cost
-evaluate_cost_missed_churner: float = 300.0  # cost of a churner we did not contact
-evaluate_cost_wasted_offer: float = 100.0  # cost of an offer to a customer who would stay
-evaluate_top_fraction: float = 0.1  # share of customers for lift and capture rate
-evaluate_importance_repeats: int = 5  # permutation-importance repeats
-evaluate_importance_max_rows: int = 5000  # rows used for permutation importance
-evaluate_seed: int = 7  # seed of the permutation importance
-evaluate_gates: dict = {
-    "min_roc_auc": 0.80,
-    "min_recall": 0.65,
-    "min_f1": 0.58,
-    "min_accuracy": 0.70,
-    "min_brier_skill": 0.20,
-}  # quality gates: the stage fails when one is missed
+paths_test: str = param("paths.test")  # test split (prepare stage)
+paths_model: str = param("paths.model")  # fitted Pipeline (train stage)
+paths_features: str = param("paths.features")  # its feature lists (train stage)
+paths_oof_scores: str = param("paths.oof_scores")  # out-of-fold training scores (train)
+paths_test_metrics: str = param("paths.test_metrics")  # output: test metrics
+paths_test_scores: str = param("paths.test_scores")  # output: each test customer's score
+paths_plots: str = param("paths.plots")  # output: folder of plot data for `dvc plots`
+evaluate_threshold_rule: str = param("evaluate.threshold_rule")  # max_f1 or cost
+evaluate_cost_missed_churner: float = param("evaluate.cost_missed_churner")  # a missed churner
+evaluate_cost_wasted_offer: float = param("evaluate.cost_wasted_offer")  # an offer to a stayer
+evaluate_top_fraction: float = param("evaluate.top_fraction")  # share for lift and capture
+evaluate_importance_repeats: int = param("evaluate.importance_repeats")  # permutation repeats
+evaluate_importance_max_rows: int = param("evaluate.importance_max_rows")  # rows for importance
+evaluate_seed: int = param("evaluate.seed")  # seed of the permutation importance
+evaluate_gates: dict = param("evaluate.gates")  # quality gates: the stage fails when one is missed
 
 # %%
 from pathlib import Path

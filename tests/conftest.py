@@ -14,6 +14,22 @@ import yaml
 from churnlab.fetch import TELCO_SHA256, fetch_raw
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shipped configuration (Telco data, every param at its default): the tests of the
+# package and of the default pipeline run on it in temporary copies, whatever data the
+# project itself is configured for (tests/defaults/README.md).
+DEFAULTS = ROOT / "tests" / "defaults"
+OWN_DATA = "data/own"
+
+
+def param_files(folder: Path) -> dict[str, bytes]:
+    """Every params file under ``folder`` (profiles too), by relative name."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.yaml"))}
+
+
+def on_default_config() -> bool:
+    """Whether the project's own params are the shipped defaults (then its committed
+    outputs are those of the default pipeline)."""
+    return param_files(ROOT / "params") == param_files(DEFAULTS / "params")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,7 +48,7 @@ def _not_the_users_tracking_store():
 def params() -> dict:
     from churnlab.config import load_params
 
-    return load_params(ROOT)
+    return load_params(DEFAULTS)
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +81,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.C
     return proc
 
 
-def copy_project(target: Path) -> Path:
-    """A fresh git repository holding the project's files as they are in the work tree."""
+def copy_project(target: Path, config: str = "default") -> Path:
+    """A fresh git repository holding the project's files as they are in the work tree.
+
+    Args:
+        target: an empty folder.
+        config: ``"default"``: the shipped params (``tests/defaults``) replace the project's
+            own, so the copy runs the default pipeline; ``"user"``: the project's params and
+            its own data files (``data/own``, versioned by DVC, so not in git) as they are.
+    """
     listed = (
         subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -82,6 +105,13 @@ def copy_project(target: Path) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    if config == "default":
+        shutil.rmtree(target / "params")
+        shutil.copytree(DEFAULTS / "params", target / "params")
+    elif config == "user":
+        shutil.copytree(ROOT / OWN_DATA, target / OWN_DATA, dirs_exist_ok=True)
+    else:
+        raise ValueError(f"config: 'default' or 'user', not {config!r}")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     run([*git, "init", "-q"], target)
     run([*git, "add", "-A"], target)
@@ -103,10 +133,24 @@ def set_param(project: Path, file_name: str, dotted: str, value) -> None:
 
 @pytest.fixture(scope="session")
 def pipeline_project(tmp_path_factory) -> Path:
-    """A fresh copy of the project after one full ``dvc repro`` on the default data."""
+    """A fresh copy of the project after one full ``dvc repro`` of the default pipeline."""
     copy = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     result = run(["dvc", "repro"], copy)
     assert "Running stage 'report'" in result.stdout
+    return copy
+
+
+@pytest.fixture(scope="session")
+def user_project(tmp_path_factory, pipeline_project) -> Path:
+    """A fresh copy of the project as configured (its params, its data) after ``dvc repro``.
+
+    On the default configuration that is the default pipeline's run; on the user's own data,
+    a run of its own.
+    """
+    if on_default_config():
+        return pipeline_project
+    copy = copy_project(tmp_path_factory.mktemp("user") / "project", config="user")
+    run(["dvc", "repro"], copy)
     return copy
 
 

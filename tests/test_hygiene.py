@@ -1,6 +1,5 @@
 """Project hygiene: notebooks in git, their defaults, the lock, the configuration."""
 
-import ast
 import json
 import re
 import subprocess
@@ -9,10 +8,18 @@ import jupytext
 import pytest
 import yaml
 
+from churnlab.errors import ChurnlabError
 from churnlab.lockfile import environment_yaml, locked_pins
-from churnlab.runner import bind_parameters, load_stage, notebook_stages, read_notebook
+from churnlab.runner import (
+    bind_parameters,
+    declared_parameters,
+    load_stage,
+    notebook_stages,
+    parameter_name,
+    read_notebook,
+)
 
-from conftest import ROOT
+from conftest import DEFAULTS, ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.py"))
 
@@ -45,18 +52,35 @@ def test_each_ipynb_is_in_step_with_its_script(script):
 
 
 @pytest.mark.parametrize("stage", ["explore", "prepare", "train", "evaluate"])
-def test_notebook_defaults_equal_params(stage):
-    from papermill.inspection import _infer_parameters
+def test_every_notebook_parameter_takes_its_default_from_params(stage):
+    """The parameters cell is the contract and params/ holds the values: no value is written
+    in a notebook, so one's own data needs params edits only."""
+    from papermill.translators import papermill_translators
 
     loaded = load_stage(ROOT, stage)
     nb = read_notebook(ROOT / loaded.notebook)
-    defaults = {p.name: ast.literal_eval(p.default) for p in _infer_parameters(nb)}
-    expected = bind_parameters(loaded, set(defaults))
-    assert defaults == expected, f"{loaded.notebook}: parameters cell != params/"
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    declared = papermill_translators.find_translator("churnlab", "python").inspect(cell)
+    defaults = {p.name: p.default.strip() for p in declared}
+    assert set(bind_parameters(loaded, set(defaults))) == set(defaults)
+    for name, default in defaults.items():
+        key = re.fullmatch(r"""param\("([^"]+)"\)""", default)
+        assert key and parameter_name(key.group(1)) == name, f"{loaded.notebook}: {name}"
+
+
+def test_a_param_default_under_another_name_is_refused(tmp_path):
+    script = tmp_path / "nb.py"
+    script.write_text(
+        '# %% tags=["parameters"]\ntrain_seed: int = param("train.cv_folds")  # folds\n'
+    )
+    with pytest.raises(ChurnlabError, match="name it 'train_cv_folds'"):
+        declared_parameters(read_notebook(script), script)
 
 
 def test_no_column_name_of_the_telco_data_outside_its_defaults():
-    schema = yaml.safe_load((ROOT / "params" / "data.yaml").read_text())["schema"]
+    # the shipped Telco description, whatever the project is configured for: a user's target
+    # named like an ordinary word ("left") must not fail the check of the package
+    schema = yaml.safe_load((DEFAULTS / "params" / "data.yaml").read_text())["schema"]
     names = [schema["id_column"], schema["target"], *schema["numeric"], *schema["categorical"]]
     pattern = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
     offenders = []

@@ -14,7 +14,7 @@ import pytest
 
 from churnlab.runner import prepare_profile
 
-from conftest import ROOT, run
+from conftest import ROOT, copy_project, run
 
 pytestmark = pytest.mark.pipeline
 PROFILE = ROOT / "params" / "profiles" / "ci.yaml"
@@ -45,10 +45,13 @@ def nbval(folder, *notebooks):
 
 @pytest.fixture
 def profile_root(tmp_path, telco_csv):
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    shutil.copy(telco_csv, tmp_path / "data" / "raw" / "churn.csv")
-    prepare_profile(ROOT, PROFILE, tmp_path)
-    return tmp_path
+    """The notebooks for the CI profile of the default configuration, in their own root."""
+    project = copy_project(tmp_path / "project")  # the shipped params: Telco references
+    root = tmp_path / "profile"
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy(telco_csv, root / "data" / "raw" / "churn.csv")
+    prepare_profile(project, project / PROFILE.relative_to(ROOT), root)
+    return root
 
 
 def test_every_pipeline_notebook_passes_nbval_on_the_ci_profile(profile_root):
@@ -83,3 +86,86 @@ def test_nbval_fails_when_a_checked_output_changes(profile_root):
     path.write_text(json.dumps(notebook))
     result = nbval(profile_root, "02_prepare.ipynb")
     assert result.returncode != 0 and "columns of the prepared tables: 99" in result.stdout
+
+
+# --- as a person runs them: JupyterLab ----------------------------------------------------
+
+LAB_OUTPUTS = (
+    "data/prepared/train.parquet",
+    "data/prepared/test.parquet",
+    "metrics/prepare.json",
+    "models/model.skops",
+    "models/features.json",
+    "models/oof_scores.parquet",
+    "metrics/cv.json",
+    "metrics/test.json",
+    "models/test_scores.parquet",
+    "plots/roc.csv",
+)
+
+
+def test_run_all_in_jupyterlab_gives_the_runners_results(pipeline_project, tmp_path):
+    """JupyterLab starts a notebook's kernel in notebooks/ and injects no parameters: Run All
+    in each pipeline notebook must work unchanged and write what the runner wrote."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    project = tmp_path / "lab"
+    shutil.copytree(
+        pipeline_project, project, ignore=shutil.ignore_patterns(".git", ".dvc", "mlruns")
+    )
+    (project / "mlflow.db").unlink(missing_ok=True)
+    for name in LAB_OUTPUTS:
+        (project / name).unlink()
+    for notebook in sorted((project / "notebooks").glob("0*.ipynb")):
+        nb = nbformat.read(notebook, as_version=4)
+        client = NotebookClient(
+            nb,
+            kernel_name="churnlab",
+            timeout=600,
+            resources={"metadata": {"path": str(project / "notebooks")}},  # as JupyterLab
+        )
+        client.execute()
+    for name in LAB_OUTPUTS:
+        assert (project / name).read_bytes() == (pipeline_project / name).read_bytes(), name
+    assert not (project / "mlflow.db").exists(), "a notebook run by a person logged to MLflow"
+    assert not (project / "notebooks" / "data").exists(), "wrote relative to notebooks/"
+
+
+def test_make_lab_shows_the_whole_project():
+    """The file browser starts at the project root (params, reports), not in notebooks/."""
+    import json as json_module
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import free_port, tool_env
+
+    port, token = free_port(), "churnlab-test"
+    args = f"--no-browser --port={port} --IdentityProvider.token={token}"
+    server = subprocess.Popen(
+        ["make", "-s", "lab", f"LAB_ARGS={args}"],
+        cwd=ROOT,
+        env={**tool_env(), "JUPYTER_CONFIG_DIR": str(ROOT / ".churnlab" / "jupyter-test")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents?token={token}"
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    listing = json_module.load(response)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("make lab: JupyterLab did not answer in 60 s")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    names = {item["name"] for item in listing["content"]}
+    assert {"notebooks", "params", "reports", "dvc.yaml", "README.md"} <= names

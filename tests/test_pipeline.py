@@ -63,7 +63,7 @@ def restore(project):
     before = snapshot(project)
     yield project
     run(["git", "checkout", "--", "."], project)
-    run(["git", "clean", "-fdq", "--", "own"], project)
+    run(["git", "clean", "-fdxq", "--", "data/own"], project)
     if snapshot(project) != before:  # only then: DVC takes a second or two to start
         run(["dvc", "checkout", "-q"], project)
     assert git_status(project) == ""
@@ -73,11 +73,14 @@ def restore(project):
 
 
 @pytest.mark.parametrize("name", ["prepare.json", "cv.json", "test.json"])
-def test_metrics_equal_the_committed_ones_bit_for_bit(project, name):
-    assert (project / "metrics" / name).read_bytes() == (ROOT / "metrics" / name).read_bytes()
+def test_metrics_equal_the_committed_ones_bit_for_bit(user_project, name):
+    assert (user_project / "metrics" / name).read_bytes() == (
+        ROOT / "metrics" / name
+    ).read_bytes()
 
 
-def test_the_run_leaves_git_clean_so_dvc_lock_reproduces(project):
+def test_the_run_leaves_git_clean_so_dvc_lock_reproduces(user_project):
+    project = user_project
     changed = git_status(project)
     assert changed == "", run(["git", "diff", "--stat", "-p"], project).stdout[-3000:]
 
@@ -290,10 +293,10 @@ def test_a_fresh_clone_pulls_from_the_local_remote(project, tmp_path):
 def own_data(project: Path, change) -> str:
     """A copy of the raw Telco data, changed, as the user's own file."""
     table = pd.read_csv(project / "data" / "raw" / "churn.csv", dtype=str, keep_default_na=False)
-    (project / "own").mkdir(exist_ok=True)
-    path = project / "own" / "customers.csv"
+    path = project / "data" / "own" / "customers.csv"
     change(table).to_csv(path, index=False) if change else path.write_text("")
-    return "own/customers.csv"
+    run(["dvc", "add", "-q", "data/own/customers.csv"], project)  # own data is versioned
+    return "data/own/customers.csv"
 
 
 def set_cell(column, row, value):
@@ -318,7 +321,7 @@ BAD_DATA = {
         set_cell("PaymentMethod", 2, "Bitcoin"),
         "column 'PaymentMethod', rule isin(",
     ),
-    "empty file": (None, "own/customers.csv: the file is empty"),
+    "empty file": (None, "data/own/customers.csv: the file is empty"),
 }
 
 

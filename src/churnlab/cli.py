@@ -26,12 +26,13 @@ def _tracked(root, default_stage: str):
 
 def _fetch(args) -> None:
     from churnlab.config import get_key, load_params, project_root
-    from churnlab.fetch import fetch_raw
+    from churnlab.fetch import check_versioned, fetch_raw
     from churnlab.runner import check_unread_params
 
     root = project_root()
     check_unread_params(root)
     params = load_params(root)
+    check_versioned(get_key(params, "data.source", "params/data.yaml"), root)
     target = root / get_key(params, "paths.raw", "params/paths.yaml")
     with _tracked(root, "fetch"):
         digest = fetch_raw(

