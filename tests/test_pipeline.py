@@ -209,7 +209,9 @@ def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project)
 # --- model quality on the held-out customers ---------------------------------------------
 
 
-def test_model_quality_meets_the_gates_in_params(project):
+def test_model_quality_meets_the_gates_in_params(user_project):
+    """On the project's own configuration: its data, its gates."""
+    project = user_project
     gates = yaml.safe_load((project / "params" / "evaluate.yaml").read_text())["evaluate"]
     gates = gates["gates"]
     model, features, test = pipeline_model(project)
