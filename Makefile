@@ -68,7 +68,7 @@ bench: setup ## measure the pipeline against the plain computation (writes bench
 
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
-	$(BIN)/python -m churnlab.lockfile environment.yml requirements.lock
+	$(BIN)/python tools/lockfile.py environment.yml requirements.lock
 
 clean: ## remove run state, caches and failed-run leftovers (keeps data, models, the team server, .venv)
 	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server -exec rm -rf {} +; fi

@@ -1,14 +1,15 @@
 """Benchmark: the DVC pipeline against the same computation as plain function calls.
 
 For the default data (and, unless ``--quick``, for synthetic tables of ``--sizes`` customers
-made by :func:`churnlab.synth.generate_customers`) the script
+made by :func:`synth.generate_customers` (bench/synth.py)) the script
 
 1. copies the project (git-tracked and untracked-but-not-ignored files) into a temporary
    folder, makes it a git repository and runs the full ``dvc repro`` there, timing every
    stage from DVC's and the runner's own progress lines;
 2. runs the no-op ``dvc repro`` three times (median);
-3. runs the same churnlab calls the four notebooks make, as plain function calls in one
-   fresh Python process, timed per stage (the physical limit);
+3. runs the four notebooks' own code cells, with the parameters the runner binds, in one
+   fresh Python process, timed per stage (the physical limit: no kernel, no papermill, no
+   DVC, imports paid once);
 4. measures where the notebook-stage overhead goes: interpreter and CLI start-up, kernel
    start-up (an empty notebook through papermill), the imports the notebooks make, the HTML
    export and DVC's own work (hashing and caching outputs, the lock file);
@@ -427,8 +428,7 @@ def point_data_at(root: Path, source: str) -> None:
 def write_customers(root: Path, template: Any, rows: int, seed: int) -> str:
     """Write ``rows`` synthetic customers as CSV into the copy; return the relative path."""
     import yaml
-
-    from churnlab.synth import generate_customers
+    from synth import generate_customers
 
     schema = yaml.safe_load((root / "params" / "data.yaml").read_text())["schema"]
     table = generate_customers(
@@ -474,14 +474,15 @@ def stage_spans(run: Run) -> tuple[float, dict[str, dict]]:
 # --------------------------------------------------------------------------- workers
 
 
-def _render(fig: Any) -> None:
-    """Draw a figure to PNG as the inline backend does, then close it."""
+def _render_open_figures() -> None:
+    """Draw every open figure to PNG, as the inline backend does after a cell, and close it."""
     import io
 
     import matplotlib.pyplot as plt
 
-    fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
-    plt.close(fig)
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(io.BytesIO(), format="png", bbox_inches="tight")
+    plt.close("all")
 
 
 def plain_fetch(root: Path, out: Path) -> dict:
@@ -513,211 +514,46 @@ def notebook_parameters(root: Path, name: str, out: Path) -> dict:
     }
 
 
-def plain_explore(p: dict) -> dict:
-    """What ``notebooks/01_explore.py`` computes: summaries and three figures."""
-    from pathlib import Path
+def run_notebook_in_process(root: Path, name: str, parameters: dict) -> dict:
+    """Run a stage's own notebook code in this process: the plain computation.
 
-    import matplotlib.pyplot as plt
+    The code cells of ``notebooks/*.py`` run in order in one fresh namespace, the bound
+    parameters set right after the ``parameters`` cell (where papermill injects them), and
+    the open figures drawn to PNG after each cell as the inline backend does. So the plain
+    baseline is the notebooks' own code, not a copy of it.
 
-    from churnlab.data import TARGET_COLUMN, churn_rate, load_prepared
-    from churnlab.explore import associations, churn_by, missing_values
+    Returns:
+        The notebook's namespace after the last cell.
+    """
+    import contextlib
+    import io
 
-    train, _, spec = load_prepared(
-        Path(p["paths_raw"]),
-        p["schema"],
-        {
-            "seed": p["prepare_seed"],
-            "test_size": p["prepare_test_size"],
-            "fill_missing": {},
-            "sample_rows": p["prepare_sample_rows"],
-        },
-    )
-    numeric, categorical = list(spec.numeric), list(spec.categorical)
-    overall = churn_rate(train[TARGET_COLUMN])
-    missing_values(train)
-    segments = {name: churn_by(train, name) for name in p["explore_segments"]}
-    fig, axes = plt.subplots(1, len(segments), figsize=(4.5 * len(segments), 3.6), squeeze=False)
-    for ax, (name, table) in zip(axes[0], segments.items(), strict=True):
-        ax.bar([str(v) for v in table.index], table["churn_rate"], color="#4c72b0")
-        ax.axhline(overall, color="#c44e52", linestyle="--", label="overall")
-        ax.set_title(f"churn rate by {name}")
-        ax.tick_params(axis="x", labelrotation=30)
-    axes[0][0].legend()
-    fig.tight_layout()
-    _render(fig)
-    for name in numeric:
-        churn_by(train, name, bands=p["explore_bands"])
-    fig, axes = plt.subplots(1, len(numeric), figsize=(4.5 * len(numeric), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], numeric, strict=True):
-        for label, color in ((0, "#4c72b0"), (1, "#c44e52")):
-            values = train.loc[train[TARGET_COLUMN] == label, name].dropna()
-            ax.hist(
-                values,
-                bins=30,
-                alpha=0.6,
-                density=True,
-                color=color,
-                label="churned" if label else "stayed",
-            )
-        ax.set_title(name)
-    axes[0][0].legend()
-    fig.tight_layout()
-    _render(fig)
-    strength = associations(train, numeric, categorical)
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(strength) + 1))
-    ax.barh(strength["feature"][::-1], strength["strength"].abs()[::-1], color="#55a868")
-    fig.tight_layout()
-    _render(fig)
-    return {"train_rows": len(train)}
+    from IPython.display import display
+
+    from churnlab.runner import load_stage, read_notebook
+
+    nb = read_notebook(root / load_stage(root, name).notebook)
+    namespace: dict[str, Any] = {"__name__": f"bench_{name}", "display": display}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            exec(compile(cell.source, f"{name}.py", "exec"), namespace)  # noqa: S102
+            if "parameters" in cell.metadata.get("tags", []):
+                namespace.update(parameters)
+            _render_open_figures()
+    return namespace
 
 
-def plain_prepare(p: dict) -> dict:
-    """What ``notebooks/02_prepare.py`` computes: the checked, cleaned, split tables."""
-    from pathlib import Path
-
-    from churnlab.data import ID_COLUMN, TARGET_COLUMN, churn_rate, load_prepared
-    from churnlab.files import write_json, write_parquet
-
-    train, test, _ = load_prepared(
-        Path(p["paths_raw"]),
-        p["schema"],
-        {
-            "seed": p["prepare_seed"],
-            "test_size": p["prepare_test_size"],
-            "fill_missing": p["prepare_fill_missing"],
-            "sample_rows": p["prepare_sample_rows"],
-        },
-    )
-    summary = {
-        "rows": {"train": len(train), "test": len(test)},
-        "churn_rate": {
-            "train": round(churn_rate(train[TARGET_COLUMN]), 6),
-            "test": round(churn_rate(test[TARGET_COLUMN]), 6),
-        },
-        "missing_after_cleaning": int(train.isna().sum().sum() + test.isna().sum().sum()),
-    }
-    if set(train[ID_COLUMN]) & set(test[ID_COLUMN]):
-        raise RuntimeError("a customer is in both splits")
-    write_parquet(Path(p["paths_train"]), train)
-    write_parquet(Path(p["paths_test"]), test)
-    write_json(Path(p["paths_prepare_summary"]), summary)
-    return summary["rows"]
-
-
-def plain_train(p: dict) -> dict:
-    """What ``notebooks/03_train.py`` computes: cross-validation, the final fit, the files."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from churnlab.data import ID_COLUMN, TARGET_COLUMN, feature_columns
-    from churnlab.files import write_json, write_parquet
-    from churnlab.model import build_model, cross_validate, fit_model, save_model
-
-    train = pd.read_parquet(p["paths_train"])
-    numeric, categorical = feature_columns(train)
-    family = p["train_family"]
-    hyperparams = {
-        "logistic_regression": p["train_logistic_regression"],
-        "gradient_boosting": p["train_gradient_boosting"],
-    }.get(family, {})
-    model = build_model(numeric, categorical, family, hyperparams, p["train_seed"])
-    folds, out_of_fold = cross_validate(
-        model, train, numeric, categorical, TARGET_COLUMN, p["train_cv_folds"], p["train_seed"]
-    )
-    cv_metrics = {
-        "folds": p["train_cv_folds"],
-        "roc_auc_mean": round(float(folds["roc_auc"].mean()), 6),
-        "roc_auc_std": round(float(folds["roc_auc"].std(ddof=1)), 6),
-        "pr_auc_mean": round(float(folds["pr_auc"].mean()), 6),
-        "pr_auc_std": round(float(folds["pr_auc"].std(ddof=1)), 6),
-    }
-    fitted = fit_model(model, train, numeric, categorical, TARGET_COLUMN)
-    features = {"numeric": numeric, "categorical": categorical, "family": family}
-    save_model(fitted, features, Path(p["paths_model"]), Path(p["paths_features"]))
-    write_parquet(
-        Path(p["paths_oof_scores"]),
-        pd.DataFrame(
-            {ID_COLUMN: train[ID_COLUMN], TARGET_COLUMN: train[TARGET_COLUMN], "score": out_of_fold}
-        ),
-    )
-    write_json(Path(p["paths_cv_metrics"]), cv_metrics)
-    return {"cv_roc_auc_mean": cv_metrics["roc_auc_mean"]}
-
-
-def plain_evaluate(p: dict) -> dict:
-    """What ``notebooks/04_evaluate.py`` computes: metrics, plot data, importance, figures."""
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from churnlab.data import ID_COLUMN, TARGET_COLUMN
-    from churnlab.evaluation import (
-        check_gates,
-        choose_threshold,
-        evaluate_scores,
-        feature_importance,
-        plot_tables,
-    )
-    from churnlab.files import write_csv, write_json, write_parquet
-    from churnlab.model import load_model, model_input, predict_scores
-
-    model, features = load_model(Path(p["paths_model"]), Path(p["paths_features"]))
-    test = pd.read_parquet(p["paths_test"])
-    oof = pd.read_parquet(p["paths_oof_scores"])
-    labels = test[TARGET_COLUMN].to_numpy()
-    scores = predict_scores(model, test, features)
-    costs = {
-        "cost_missed_churner": p["evaluate_cost_missed_churner"],
-        "cost_wasted_offer": p["evaluate_cost_wasted_offer"],
-    }
-    threshold = choose_threshold(
-        oof[TARGET_COLUMN].to_numpy(),
-        oof["score"].to_numpy(),
-        {"threshold_rule": p["evaluate_threshold_rule"], **costs},
-    )
-    metrics = evaluate_scores(
-        labels, scores, oof[TARGET_COLUMN].to_numpy(), threshold, p["evaluate_top_fraction"], costs
-    )
-    tables = plot_tables(labels, scores, threshold)
-    importance = feature_importance(
-        model,
-        model_input(test, features["numeric"], features["categorical"]),
-        labels,
-        p["evaluate_importance_repeats"],
-        p["evaluate_importance_max_rows"],
-        p["evaluate_seed"],
-    )
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
-    axes[0][0].plot(tables["roc"]["fpr"], tables["roc"]["tpr"])
-    axes[0][0].plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    axes[0][1].plot(tables["precision_recall"]["recall"], tables["precision_recall"]["precision"])
-    axes[0][1].axhline(metrics["churn_rate"], color="k", linestyle="--", linewidth=0.8)
-    axes[1][0].plot(tables["calibration"]["predicted"], tables["calibration"]["observed"], "o-")
-    axes[1][0].plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    axes[1][1].plot(tables["gains"]["customers_contacted"], tables["gains"]["churners_captured"])
-    axes[1][1].plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    fig.tight_layout()
-    _render(fig)
-    top = importance.head(15)
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1))
-    ax.barh(top["feature"][::-1], top["importance"][::-1], xerr=top["std"][::-1], color="#55a868")
-    fig.tight_layout()
-    _render(fig)
-    plots = Path(p["paths_plots"])
-    for name, table in tables.items():
-        write_csv(plots / f"{name}.csv", table)
-    write_csv(plots / "feature_importance.csv", importance)
-    write_json(Path(p["paths_test_metrics"]), metrics)
-    write_parquet(
-        Path(p["paths_test_scores"]),
-        pd.DataFrame({ID_COLUMN: test[ID_COLUMN], TARGET_COLUMN: labels, "score": scores}),
-    )
-    return {
-        "roc_auc": metrics["roc_auc"],
-        "gates_missed": check_gates(metrics, p["evaluate_gates"]),
-    }
+def notebook_results(name: str, namespace: dict) -> dict:
+    """What the benchmark compares with the pipeline's files, from a notebook's namespace."""
+    if name == "prepare":
+        return dict(namespace["summary"]["rows"])
+    if name == "train":
+        return {"cv_roc_auc_mean": namespace["cv_metrics"]["roc_auc_mean"]}
+    if name == "evaluate":
+        return {"roc_auc": namespace["metrics"]["roc_auc"]}
+    return {}
 
 
 def plain_pipeline(root: Path, out: Path) -> dict:
@@ -739,12 +575,6 @@ def plain_pipeline(root: Path, out: Path) -> dict:
     from churnlab.runner import notebook_stages
 
     imported = time.perf_counter() - started
-    steps = {
-        "explore": plain_explore,
-        "prepare": plain_prepare,
-        "train": plain_train,
-        "evaluate": plain_evaluate,
-    }
     stages = notebook_stages(root)
     parameters = {name: notebook_parameters(root, name, out) for name in stages}
     times = {}
@@ -755,7 +585,8 @@ def plain_pipeline(root: Path, out: Path) -> dict:
     print(f"    plain fetch: {times['fetch']:.2f} s", file=sys.stderr, flush=True)
     for name in stages:
         begin = time.perf_counter()
-        results[name] = steps[name](parameters[name])
+        namespace = run_notebook_in_process(root, name, parameters[name])
+        results[name] = notebook_results(name, namespace)
         times[name] = time.perf_counter() - begin
         print(f"    plain {name}: {times[name]:.2f} s", file=sys.stderr, flush=True)
     # The report's computation (bootstrap, segments, figures, pages) on the same outputs: the
@@ -1346,7 +1177,7 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
         "drawn to PNG as the inline backend does) in one fresh process; its imports are "
         "timed once and shown apart. *overhead* = repro span − plain time of the stage. "
         "*repro / plain* = full repro ÷ (plain stages + imports).",
-        "- Synthetic customers: `churnlab.synth.generate_customers` (rows of the real "
+        "- Synthetic customers: `bench/synth.py generate_customers` (rows of the real "
         "table drawn with replacement, stratified on the target, numeric columns "
         "jittered within the schema ranges, fresh ids), written as CSV into the copy, "
         "with `data.source` pointing at it and `data.sha256: null`.",
