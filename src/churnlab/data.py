@@ -387,10 +387,16 @@ class SplitPlan:
     sample_rows: int | None = None  # prepare.sample_rows
 
     def rows_needed(self) -> int:
-        """Rows of one class for ``cv_folds`` of them in training and one in the test split."""
+        """Rows of each class that are always enough: ``cv_folds`` of them in the training
+        split and at least one in the test split.
+
+        A stratified split gives a class ``test_size`` of its rows in the test split, rounded
+        either way, and the test split's size is rounded up; one row more covers both.
+        """
         rows = 2
-        while rows - math.ceil(rows * self.test_size) < self.cv_folds or (
-            math.floor(rows * self.test_size) < 1
+        while (
+            rows - math.ceil(rows * self.test_size) - 1 < self.cv_folds
+            or math.floor(rows * self.test_size) < 1
         ):
             rows += 1
         return rows
@@ -420,15 +426,8 @@ def check_usable(labels: pd.Series, plan: SplitPlan, names: tuple[str, str], whe
             f"(params/data.yaml schema.target, positive_label, negative_label)"
         )
     needed = plan.rows_needed()
-    need = (
-        f"needs at least {needed} leavers and {needed} stayers for {plan.cv_folds} folds "
-        f"(params/train.yaml train.cv_folds) and a {plan.test_size:.0%} test split "
-        f"(params/prepare.yaml prepare.test_size)"
-    )
     advice = "add customers, or lower train.cv_folds"
-    if plan.sample_rows is not None and plan.sample_rows < len(table):
-        if plan.sample_rows < 20:
-            return  # refused by the params check, with its own message
+    if plan.sample_rows is not None and 20 <= plan.sample_rows < len(table):
         table = sample_rows(table, plan.sample_rows, plan.seed)
         leavers = int(table[TARGET_COLUMN].sum())
         stayers = len(table) - leavers
@@ -437,15 +436,19 @@ def check_usable(labels: pd.Series, plan: SplitPlan, names: tuple[str, str], whe
             f"and {stayers} stayer(s)"
         )
         advice = "raise prepare.sample_rows (or null for all rows), or lower train.cv_folds"
-    if min(leavers, stayers) < needed:
-        raise ChurnlabError(f"{where}: {need}; {found}: {advice}")
-    train, test = split_customers(table, plan.test_size, plan.seed)
-    in_train, in_test = train[TARGET_COLUMN].value_counts(), test[TARGET_COLUMN].value_counts()
-    if min(in_train.get(0, 0), in_train.get(1, 0)) < plan.cv_folds or len(in_test) < 2:
+    try:  # the split itself decides; ``needed`` is what is always enough
+        train, test = split_customers(table, plan.test_size, plan.seed)
+        in_train = train[TARGET_COLUMN].value_counts()
+        usable = min(in_train.get(0, 0), in_train.get(1, 0)) >= plan.cv_folds
+        usable = usable and test[TARGET_COLUMN].nunique() == 2
+    except ChurnlabError:  # too few rows to split at all
+        usable = False
+    if not usable:
         raise ChurnlabError(
-            f"{where}: {need}; the split gives the training split {in_train.get(1, 0)} "
-            f"leavers and {in_train.get(0, 0)} stayers, the test split {in_test.get(1, 0)} "
-            f"and {in_test.get(0, 0)}: {advice}"
+            f"{where}: needs at least {needed} leavers and {needed} stayers for "
+            f"{plan.cv_folds} folds (params/train.yaml train.cv_folds) and a "
+            f"{plan.test_size:.0%} test split (params/prepare.yaml prepare.test_size); "
+            f"{found}: {advice}"
         )
 
 
@@ -462,6 +465,13 @@ def split_customers(
     if len(counts) < 2 or counts.min() < 2:
         raise ChurnlabError(
             f"the target needs at least 2 rows of each class to split; found {counts.to_dict()}"
+        )
+    in_test = math.ceil(test_size * len(table))  # as scikit-learn counts it
+    if in_test < 2 or len(table) - in_test < 2:
+        raise ChurnlabError(
+            f"params/prepare.yaml prepare.test_size: a {test_size:.0%} test split of "
+            f"{len(table)} rows keeps {in_test} for testing and {len(table) - in_test} for "
+            f"training; each side needs a leaver and a stayer: add rows or change test_size"
         )
     train, test = train_test_split(
         table, test_size=test_size, stratify=table[TARGET_COLUMN], random_state=seed
