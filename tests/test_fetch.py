@@ -12,7 +12,7 @@ from churnlab.data import SplitPlan
 from churnlab.errors import ChurnlabError
 from churnlab.fetch import TELCO_SHA256, check_digest, fetch_raw
 
-from conftest import copy_project, set_param, tool_env
+from conftest import copy_project, run, set_param, tool_env
 
 
 def test_telco_data_is_the_checked_file(telco_csv):
@@ -164,6 +164,7 @@ def test_churnlab_fetch_refuses_unusable_data_and_keeps_raw_data_and_lock(
 ):
     project = copy_project(tmp_path / "project")
     own_csv(project / "data" / "own" / "small.csv", leavers, rows)
+    run(["dvc", "add", "data/own/small.csv"], project)  # own data is versioned by DVC
     set_param(project, "params/data.yaml", "data.source", "data/own/small.csv")
     set_param(project, "params/data.yaml", "data.sha256", None)
     set_param(project, "params/data.yaml", "schema", OWN_SCHEMA)

@@ -11,13 +11,13 @@ from churnlab.config import load_param_files, read_yaml
 from churnlab.errors import ChurnlabError
 from churnlab.param_rules import check_params, check_section, param_problems
 
-from conftest import ROOT, copy_project, set_param, tool_env
+from conftest import DEFAULTS, ROOT, copy_project, set_param, tool_env
 
 STAGES = list(read_yaml(ROOT / "dvc.yaml")["stages"])
 
 
 def shipped() -> dict:
-    return copy.deepcopy(load_param_files(ROOT))
+    return copy.deepcopy(load_param_files(DEFAULTS))
 
 
 def changed(file_name: str, dotted: str, value) -> dict:
@@ -32,6 +32,10 @@ def changed(file_name: str, dotted: str, value) -> dict:
 
 def test_the_shipped_params_pass_without_a_warning():
     assert param_problems(shipped(), STAGES) == ([], [])
+
+
+def test_the_projects_own_params_pass():
+    check_params(ROOT)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +153,7 @@ def test_tracking_settings_are_checked_by_the_same_declaration():
 def small_project(tmp_path: Path) -> Path:
     """dvc.yaml and params/ of the project: all that check_params reads."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(ROOT / "params", tmp_path / "params")
+    shutil.copytree(DEFAULTS / "params", tmp_path / "params")
     return tmp_path
 
 
