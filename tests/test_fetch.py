@@ -180,3 +180,26 @@ def test_churnlab_fetch_refuses_unusable_data_and_keeps_raw_data_and_lock(
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"churnlab: error: {project}/data/own/small.csv: {message}"]
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_churnlab_fetch_names_what_a_bad_source_is(tmp_path):
+    project = copy_project(tmp_path / "project")
+    own = project / "data" / "own"
+    (own / "loop.csv").symlink_to("loop.csv")
+    os.mkfifo(own / "pipe.csv")
+    (own / "folder.csv").mkdir()
+    env = {**tool_env(), "CHURNLAB_TRACKING": "off"}
+    for name, what in [
+        ("loop.csv", "a symlink loop"),
+        ("pipe.csv", "a FIFO (named pipe), not a file"),
+        ("folder.csv", "a directory, not a file"),
+    ]:
+        set_param(project, "params/data.yaml", "data.source", f"data/own/{name}")
+        proc = subprocess.run(
+            ["churnlab", "fetch"], cwd=project, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[0].startswith(
+            f"churnlab: error: params/data.yaml: data.source: {own / name}: {what}"
+        ), proc.stderr
+        assert len(proc.stderr.splitlines()) == 1

@@ -106,10 +106,15 @@ def check_versioned(source: str, root: Path) -> None:
     Raises:
         ChurnlabError: a file outside ``data/own/``, or one that ``dvc add`` has not versioned.
     """
+    from churnlab.data import file_problem
+
     if source == TELCO:
         return
     own = (root / OWN_DATA_DIR).resolve()
     path = Path(source) if Path(source).is_absolute() else root / source
+    problem = file_problem(path)  # a directory, FIFO or symlink loop is named as such first
+    if problem and problem != "file not found":  # a missing file may wait for `dvc pull`
+        raise ChurnlabError(f"params/data.yaml: data.source: {path}: {problem}")
     try:
         relative = path.resolve().relative_to(own)
     except ValueError:
@@ -121,6 +126,8 @@ def check_versioned(source: str, root: Path) -> None:
     tracked = [own / relative.parents[i] for i in range(len(relative.parents) - 1)]
     if not any(Path(f"{p}.dvc").is_file() for p in [own / relative, *tracked]):
         shown = f"{OWN_DATA_DIR}/{relative.as_posix()}"
+        if problem:
+            raise ChurnlabError(f"params/data.yaml: data.source: {path}: {problem}")
         raise ChurnlabError(
             f"params/data.yaml data.source: '{shown}' is not versioned by DVC: run "
             f"`dvc add {shown}` and commit {shown}.dvc with {OWN_DATA_DIR}/.gitignore (then "
