@@ -33,7 +33,7 @@ prepare_sample_rows = param("prepare.sample_rows")  # int: keep this many rows; 
 # %%
 from pathlib import Path
 
-from churnlab.data import ID_COLUMN, TARGET_COLUMN, churn_rate, load_prepared
+from churnlab.data import ID_COLUMN, TARGET_COLUMN, check_split, churn_rate, load_prepared
 from churnlab.files import write_json, write_parquet
 
 train, test, spec = load_prepared(
@@ -67,9 +67,7 @@ summary
 # No customer may be in both splits, and the two churn rates must agree (stratified split).
 
 # %%
-overlap = set(train[ID_COLUMN]) & set(test[ID_COLUMN])
-assert not overlap, f"{len(overlap)} customers are in both splits"
-assert abs(summary["churn_rate"]["train"] - summary["churn_rate"]["test"]) < 0.01
+check_split(train, test)
 
 # %%
 write_parquet(Path(paths_train), train)

@@ -1,9 +1,18 @@
 import hashlib
+import os
+import re
+import signal
+import subprocess
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from churnlab.data import SplitPlan
 from churnlab.errors import ChurnlabError
 from churnlab.fetch import TELCO_SHA256, check_digest, fetch_raw
+
+from conftest import copy_project, run, set_param, tool_env
 
 
 def test_telco_data_is_the_checked_file(telco_csv):
@@ -53,3 +62,144 @@ def test_source_and_target_formats_must_agree(tmp_path):
     (tmp_path / "own.parquet").write_bytes(b"PAR1")
     with pytest.raises(ChurnlabError, match="paths.raw.*must end in .parquet"):
         fetch_raw("own.parquet", None, tmp_path / "raw.csv", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (lambda p: p.mkdir(), "a directory, not a file"),
+        (lambda p: os.mkfifo(p), "a FIFO (named pipe), not a file"),
+        (lambda p: p.symlink_to(p), "a symlink loop"),
+    ],
+)
+def test_a_source_that_is_not_a_file_says_what_it_is(tmp_path, make, what):
+    make(tmp_path / "own.csv")
+    signal.alarm(10)  # reading a FIFO would wait for a writer: fail instead of hanging
+    try:
+        with pytest.raises(ChurnlabError) as error:
+            fetch_raw("own.csv", None, tmp_path / "raw.csv", tmp_path)
+    finally:
+        signal.alarm(0)
+    assert str(error.value).startswith(f"params/data.yaml: data.source: {tmp_path}/own.csv: {what}")
+    assert not (tmp_path / "raw.csv").exists()
+
+
+OWN_SCHEMA = {
+    "id_column": "cust",
+    "target": "left",
+    "positive_label": "yes",
+    "negative_label": "no",
+    "numeric": {"months": {"min": 0}},
+    "categorical": {"plan": ["basic", "pro"]},
+}
+
+
+def own_csv(path: Path, leavers: int, rows: int) -> Path:
+    lines = ["cust,months,plan,left"] + [
+        f"c{i},{i},{'basic' if i % 2 else 'pro'},{'yes' if i < leavers else 'no'}"
+        for i in range(rows)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("leavers", "rows", "message"),
+    [
+        (0, 50, "a churn model needs leavers and stayers; found 0 leaver(s)"),
+        (1, 1, "a churn model needs leavers and stayers; found 1 leaver(s)"),
+        (3, 50, "needs at least 8 leavers and 8 stayers for 5 folds"),
+    ],
+)
+def test_data_the_pipeline_cannot_use_never_replaces_the_raw_file(tmp_path, leavers, rows, message):
+    own_csv(tmp_path / "own.csv", leavers, rows)
+    target = tmp_path / "raw" / "churn.csv"
+    own_csv(target, 10, 60)
+    good = target.read_bytes()
+    plan = SplitPlan(test_size=0.2, seed=1, cv_folds=5)
+    with pytest.raises(ChurnlabError, match=re.escape(message)):
+        fetch_raw("own.csv", None, target, tmp_path, schema=OWN_SCHEMA, plan=plan)
+    assert target.read_bytes() == good
+
+
+def test_a_small_table_with_enough_of_each_class_for_the_folds_is_fetched(tmp_path):
+    own_csv(tmp_path / "own.csv", 3, 50)
+    target = tmp_path / "raw.csv"
+    plan = SplitPlan(test_size=0.2, seed=1, cv_folds=2)
+    fetch_raw("own.csv", None, target, tmp_path, schema=OWN_SCHEMA, plan=plan)
+    assert target.read_bytes() == (tmp_path / "own.csv").read_bytes()
+    with pytest.raises(ChurnlabError, match="for 3 folds"):
+        fetch_raw(
+            "own.csv", None, target, tmp_path, schema=OWN_SCHEMA, plan=replace(plan, cv_folds=3)
+        )
+
+
+@pytest.mark.parametrize(
+    ("leavers", "rows", "message"),
+    [
+        (
+            3,
+            50,
+            "needs at least 8 leavers and 8 stayers for 5 folds (params/train.yaml "
+            "train.cv_folds) and a 20% test split (params/prepare.yaml prepare.test_size); found "
+            "3 leaver(s) ('yes') and 47 stayer(s) ('no'): add customers, or lower train.cv_folds",
+        ),
+        (
+            0,
+            50,
+            "a churn model needs leavers and stayers; found 0 leaver(s) ('yes') and 50 "
+            "stayer(s) ('no') (params/data.yaml schema.target, positive_label, negative_label)",
+        ),
+        (
+            1,
+            1,
+            "a churn model needs leavers and stayers; found 1 leaver(s) ('yes') and 0 "
+            "stayer(s) ('no') (params/data.yaml schema.target, positive_label, negative_label)",
+        ),
+    ],
+)
+def test_churnlab_fetch_refuses_unusable_data_and_keeps_raw_data_and_lock(
+    tmp_path, leavers, rows, message
+):
+    project = copy_project(tmp_path / "project")
+    own_csv(project / "data" / "own" / "small.csv", leavers, rows)
+    run(["dvc", "add", "data/own/small.csv"], project)  # own data is versioned by DVC
+    set_param(project, "params/data.yaml", "data.source", "data/own/small.csv")
+    set_param(project, "params/data.yaml", "data.sha256", None)
+    set_param(project, "params/data.yaml", "schema", OWN_SCHEMA)
+    set_param(project, "params/prepare.yaml", "prepare.fill_missing", {})
+    set_param(project, "params/explore.yaml", "explore.segments", ["plan"])
+    raw = project / "data" / "raw" / "churn.csv"
+    own_csv(raw, 10, 60)  # the good raw data of an earlier run
+    kept = {path: path.read_bytes() for path in (raw, project / "dvc.lock")}
+    env = {**tool_env(), "CHURNLAB_TRACKING": "off"}
+    proc = subprocess.run(
+        ["churnlab", "fetch"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"churnlab: error: {project}/data/own/small.csv: {message}"]
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_churnlab_fetch_names_what_a_bad_source_is(tmp_path):
+    project = copy_project(tmp_path / "project")
+    own = project / "data" / "own"
+    (own / "loop.csv").symlink_to("loop.csv")
+    os.mkfifo(own / "pipe.csv")
+    (own / "folder.csv").mkdir()
+    env = {**tool_env(), "CHURNLAB_TRACKING": "off"}
+    for name, what in [
+        ("loop.csv", "a symlink loop"),
+        ("pipe.csv", "a FIFO (named pipe), not a file"),
+        ("folder.csv", "a directory, not a file"),
+    ]:
+        set_param(project, "params/data.yaml", "data.source", f"data/own/{name}")
+        proc = subprocess.run(
+            ["churnlab", "fetch"], cwd=project, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[0].startswith(
+            f"churnlab: error: params/data.yaml: data.source: {own / name}: {what}"
+        ), proc.stderr
+        assert len(proc.stderr.splitlines()) == 1

@@ -94,3 +94,14 @@ def test_bad_model_params_are_named(family, hyper, message):
 def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
     with pytest.raises(ChurnlabError, match="m.skops: file not found \\(run the train stage"):
         load_model(tmp_path / "m.skops", tmp_path / "f.json")
+
+
+def test_more_folds_than_leavers_in_training_is_a_clear_error():
+    table = customers(60).assign(**{TARGET_COLUMN: [1] * 4 + [0] * 56})
+    model = build_model(NUMERIC, CATEGORICAL, "logistic_regression", {}, seed=1)
+    with pytest.raises(
+        ChurnlabError,
+        match=r"train.cv_folds: 5 folds need at least 5 leavers and 5 stayers in the training "
+        r"split; it has 4 leavers and 56 stayers",
+    ):
+        cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 5, 1)

@@ -59,15 +59,15 @@ def test_the_default_store_is_sqlite_in_the_project_and_the_environment_wins(tmp
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"enabeld": True}, "tracking.enabeld: unknown setting"),
-        ({"on_unreachable": "ignore"}, "tracking.on_unreachable: expected 'stop' or 'continue'"),
-        ({"enabled": "yes"}, "tracking.enabled: wrong type"),
+        ({"enabeld": True}, "tracking.enabeld: unknown key"),
+        ({"on_unreachable": "ignore"}, "tracking.on_unreachable: expected one of 'stop', 'cont"),
+        ({"enabled": "yes"}, "tracking.enabled: expected true or false, found 'yes'"),
         ({"promotion": {"metric": "accuracy", "margin": 0.0}}, "tracking.promotion.metric"),
     ],
 )
 def test_bad_settings_name_the_file_and_the_key(tmp_path, change, message):
     root = tracking_project(tmp_path, **change)
-    with pytest.raises(ChurnlabError, match=f"{SETTINGS_FILE} {message}"):
+    with pytest.raises(ChurnlabError, match=f"{SETTINGS_FILE}: {message}"):
         load_settings(root, {})
 
 

@@ -26,11 +26,14 @@ def _tracked(root, default_stage: str):
 
 def _fetch(args) -> None:
     from churnlab.config import get_key, load_params, project_root
+    from churnlab.data import SplitPlan
     from churnlab.fetch import check_versioned, fetch_raw
+    from churnlab.param_rules import check_params
     from churnlab.runner import check_unread_params
 
     root = project_root()
     check_unread_params(root)
+    check_params(root)
     params = load_params(root)
     check_versioned(get_key(params, "data.source", "params/data.yaml"), root)
     target = root / get_key(params, "paths.raw", "params/paths.yaml")
@@ -41,6 +44,12 @@ def _fetch(args) -> None:
             target,
             root,
             schema=get_key(params, "schema", "params/data.yaml"),
+            plan=SplitPlan(
+                test_size=get_key(params, "prepare.test_size", "params/prepare.yaml"),
+                seed=get_key(params, "prepare.seed", "params/prepare.yaml"),
+                cv_folds=get_key(params, "train.cv_folds", "params/train.yaml"),
+                sample_rows=get_key(params, "prepare.sample_rows", "params/prepare.yaml"),
+            ),
         )
     print(
         f"[fetch] {target.relative_to(root)}: sha256 {digest}; matches params/data.yaml schema",
@@ -56,11 +65,13 @@ def _run(args) -> None:
 
 def _report(args) -> None:
     from churnlab.config import project_root
+    from churnlab.param_rules import check_params
     from churnlab.report import build_reports
     from churnlab.runner import check_unread_params
 
     root = project_root()
     check_unread_params(root)
+    check_params(root)
     with _tracked(root, "report"):
         written = build_reports(root)
     print(f"[report] wrote {', '.join(str(p.relative_to(root)) for p in written)}", file=sys.stderr)

