@@ -19,6 +19,7 @@ from typing import Any
 
 from churnlab.config import project_root
 from churnlab.errors import ChurnlabError
+from churnlab.param_rules import check_params
 from churnlab.runner import load_stage
 
 
@@ -38,6 +39,7 @@ def stage_params(stage: str, start: Path | None = None) -> Callable[[str], Any]:
             ``param``) a key the stage does not declare in ``dvc.yaml``.
     """
     root = project_root(start)
+    check_params(root)  # a wrong param fails here, in words, as it does under the runner
     # JupyterLab starts the kernel in notebooks/; every path in params/ is relative to the
     # project root, as it is for the runner, which starts the kernel there.
     os.chdir(root)
