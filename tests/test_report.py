@@ -17,6 +17,7 @@ from churnlab.report import (
     segment_labels,
     segment_performance,
 )
+from churnlab.runner import CONTENT_SECURITY_POLICY
 
 
 @pytest.fixture
@@ -256,3 +257,5 @@ def test_a_payload_in_the_data_is_escaped_in_every_page(scored):
         assert "<script>document" not in html, name
         assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;" in html, name
         assert "<script" not in html.lower(), name
+        policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+        assert policy in html, name

@@ -530,6 +530,9 @@ def figures(
 
 def _environment():
     import jinja2
+    from markupsafe import Markup
+
+    from churnlab.runner import CONTENT_SECURITY_POLICY
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("churnlab", "templates"),
@@ -538,6 +541,8 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # one policy for these pages and the notebook pages; Markup: its quotes stay as written
+    env.globals["content_security_policy"] = Markup(CONTENT_SECURITY_POLICY)
     env.filters["pct"] = lambda v, digits=0: (
         "n/a" if v is None or v != v else (f"{v * 100:.{digits}f}%")
     )

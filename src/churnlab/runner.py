@@ -33,6 +33,7 @@ WORK_DIR = ".churnlab"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 _STYLE = re.compile(r"<style\b[^>]*>.*?</style>", re.DOTALL | re.IGNORECASE)
+_HEAD = re.compile(r"<head>\s*(<meta charset=[^>]*>)?", re.IGNORECASE)
 
 
 @dataclass
@@ -351,8 +352,7 @@ _SAFE_ATTRIBUTES = {
 def sanitize_outputs(nb):
     """A copy of ``nb`` whose outputs are safe to show: no stderr, no JavaScript, clean HTML.
 
-    Markdown cells are the notebook author's own text and are left as they are; outputs
-    carry data, and data is never trusted.
+    Markdown, in cells and in outputs, is cleaned when it is rendered (:func:`to_html`).
     """
     import bleach
 
@@ -378,8 +378,62 @@ def sanitize_outputs(nb):
     return nb
 
 
+# Rendered markdown keeps, beyond what outputs keep: links to the web, to other pages and
+# within the page, images embedded as data: URIs (the only images the CSP lets a page load),
+# heading anchors and table alignment. Never an event handler or a script URL.
+_MARKDOWN_TAGS = _SAFE_TAGS | {"a", "img", "del", "s", "dl", "dt", "dd", "kbd"}
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_LINK_SCHEMES = frozenset({"", "http", "https", "mailto"})
+_IMAGE_WITHOUT_SOURCE = re.compile(r"<img\b(?![^>]*\ssrc=)[^>]*>")
+
+
+def _markdown_attribute(tag: str, name: str, value: str) -> bool:
+    """Whether rendered markdown may keep the attribute ``name="value"`` on ``tag``."""
+    from urllib.parse import urlsplit
+
+    if name in ("class", "title"):
+        return True
+    if tag in ("th", "td"):
+        return name in ("colspan", "rowspan", "style")  # style: text-align only (below)
+    if tag in _HEADINGS:
+        return name == "id"
+    if tag == "a" and name == "href":
+        return urlsplit(value.strip()).scheme.lower() in _LINK_SCHEMES
+    if tag == "img":
+        return name in ("alt", "width", "height") or (
+            name == "src" and value.startswith("data:image/")
+        )
+    return False
+
+
+def sanitize_markdown_html(html: str) -> str:
+    """Rendered markdown with only the structure, text, links and embedded images of markdown.
+
+    A markdown cell may hold raw HTML; it is the notebook's text, but a notebook (or the
+    data its outputs print as markdown) is no reason to run code in a reader's browser.
+    """
+    import bleach
+    from bleach.css_sanitizer import CSSSanitizer
+
+    clean = bleach.clean(
+        html,
+        tags=_MARKDOWN_TAGS,
+        attributes=_markdown_attribute,
+        protocols=["http", "https", "mailto", "data"],  # data: only on img (above)
+        css_sanitizer=CSSSanitizer(allowed_css_properties=["text-align"]),
+        strip=True,
+    )
+    return _IMAGE_WITHOUT_SOURCE.sub("", clean)  # an image from elsewhere would show broken
+
+
+# The same policy as the report pages (templates/_base.html): no script, nothing from the
+# network; inline styles and data: images only.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 def to_html(nb) -> str:
     """The report page: outputs only, no parameters, no stderr, nothing loaded from a CDN."""
+    from jinja2 import pass_context
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
@@ -397,10 +451,19 @@ def to_html(nb) -> str:
     )
     remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
+    render_markdown = exporter.markdown2html
+
+    @pass_context
+    def markdown2html(context, source):
+        return sanitize_markdown_html(render_markdown(context, source))
+
+    exporter.register_filter("markdown2html", markdown2html)
     body, _ = exporter.from_notebook_node(sanitize_outputs(nb))
     # The page needs no script: tables and static images only. The template's own
-    # (require.js, MathJax, mermaid from a CDN) go; outputs were sanitized above.
-    return _SCRIPT.sub("", body)
+    # (require.js, MathJax, mermaid from a CDN) go; outputs were sanitized above. The CSP
+    # forbids scripts anyway, should anything slip through.
+    policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+    return _HEAD.sub(lambda head: f"{head.group()}\n{policy}", _SCRIPT.sub("", body), count=1)
 
 
 def _write_text(path: Path, text: str) -> None:
