@@ -1,7 +1,12 @@
 """The notebook runner on tiny fixture notebooks, each named for the behaviour it tests."""
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ from churnlab.runner import (
     run_stage,
 )
 
-from conftest import ROOT
+from conftest import ROOT, run, tool_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -242,3 +247,171 @@ def test_a_failing_run_keeps_secrets_out_of_its_message_and_kept_notebook(tmp_pa
     assert "canary-param-5f1e0c" not in str(failure.value)
     text = written_text(root / ".churnlab")
     assert "canary-param-5f1e0c" not in text and "canary-env-93b7aa" not in text
+
+
+# --- failures outside the notebook: one line, the earlier outputs kept ----------------------
+
+
+def churnlab_run(root: Path, **kwargs) -> subprocess.CompletedProcess:
+    return run(["churnlab", "run", "demo"], root, check=False, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("churnlab: error:")]
+
+
+def leftovers(root: Path) -> list[str]:
+    """What a run must not leave: a running notebook, half-written temporary files."""
+    running = [p.name for p in (root / ".churnlab" / "running").glob("*")]
+    temporary = [p.name for p in root.rglob(".demo.*")] + [p.name for p in root.rglob(".result.*")]
+    return running + temporary
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """``path`` made unwritable for this process: read-only, and immutable when we are root
+    (whom file modes do not stop)."""
+    mode = path.stat().st_mode
+    path.chmod(mode & ~0o222)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+        path.chmod(mode)
+        pytest.skip(f"cannot make {path} immutable (chattr) on this file system")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)
+
+
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [("reports", "reports"), ("reports/demo.html", "reports/demo.html")],
+    ids=["folder", "file"],
+)
+def test_an_unwritable_output_is_one_line_and_keeps_every_output(tmp_path, target, named):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    with unwritable(root / target):
+        result = churnlab_run(root)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        line for line in result.stderr.splitlines() if line.startswith(f"churnlab: error: {named}:")
+    ]
+    assert len(error_lines(result.stderr)) == 1 and "run again" in result.stderr
+    assert outputs(root) == good  # out/result.txt too, although it could be moved aside
+    assert leftovers(root) == [] and not list((root / ".churnlab" / "backup").rglob("*.*"))
+
+
+def test_an_unwritable_reports_folder_stops_a_first_run_before_the_notebook(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    (root / "reports").mkdir()
+    with unwritable(root / "reports"):
+        result = churnlab_run(root)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "churnlab: error: reports: not writable by this process; expected a file or folder "
+        "this user may write; make it writable (`chmod u+w`, change its owner, or `chattr -i` "
+        "when `lsattr` shows it immutable) and run again"
+    ]
+    assert not (root / "out").exists()  # the notebook did not run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB file system (tmpfs) at ``tmp_path / "disk"``: a real full disk, for root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_output(small_disk):
+    root = make_project(small_disk / "project", "large_output.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    free_kb = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize // 1024
+    # the notebook's own write fits; the HTML page (about 270 kB) written after it does not
+    (root / "params" / "demo.yaml").write_text(f"demo:\n  n: {free_kb - 64}\n")
+    result = churnlab_run(root)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert line.startswith("churnlab: error: ") and "No space left on device" in line
+    assert "free space there" in line
+    assert outputs(root) == good
+    assert leftovers(root) == []
+
+
+def test_a_killed_run_leaves_nothing_once_the_next_run_fails(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    process = subprocess.Popen(
+        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.DEVNULL
+    )
+    wait_until_the_cell_runs(root, process)
+    process.kill()
+    process.wait(30)
+    assert list((root / ".churnlab" / "running").glob("*.ipynb"))  # what a killed run leaves
+    shutil.copy(FIXTURES / "broken.py", root / "notebooks" / "demo.py")
+    result = churnlab_run(root)
+    assert result.returncode == 1 and len(error_lines(result.stderr)) == 1
+    assert outputs(root) == good  # put back from the killed run's backup
+    assert leftovers(root) == []
+
+
+def wait_until_the_cell_runs(root: Path, process: subprocess.Popen) -> None:
+    result = root / "out" / "result.txt"
+    deadline = time.monotonic() + 60
+    while not (result.exists() and result.read_text() == "half a result\n"):
+        assert process.poll() is None and time.monotonic() < deadline, "the cell never ran"
+        time.sleep(0.1)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes whose working directory is ``folder`` (a notebook's kernel runs there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to see
+            pass
+    return found
+
+
+def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    process = subprocess.Popen(
+        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.PIPE, text=True
+    )
+    wait_until_the_cell_runs(root, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "churnlab: interrupted: earlier outputs restored"
+    assert outputs(root) == good
+    assert leftovers(root) == []
+    deadline = time.monotonic() + 10
+    while processes_in(root.resolve()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(root.resolve()) == [], "the kernel outlived the run"

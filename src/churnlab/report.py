@@ -700,7 +700,7 @@ def build_context(root: Path) -> dict[str, Any]:
 def build_reports(root: Path) -> list[Path]:
     """Compute the report and write its pages; nothing is written unless all pages render."""
     from churnlab.config import get_key, load_params
-    from churnlab.files import write_atomic
+    from churnlab.files import write_atomic_all
     from churnlab.secrets import redact, secret_values
 
     params = load_params(root)
@@ -709,11 +709,14 @@ def build_reports(root: Path) -> list[Path]:
     print("[report] computing bootstrap intervals, segments and figures", file=sys.stderr)
     pages = render_pages(build_context(root))
     secrets = secret_values(params)
-    written = []
-    for path, name in ((index, "index.html"), (card, "model_card.html")):
-        write_atomic(path, redact(pages[name], secrets).encode())
-        written.append(path)
-    return written
+    # both pages or neither: a full disk must not leave a new index beside an old card
+    write_atomic_all(
+        {
+            path: redact(pages[name], secrets).encode()
+            for path, name in ((index, "index.html"), (card, "model_card.html"))
+        }
+    )
+    return [index, card]
 
 
 def promote(root: Path) -> Path:

@@ -11,11 +11,14 @@ the earlier outputs are put back, and the executed notebook with its traceback i
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,6 +475,21 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
+def _check_writable(root: Path, outs: list[str]) -> None:
+    """Fail before a run, not after it, when a stage could not write its outputs.
+
+    Raises:
+        PermissionError: naming the first folder (the output's own, or its nearest existing
+            parent) that this process may not write.
+    """
+    for out in outs:
+        folder = (root / out).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable by this process", str(folder))
+
+
 class _OutputGuard:
     """Moves a stage's existing outputs aside and puts them back unless the run succeeds."""
 
@@ -483,12 +501,17 @@ class _OutputGuard:
     def __enter__(self):
         if self.backup.exists():  # a run killed earlier: its saved outputs come back first
             self._restore()
-        for out in self.outs:
-            source = self.root / out
-            if source.exists():
-                target = self.backup / out
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
+        _check_writable(self.root, self.outs)
+        try:
+            for out in self.outs:
+                source = self.root / out
+                if source.exists():
+                    target = self.backup / out
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, target)
+        except BaseException:  # one output cannot move (immutable): the others come back
+            self._restore()
+            raise
         return self
 
     def _restore(self):
@@ -528,6 +551,70 @@ def _describe_failure(exc, notebook: Path, kept: Path) -> str:
     )
 
 
+_STOP_WAIT = 10.0  # seconds a cell gets to stop after Ctrl-C before its kernel is killed
+
+
+def _recording_kernel_manager(pids: list[int]):
+    """A kernel manager class that notes the process id of each kernel it starts."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordingKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kwargs):
+            await super().start_kernel(**kwargs)
+            pids.append(self.provisioner.pid)
+
+    return RecordingKernelManager
+
+
+def _signal_kernels(pids: list[int], number: int) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, number)  # jupyter_client starts each kernel in its own session
+        except ProcessLookupError:
+            pass
+
+
+def _execute_interruptibly(execute, *args, **kwargs):
+    """``execute(*args, **kwargs)`` (papermill) in a worker thread, so Ctrl-C stops it cleanly.
+
+    In the main thread nbclient takes SIGINT over and shuts the kernel down while a cell
+    still runs, and the kernel then prints a ZMQError traceback. Here Ctrl-C interrupts the
+    cell (the kernel is killed if it has not stopped after ``_STOP_WAIT`` seconds), nbclient
+    shuts the idle kernel down as after any failing cell, and KeyboardInterrupt is raised.
+    """
+    pids: list[int] = []
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join broken by Ctrl-C misreports the thread
+
+    def work():
+        try:
+            outcome["value"] = execute(
+                *args, kernel_manager_class=_recording_kernel_manager(pids), **kwargs
+            )
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="papermill", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
+        try:
+            _signal_kernels(pids, signal.SIGINT)
+            if not done.wait(_STOP_WAIT):
+                _signal_kernels(pids, signal.SIGKILL)
+                done.wait(_STOP_WAIT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def run_stage(
     name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
 ) -> Stage:
@@ -551,6 +638,7 @@ def run_stage(
     running = root / WORK_DIR / "running" / f"{name}.ipynb"
     failed = root / WORK_DIR / "failed" / f"{name}.ipynb"
     running.parent.mkdir(parents=True, exist_ok=True)
+    running.unlink(missing_ok=True)  # left by a run that was killed
     logging.getLogger("papermill").setLevel(logging.WARNING)
     print(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
@@ -562,7 +650,8 @@ def run_stage(
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
-            executed = papermill.execute_notebook(
+            executed = _execute_interruptibly(
+                papermill.execute_notebook,
                 nb,
                 str(running),
                 parameters=parameters,
@@ -581,12 +670,19 @@ def run_stage(
                 running.unlink()
             message = _describe_failure(exc, stage.notebook, failed)
             raise ChurnlabError(redact(message, secrets)) from None
+        except OSError as exc:
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                # papermill saving the notebook after a cell: the file it writes is ours
+                raise OSError(exc.errno, exc.strerror, str(running.relative_to(root))) from None
+            raise
         except Exception as exc:
             if type(exc).__name__ == "NoSuchKernel":
                 raise ChurnlabError(
                     f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
                 ) from None
             raise
+        finally:  # the executed notebook is in memory now, or the run failed
+            running.unlink(missing_ok=True)
         not_written = [
             o
             for o in stage.outs
@@ -602,7 +698,6 @@ def run_stage(
         _write_text(root / stage.html_path, to_html(clean))
         if run is not None:  # inside the guard: a failure to record restores the outputs
             record_stage(run, root, stage, clean)
-    running.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     print(
         f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
