@@ -415,3 +415,68 @@ def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
     while processes_in(root.resolve()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_in(root.resolve()) == [], "the kernel outlived the run"
+
+
+# --- stage commands run however dvc is started ----------------------------------------------
+
+BARE_PATH = "/usr/local/bin:/usr/bin:/bin"  # a shell with no environment activated
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+
+
+def launcher_project(root: Path, with_venv: bool) -> Path:
+    """The demo project calling the project's ``bin/churnlab``, as a clone would hold it."""
+    make_project(root, "ok.py")
+    dvc_yaml = (root / "dvc.yaml").read_text()
+    (root / "dvc.yaml").write_text(dvc_yaml.replace("cmd: churnlab", "cmd: bin/churnlab"))
+    (root / "bin").mkdir()
+    shutil.copy2(ROOT / "bin" / "churnlab", root / "bin" / "churnlab")
+    if with_venv:  # `make setup` made it; here the work tree's own stands in for it
+        (root / ".venv").symlink_to(ROOT / ".venv")
+    (root / ".gitignore").write_text("/.venv\n/.churnlab/\n")
+    return root
+
+
+def bare(cmd: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cmd, root, check=check, path=BARE_PATH)
+
+
+def test_the_readme_experiment_runs_with_only_venv_dvc_and_leaves_a_consistent_tree(tmp_path):
+    root = launcher_project(tmp_path, with_venv=True)
+    dvc = str(ROOT / ".venv" / "bin" / "dvc")
+    assert shutil.which("churnlab", path=BARE_PATH) is None
+    bare([*GIT, "init", "-q"], root)
+    bare([dvc, "init", "-q"], root)
+    bare([dvc, "repro", "-q"], root)
+    bare([*GIT, "add", "-A"], root)
+    bare([*GIT, "commit", "-q", "-m", "pipeline"], root)
+    result = bare([dvc, "exp", "run", "-n", "three", "-S", "params/demo.yaml:demo.n=3"], root)
+    assert "Ran experiment(s): three" in result.stdout
+    assert (root / "out" / "result.txt").read_text() == "line 0\nline 1\nline 2\n"
+    assert "up to date" in bare([dvc, "status"], root).stdout  # params, lock, outputs agree
+    # the README's way back to the committed pipeline leaves nothing modified
+    bare([*GIT, "checkout", "--", "params", "dvc.lock"], root)
+    bare([dvc, "checkout", "-q"], root)
+    assert bare([*GIT, "status", "--porcelain"], root).stdout == ""
+    assert (root / "out" / "result.txt").read_text() == "line 0\nline 1\n"
+
+
+def test_the_launcher_without_an_environment_says_what_to_do(tmp_path):
+    root = launcher_project(tmp_path, with_venv=False)
+    result = bare(["bin/churnlab", "run", "demo"], root, check=False)
+    assert result.returncode == 127
+    assert result.stderr.startswith("churnlab: error: .venv/bin/churnlab: not found")
+    assert "make setup" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_stage_command_goes_through_the_launcher():
+    from churnlab.config import read_yaml
+
+    stages = read_yaml(ROOT / "dvc.yaml")["stages"]
+    assert {name: body["cmd"].split()[0] for name, body in stages.items()} == {
+        name: "bin/churnlab" for name in stages
+    }
+    readme = (ROOT / "README.md").read_text()
+    experiments = readme[readme.index("## Experiments") :].split("```")[1]
+    assert "dvc exp run" in experiments
+    for line in filter(None, experiments.splitlines()):
+        assert line.startswith(".venv/bin/dvc ") or line.startswith("git "), line

@@ -725,7 +725,7 @@ def notebook_stages(root: Path) -> list[str]:
     return [
         name
         for name, body in stages.items()
-        if str(body.get("cmd", "")).startswith("churnlab run ")
+        if re.match(r"(\S*/)?churnlab run ", str(body.get("cmd", "")))
     ]
 
 
