@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from test_runner import unwritable
 
 from churnlab.config import flatten
 from churnlab.data import TARGET_COLUMN
@@ -391,3 +392,9 @@ def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore)
     set_param(restore, "params/tracking.yaml", "tracking.uri", uri)
     set_param(restore, "params/evaluate.yaml", "evaluate.threshold_rule", "cost")
     assert_fails_cleanly(restore, f"MLflow tracking store {uri} cannot be reached")
+
+
+def test_an_unwritable_reports_folder_fails_the_report_stage_cleanly(restore):
+    set_param(restore, "params/report.yaml", "report.title", "Churn, retitled")  # report re-runs
+    with unwritable(restore / "reports"):
+        assert_fails_cleanly(restore, "churnlab: error: reports/index.html: Permission denied; ")
