@@ -397,4 +397,4 @@ def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore)
 def test_an_unwritable_reports_folder_fails_the_report_stage_cleanly(restore):
     set_param(restore, "params/report.yaml", "report.title", "Churn, retitled")  # report re-runs
     with unwritable(restore / "reports"):
-        assert_fails_cleanly(restore, "churnlab: error: reports/index.html: Permission denied; ")
+        assert_fails_cleanly(restore, "; make it writable (`chmod u+w`")
