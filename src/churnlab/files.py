@@ -74,15 +74,18 @@ _FIXES = {
 
 def os_error_message(exc: OSError, root: Path | None = None) -> str:
     """One line for an ``OSError``: the path (relative to ``root``), what failed, what to do."""
-    where = exc.filename if exc.filename is not None else "(no file named)"
-    if root is not None and exc.filename is not None:
+    what = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+    fix = _FIXES.get(exc.errno)
+    line = f"{what}; {fix}" if fix else what
+    if exc.filename is None:
+        return line
+    where = str(exc.filename)
+    if root is not None:
         try:
             where = Path(exc.filename).resolve().relative_to(Path(root).resolve()).as_posix()
         except ValueError:
             pass
-    what = exc.strerror or str(exc)
-    fix = _FIXES.get(exc.errno)
-    return f"{where}: {what}; {fix}" if fix else f"{where}: {what}"
+    return f"{where}: {line}"
 
 
 def write_json(path: Path, content: Any) -> None:
