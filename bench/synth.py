@@ -3,7 +3,7 @@
 Rows of the real table are drawn with replacement (stratified on the target, so the class
 balance is kept), numeric columns are jittered a little inside the schema's ranges, and every
 row gets a fresh id. Column names come from the arguments (``params/data.yaml`` ``schema``);
-nothing here knows the Telco columns.
+nothing here knows the default data's columns.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ class PageCheck:
     local_links: list[str] = field(default_factory=list)
     title: str = ""
     text: str = ""
+    content_security_policy: str | None = None
 
 
 class Browser:
@@ -108,6 +109,10 @@ class Browser:
             ".filter(h => !h.startsWith('#'))"
         )
         result.title = page.title()
+        result.content_security_policy = page.evaluate(
+            "document.querySelector('head meta[http-equiv=\"Content-Security-Policy\"]')"
+            "?.content ?? null"
+        )
         result.text = page.inner_text("body")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)

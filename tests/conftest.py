@@ -64,18 +64,26 @@ def telco_csv(tmp_path_factory) -> Path:
     return target
 
 
-def tool_env() -> dict:
-    """The environment for the project's command-line tools (dvc, churnlab, pytest)."""
+def tool_env(path: str | None = None) -> dict:
+    """The environment for the project's command-line tools (dvc, churnlab, pytest).
+
+    Args:
+        path: the ``PATH`` to use instead of this one with the project's ``.venv/bin`` first.
+    """
     env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = path or f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
     for name in ("MLFLOW_TRACKING_URI", "CHURNLAB_TRACKING"):  # never the user's store
         env.pop(name, None)
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, **kwargs)
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, path: str | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=tool_env(path), capture_output=True, text=True, **kwargs
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

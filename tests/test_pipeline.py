@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from test_runner import unwritable
 
 from churnlab.config import flatten
 from churnlab.data import TARGET_COLUMN
@@ -243,10 +244,13 @@ def test_the_model_ranks_shorter_contracts_as_riskier(project):
 
 
 def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
+    """As the README shows it: ``.venv/bin/dvc`` from a shell with no environment activated."""
     project = restore
+    if not (project / ".venv").exists():
+        (project / ".venv").symlink_to(ROOT / ".venv")  # what `make setup` makes in a clone
     result = run(
         [
-            "dvc",
+            str(ROOT / ".venv" / "bin" / "dvc"),
             "exp",
             "run",
             "-n",
@@ -257,6 +261,7 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
             "params/evaluate.yaml:evaluate.importance_repeats=1",  # faster, evaluation-only
         ],
         project,
+        path="/usr/local/bin:/usr/bin:/bin",
     )
     ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
@@ -392,3 +397,9 @@ def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore)
     set_param(restore, "params/tracking.yaml", "tracking.uri", uri)
     set_param(restore, "params/evaluate.yaml", "evaluate.threshold_rule", "cost")
     assert_fails_cleanly(restore, f"MLflow tracking store {uri} cannot be reached")
+
+
+def test_an_unwritable_reports_folder_fails_the_report_stage_cleanly(restore):
+    set_param(restore, "params/report.yaml", "report.title", "Churn, retitled")  # report re-runs
+    with unwritable(restore / "reports"):
+        assert_fails_cleanly(restore, "; make it writable (`chmod u+w`")

@@ -16,7 +16,10 @@ from churnlab.report import (
     segment_gaps,
     segment_labels,
     segment_performance,
+    sensitive_columns,
+    sensitive_inputs,
 )
+from churnlab.runner import CONTENT_SECURITY_POLICY
 
 
 @pytest.fixture
@@ -191,7 +194,7 @@ def test_what_changed_against_the_champion():
 PAYLOAD = '<script>document.title="pwned"</script><img src=x onerror="alert(1)">'
 
 
-def page_context(scored, group_name=PAYLOAD):
+def page_context(scored, group_name=PAYLOAD, currency="$"):
     table, labels, scores = scored
     table = table.assign(plan=np.where(table["plan"] == "monthly", group_name, "yearly"))
     performance = segment_performance(
@@ -207,7 +210,7 @@ def page_context(scored, group_name=PAYLOAD):
         "report": {
             "title": "Churn",
             "purpose": "Purpose.",
-            "currency": "$",
+            "currency": currency,
             "bootstrap_samples": 100,
             "confidence": 0.95,
             "seed": 1,
@@ -230,6 +233,7 @@ def page_context(scored, group_name=PAYLOAD):
         },
         "segments": performance.to_dict("records"),
         "gaps": segment_gaps(performance),
+        "sensitive": sensitive_inputs(["plan"], ["months", "plan"], []),
         "calibration_gap": 0.05,
         "comparison": compare_with_champion({"metrics": METRICS, "params": {}, "data": {}}, None),
         "champion_file": "metrics/champion.json",
@@ -256,3 +260,53 @@ def test_a_payload_in_the_data_is_escaped_in_every_page(scored):
         assert "<script>document" not in html, name
         assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;" in html, name
         assert "<script" not in html.lower(), name
+        policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+        assert policy in html, name
+
+
+SEGMENTS = [{"column": "age_band", "label": "Age band"}, {"column": "sex", "label": "Sex"}]
+
+
+@pytest.mark.parametrize(
+    ("sensitive", "inputs", "expected"),
+    [
+        (
+            ["age_band", "sex"],
+            ["age_band", "sex", "months"],
+            [
+                "Age band and Sex are inputs of the model; they are kept so that their effect "
+                "can be measured here, and the segment table shows how the model treats each "
+                "group. Dropping them does not by itself remove their effect, since other "
+                "attributes correlate with them."
+            ],
+        ),
+        (
+            ["sex", "region"],
+            ["region", "months"],
+            [
+                "Region is an input of the model. Dropping it does not by itself remove its "
+                "effect, since other attributes correlate with it.",
+                "Sex is not an input of the model, but other attributes may correlate with it; "
+                "the segment table shows how the model treats each group.",
+            ],
+        ),
+    ],
+    ids=["used-and-shown", "one-used-one-not"],
+)
+def test_the_sentences_on_sensitive_columns_follow_what_the_model_uses(sensitive, inputs, expected):
+    assert sensitive_inputs(sensitive, inputs, SEGMENTS) == expected
+
+
+def test_no_sensitive_column_is_said_and_a_wrong_one_is_an_error():
+    assert "report.sensitive_columns" in sensitive_inputs([], ["months"], SEGMENTS)[0]
+    assert sensitive_columns({"sensitive_columns": []}, ["sex"]) == []
+    with pytest.raises(ChurnlabError, match=r"\['Sex'\] are not columns of the data"):
+        sensitive_columns({"sensitive_columns": ["Sex"]}, ["sex", "months"])
+    with pytest.raises(ChurnlabError, match="expected a list of column names"):
+        sensitive_columns({"sensitive_columns": "sex"}, ["sex"])
+
+
+def test_the_pages_use_the_currency_and_sensitive_sentences_of_params(scored):
+    pages = render_pages(page_context(scored, group_name="monthly", currency="EUR "))
+    assert "EUR 42,200" in pages["index.html"] and "$" not in pages["index.html"]
+    assert "Plan is an input of the model" in pages["model_card.html"]

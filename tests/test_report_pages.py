@@ -17,7 +17,7 @@ from browser import Browser
 from test_runner import make_project
 
 from churnlab.report import build_reports
-from churnlab.runner import run_stage
+from churnlab.runner import CONTENT_SECURITY_POLICY, run_stage
 
 from conftest import ROOT, set_param
 
@@ -49,6 +49,7 @@ def test_a_report_page_loads_cleanly_from_file_with_no_network(pipeline_project,
     assert seen.failed_requests == [] and seen.outside_requests == []
     assert seen.broken_images == []
     assert seen.code_inputs == 0
+    assert seen.content_security_policy == CONTENT_SECURITY_POLICY  # one policy, every page
     assert "import " not in seen.text and "paths_" not in seen.text  # no code, no parameters
     for link in seen.local_links:
         assert (path.parent / link.split("#")[0]).is_file(), f"{page}: broken link {link}"
@@ -92,13 +93,17 @@ def test_a_payload_in_a_categorical_value_shows_as_text_and_never_runs(report_co
         assert PAYLOAD in seen.text, f"{page.name}: the payload shows as text"
 
 
-def test_a_payload_in_a_notebook_output_never_runs(tmp_path, browser):
+def test_a_payload_in_a_notebook_output_or_markdown_never_runs(tmp_path, browser):
     root = make_project(tmp_path, "html_payload.py")
     run_stage("demo", root=root)
     seen = browser.check(root / "reports" / "demo.html")
-    assert seen.dialogs == [] and seen.page_errors == []
+    assert seen.dialogs == [] and seen.page_errors == [] and seen.console_errors == []
     assert seen.outside_requests == [] and seen.failed_requests == []
-    assert "visible cell" in seen.text
+    assert seen.title != "pwned", "an event handler in a markdown cell ran"
+    assert seen.broken_images == [] and seen.images == 1  # the markdown's embedded image
+    assert "visible cell" in seen.text and "markdown link" in seen.text
+    assert not [link for link in seen.local_links if "script:" in link.lower()]
+    assert seen.content_security_policy == CONTENT_SECURITY_POLICY  # as the report pages
 
 
 def test_no_secret_reaches_a_report_page(report_copy, monkeypatch):

@@ -1,15 +1,26 @@
 """The notebook runner on tiny fixture notebooks, each named for the behaviour it tests."""
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from churnlab.errors import ChurnlabError
-from churnlab.runner import bind_parameters, load_stage, parameter_name, run_stage
+from churnlab.runner import (
+    CONTENT_SECURITY_POLICY,
+    bind_parameters,
+    load_stage,
+    parameter_name,
+    run_stage,
+)
 
-from conftest import ROOT
+from conftest import ROOT, run, tool_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -177,13 +188,27 @@ def test_an_unknown_stage_is_named(tmp_path):
         load_stage(ROOT, "trian")
 
 
-def test_html_and_script_in_outputs_never_run_in_the_report(tmp_path):
+def test_html_and_script_in_outputs_and_markdown_never_run_in_the_report(tmp_path):
     root = make_project(tmp_path, "html_payload.py")
     run_stage("demo", root=root, progress=False)
     html = (root / "reports" / "demo.html").read_text()
     assert "visible cell" in html and "<table" in html
-    for payload in ("<script", "onclick", "onerror", "evil.invalid", "javascript:"):
+    for payload in ("<script", "onclick", "onerror", "evil.invalid", "javascript:", "pwned"):
         assert payload not in html
+    assert "markdown link</a>" in html and "an HTML one" in html  # the text stays
+    for ordinary in (  # what markdown is for survives the sanitizer
+        '<h2 id="Ordinary-markdown-stays">',
+        "<em>emphasis</em>",
+        "<strong>strong</strong>",
+        "<code>code</code>",
+        '<a href="https://example.org/page">ordinary link</a>',
+        '<th style="text-align:right;">share</th>',
+        "<li>second item</li>",
+        '<img alt="a dot" src="data:image/png;base64,',
+    ):
+        assert ordinary in html
+    policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+    assert policy in html
 
 
 def secret_project(root: Path, fail: bool) -> Path:
@@ -222,3 +247,236 @@ def test_a_failing_run_keeps_secrets_out_of_its_message_and_kept_notebook(tmp_pa
     assert "canary-param-5f1e0c" not in str(failure.value)
     text = written_text(root / ".churnlab")
     assert "canary-param-5f1e0c" not in text and "canary-env-93b7aa" not in text
+
+
+# --- failures outside the notebook: one line, the earlier outputs kept ----------------------
+
+
+def churnlab_run(root: Path, **kwargs) -> subprocess.CompletedProcess:
+    return run(["churnlab", "run", "demo"], root, check=False, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("churnlab: error:")]
+
+
+def leftovers(root: Path) -> list[str]:
+    """What a run must not leave: a running notebook, half-written temporary files."""
+    running = [p.name for p in (root / ".churnlab" / "running").glob("*")]
+    temporary = [p.name for p in root.rglob(".demo.*")] + [p.name for p in root.rglob(".result.*")]
+    return running + temporary
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """``path`` made unwritable for this process: read-only, and immutable when we are root
+    (whom file modes do not stop)."""
+    mode = path.stat().st_mode
+    path.chmod(mode & ~0o222)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+        path.chmod(mode)
+        pytest.skip(f"cannot make {path} immutable (chattr) on this file system")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)
+
+
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [("reports", "reports"), ("reports/demo.html", "reports/demo.html")],
+    ids=["folder", "file"],
+)
+def test_an_unwritable_output_is_one_line_and_keeps_every_output(tmp_path, target, named):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    with unwritable(root / target):
+        result = churnlab_run(root)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        line for line in result.stderr.splitlines() if line.startswith(f"churnlab: error: {named}:")
+    ]
+    assert len(error_lines(result.stderr)) == 1 and "run again" in result.stderr
+    assert outputs(root) == good  # out/result.txt too, although it could be moved aside
+    assert leftovers(root) == [] and not list((root / ".churnlab" / "backup").rglob("*.*"))
+
+
+def test_an_unwritable_reports_folder_stops_a_first_run_before_the_notebook(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    (root / "reports").mkdir()
+    with unwritable(root / "reports"):
+        result = churnlab_run(root)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "churnlab: error: reports: not writable by this process; expected a file or folder "
+        "this user may write; make it writable (`chmod u+w`, change its owner, or `chattr -i` "
+        "when `lsattr` shows it immutable) and run again"
+    ]
+    assert not (root / "out").exists()  # the notebook did not run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB file system (tmpfs) at ``tmp_path / "disk"``: a real full disk, for root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_output(small_disk):
+    root = make_project(small_disk / "project", "large_output.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    free_kb = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize // 1024
+    # the notebook's own write fits; the HTML page (about 270 kB) written after it does not
+    (root / "params" / "demo.yaml").write_text(f"demo:\n  n: {free_kb - 64}\n")
+    result = churnlab_run(root)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert line.startswith("churnlab: error: ") and "No space left on device" in line
+    assert "free space there" in line
+    assert outputs(root) == good
+    assert leftovers(root) == []
+
+
+def test_a_killed_run_leaves_nothing_once_the_next_run_fails(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    process = subprocess.Popen(
+        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.DEVNULL
+    )
+    wait_until_the_cell_runs(root, process)
+    process.kill()
+    process.wait(30)
+    assert list((root / ".churnlab" / "running").glob("*.ipynb"))  # what a killed run leaves
+    shutil.copy(FIXTURES / "broken.py", root / "notebooks" / "demo.py")
+    result = churnlab_run(root)
+    assert result.returncode == 1 and len(error_lines(result.stderr)) == 1
+    assert outputs(root) == good  # put back from the killed run's backup
+    assert leftovers(root) == []
+
+
+def wait_until_the_cell_runs(root: Path, process: subprocess.Popen) -> None:
+    result = root / "out" / "result.txt"
+    deadline = time.monotonic() + 60
+    while not (result.exists() and result.read_text() == "half a result\n"):
+        assert process.poll() is None and time.monotonic() < deadline, "the cell never ran"
+        time.sleep(0.1)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes whose working directory is ``folder`` (a notebook's kernel runs there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to see
+            pass
+    return found
+
+
+def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    process = subprocess.Popen(
+        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.PIPE, text=True
+    )
+    wait_until_the_cell_runs(root, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "churnlab: interrupted: earlier outputs restored"
+    assert outputs(root) == good
+    assert leftovers(root) == []
+    deadline = time.monotonic() + 10
+    while processes_in(root.resolve()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(root.resolve()) == [], "the kernel outlived the run"
+
+
+# --- stage commands run however dvc is started ----------------------------------------------
+
+BARE_PATH = "/usr/local/bin:/usr/bin:/bin"  # a shell with no environment activated
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+
+
+def launcher_project(root: Path, with_venv: bool) -> Path:
+    """The demo project calling the project's ``bin/churnlab``, as a clone would hold it."""
+    make_project(root, "ok.py")
+    dvc_yaml = (root / "dvc.yaml").read_text()
+    (root / "dvc.yaml").write_text(dvc_yaml.replace("cmd: churnlab", "cmd: bin/churnlab"))
+    (root / "bin").mkdir()
+    shutil.copy2(ROOT / "bin" / "churnlab", root / "bin" / "churnlab")
+    if with_venv:  # `make setup` made it; here the work tree's own stands in for it
+        (root / ".venv").symlink_to(ROOT / ".venv")
+    (root / ".gitignore").write_text("/.venv\n/.churnlab/\n")
+    return root
+
+
+def bare(cmd: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cmd, root, check=check, path=BARE_PATH)
+
+
+def test_the_readme_experiment_runs_with_only_venv_dvc_and_leaves_a_consistent_tree(tmp_path):
+    root = launcher_project(tmp_path, with_venv=True)
+    dvc = str(ROOT / ".venv" / "bin" / "dvc")
+    assert shutil.which("churnlab", path=BARE_PATH) is None
+    bare([*GIT, "init", "-q"], root)
+    bare([dvc, "init", "-q"], root)
+    bare([dvc, "repro", "-q"], root)
+    bare([*GIT, "add", "-A"], root)
+    bare([*GIT, "commit", "-q", "-m", "pipeline"], root)
+    result = bare([dvc, "exp", "run", "-n", "three", "-S", "params/demo.yaml:demo.n=3"], root)
+    assert "Ran experiment(s): three" in result.stdout
+    assert (root / "out" / "result.txt").read_text() == "line 0\nline 1\nline 2\n"
+    assert "up to date" in bare([dvc, "status"], root).stdout  # params, lock, outputs agree
+    # the README's way back to the committed pipeline leaves nothing modified
+    bare([*GIT, "checkout", "--", "params", "dvc.lock"], root)
+    bare([dvc, "checkout", "-q"], root)
+    assert bare([*GIT, "status", "--porcelain"], root).stdout == ""
+    assert (root / "out" / "result.txt").read_text() == "line 0\nline 1\n"
+
+
+def test_the_launcher_without_an_environment_says_what_to_do(tmp_path):
+    root = launcher_project(tmp_path, with_venv=False)
+    result = bare(["bin/churnlab", "run", "demo"], root, check=False)
+    assert result.returncode == 127
+    assert result.stderr.startswith("churnlab: error: .venv/bin/churnlab: not found")
+    assert "make setup" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_stage_command_goes_through_the_launcher():
+    from churnlab.config import read_yaml
+
+    stages = read_yaml(ROOT / "dvc.yaml")["stages"]
+    assert {name: body["cmd"].split()[0] for name, body in stages.items()} == {
+        name: "bin/churnlab" for name in stages
+    }
+    readme = (ROOT / "README.md").read_text()
+    experiments = readme[readme.index("## Experiments") :].split("```")[1]
+    assert "dvc exp run" in experiments
+    for line in filter(None, experiments.splitlines()):
+        assert line.startswith(".venv/bin/dvc ") or line.startswith("git "), line

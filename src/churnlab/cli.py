@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from churnlab.errors import ChurnlabError
 
@@ -173,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     except ChurnlabError as exc:
         print(f"churnlab: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder not writable, a full disk: what to do, not a traceback
+        from churnlab.files import os_error_message
+
+        print(f"churnlab: error: {os_error_message(exc, Path.cwd())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("churnlab: interrupted; earlier outputs were put back", file=sys.stderr)
+        print("churnlab: interrupted: earlier outputs restored", file=sys.stderr)
         return 130
     return 0
 

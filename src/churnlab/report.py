@@ -314,6 +314,68 @@ def business_summary(metrics: Mapping[str, Any], evaluate: Mapping[str, Any]) ->
     }
 
 
+def _listed(names: Sequence[str]) -> str:
+    """``["a", "b", "c"]`` -> ``"a, b and c"``."""
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def sensitive_inputs(
+    sensitive: Sequence[str], inputs: Sequence[str], segments: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The model card's sentences on sensitive attributes, from what the model really uses.
+
+    Args:
+        sensitive: ``report.sensitive_columns``: the columns whose effect on a customer's
+            treatment must be watched (in law or by the company's rules).
+        inputs: the model's input columns (``models/features.json``).
+        segments: ``report.segments``; a sensitive column there is shown group by group, and
+            is named by its segment label.
+    """
+    if not sensitive:
+        return [
+            "No column is marked as sensitive (report.sensitive_columns in "
+            f"{REPORT_PARAMS}), so this card cannot say whether the model uses attributes "
+            "such as age or sex; list them there."
+        ]
+    labels = {str(s["column"]): str(s.get("label", s["column"])) for s in segments}
+    used = [column for column in sensitive if column in set(inputs)]
+    unused = [column for column in sensitive if column not in set(inputs)]
+    sentences = []
+    for columns, is_input in ((used, True), (unused, False)):
+        if not columns:
+            continue
+        one = len(columns) == 1
+        they, them, their = ("it", "it", "its") if one else ("they", "them", "their")
+        names = _listed([labels.get(c, c) for c in columns])
+        names = names[:1].upper() + names[1:]
+        shown = [c for c in columns if c in labels]
+        groups = (
+            "each group"
+            if len(shown) == len(columns)
+            else f"the groups of {_listed([labels[c] for c in shown])}"
+        )
+        if is_input:
+            sentence = f"{names} {'is an input' if one else 'are inputs'} of the model"
+            if shown:
+                sentence += (
+                    f"; {they} {'is' if one else 'are'} kept so that {their} effect can be "
+                    f"measured here, and the segment table shows how the model treats {groups}"
+                )
+            sentence += (
+                f". Dropping {them} does not by itself remove {their} effect, since other "
+                f"attributes correlate with {them}."
+            )
+        else:
+            sentence = (
+                f"{names} {'is not an input' if one else 'are not inputs'} of the model, but "
+                f"other attributes may correlate with {them}"
+            )
+            shows = f"; the segment table shows how the model treats {groups}"
+            sentence += f"{shows}." if shown else "."
+        sentences.append(sentence)
+    return sentences
+
+
 def _change(metric: str, label: str, champion: float, current: float) -> dict[str, Any]:
     """One row of the comparison: both values, the change, and whether it is better."""
     delta = float(current) - float(champion)
@@ -530,6 +592,9 @@ def figures(
 
 def _environment():
     import jinja2
+    from markupsafe import Markup
+
+    from churnlab.runner import CONTENT_SECURITY_POLICY
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("churnlab", "templates"),
@@ -538,11 +603,13 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # one policy for these pages and the notebook pages; Markup: its quotes stay as written
+    env.globals["content_security_policy"] = Markup(CONTENT_SECURITY_POLICY)
     env.filters["pct"] = lambda v, digits=0: (
         "n/a" if v is None or v != v else (f"{v * 100:.{digits}f}%")
     )
     env.filters["num"] = lambda v, digits=3: "n/a" if v is None or v != v else f"{v:.{digits}f}"
-    env.filters["money"] = lambda v, currency="$": f"{currency}{v:,.0f}"
+    env.filters["money"] = lambda v, currency: f"{currency}{v:,.0f}"  # report.currency
     env.filters["signed"] = lambda v, digits=3: f"{v:+.{digits}f}"
     env.filters["count"] = lambda v: f"{int(v):,}"
     return env
@@ -589,6 +656,25 @@ def _model_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _data_record(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"source": str(params["data"]["source"]), "sha256": params["data"].get("sha256")}
+
+
+def sensitive_columns(report: Mapping[str, Any], columns: Sequence[str]) -> list[str]:
+    """``report.sensitive_columns``, checked against the columns of the data.
+
+    Raises:
+        ChurnlabError: not a list of names, or a name that is not a column (a typo would
+            otherwise read as "not an input of the model").
+    """
+    names = report.get("sensitive_columns")
+    where = f"{REPORT_PARAMS} report.sensitive_columns"
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise ChurnlabError(f"{where}: expected a list of column names (or []), found {names!r}")
+    unknown = [name for name in names if name not in set(columns)]
+    if unknown:
+        raise ChurnlabError(
+            f"{where}: {unknown} are not columns of the data; columns: {sorted(columns)}"
+        )
+    return names
 
 
 def build_context(root: Path) -> dict[str, Any]:
@@ -670,6 +756,11 @@ def build_context(root: Path) -> dict[str, Any]:
         "metric_labels": METRIC_LABELS,
         "segments": performance.to_dict("records"),
         "gaps": segment_gaps(performance),
+        "sensitive": sensitive_inputs(
+            sensitive_columns(report, list(test.columns)),
+            [*features["numeric"], *features["categorical"]],
+            report.get("segments") or [],
+        ),
         "calibration_gap": float((calibration["observed"] - calibration["predicted"]).abs().max()),
         "comparison": compare_with_champion(current, champion),
         "champion_file": paths["champion"],
@@ -695,7 +786,7 @@ def build_context(root: Path) -> dict[str, Any]:
 def build_reports(root: Path) -> list[Path]:
     """Compute the report and write its pages; nothing is written unless all pages render."""
     from churnlab.config import get_key, load_params
-    from churnlab.files import write_atomic
+    from churnlab.files import write_atomic_all
     from churnlab.secrets import redact, secret_values
 
     params = load_params(root)
@@ -704,11 +795,14 @@ def build_reports(root: Path) -> list[Path]:
     print("[report] computing bootstrap intervals, segments and figures", file=sys.stderr)
     pages = render_pages(build_context(root))
     secrets = secret_values(params)
-    written = []
-    for path, name in ((index, "index.html"), (card, "model_card.html")):
-        write_atomic(path, redact(pages[name], secrets).encode())
-        written.append(path)
-    return written
+    # both pages or neither: a full disk must not leave a new index beside an old card
+    write_atomic_all(
+        {
+            path: redact(pages[name], secrets).encode()
+            for path, name in ((index, "index.html"), (card, "model_card.html"))
+        }
+    )
+    return [index, card]
 
 
 def promote(root: Path) -> Path:

@@ -11,11 +11,14 @@ the earlier outputs are put back, and the executed notebook with its traceback i
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ WORK_DIR = ".churnlab"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 _STYLE = re.compile(r"<style\b[^>]*>.*?</style>", re.DOTALL | re.IGNORECASE)
+_HEAD = re.compile(r"<head>\s*(<meta charset=[^>]*>)?", re.IGNORECASE)
 
 
 @dataclass
@@ -367,8 +371,7 @@ _SAFE_ATTRIBUTES = {
 def sanitize_outputs(nb):
     """A copy of ``nb`` whose outputs are safe to show: no stderr, no JavaScript, clean HTML.
 
-    Markdown cells are the notebook author's own text and are left as they are; outputs
-    carry data, and data is never trusted.
+    Markdown, in cells and in outputs, is cleaned when it is rendered (:func:`to_html`).
     """
     import bleach
 
@@ -394,8 +397,62 @@ def sanitize_outputs(nb):
     return nb
 
 
+# Rendered markdown keeps, beyond what outputs keep: links to the web, to other pages and
+# within the page, images embedded as data: URIs (the only images the CSP lets a page load),
+# heading anchors and table alignment. Never an event handler or a script URL.
+_MARKDOWN_TAGS = _SAFE_TAGS | {"a", "img", "del", "s", "dl", "dt", "dd", "kbd"}
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_LINK_SCHEMES = frozenset({"", "http", "https", "mailto"})
+_IMAGE_WITHOUT_SOURCE = re.compile(r"<img\b(?![^>]*\ssrc=)[^>]*>")
+
+
+def _markdown_attribute(tag: str, name: str, value: str) -> bool:
+    """Whether rendered markdown may keep the attribute ``name="value"`` on ``tag``."""
+    from urllib.parse import urlsplit
+
+    if name in ("class", "title"):
+        return True
+    if tag in ("th", "td"):
+        return name in ("colspan", "rowspan", "style")  # style: text-align only (below)
+    if tag in _HEADINGS:
+        return name == "id"
+    if tag == "a" and name == "href":
+        return urlsplit(value.strip()).scheme.lower() in _LINK_SCHEMES
+    if tag == "img":
+        return name in ("alt", "width", "height") or (
+            name == "src" and value.startswith("data:image/")
+        )
+    return False
+
+
+def sanitize_markdown_html(html: str) -> str:
+    """Rendered markdown with only the structure, text, links and embedded images of markdown.
+
+    A markdown cell may hold raw HTML; it is the notebook's text, but a notebook (or the
+    data its outputs print as markdown) is no reason to run code in a reader's browser.
+    """
+    import bleach
+    from bleach.css_sanitizer import CSSSanitizer
+
+    clean = bleach.clean(
+        html,
+        tags=_MARKDOWN_TAGS,
+        attributes=_markdown_attribute,
+        protocols=["http", "https", "mailto", "data"],  # data: only on img (above)
+        css_sanitizer=CSSSanitizer(allowed_css_properties=["text-align"]),
+        strip=True,
+    )
+    return _IMAGE_WITHOUT_SOURCE.sub("", clean)  # an image from elsewhere would show broken
+
+
+# The same policy as the report pages (templates/_base.html): no script, nothing from the
+# network; inline styles and data: images only.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 def to_html(nb) -> str:
     """The report page: outputs only, no parameters, no stderr, nothing loaded from a CDN."""
+    from jinja2 import pass_context
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
@@ -413,16 +470,40 @@ def to_html(nb) -> str:
     )
     remove = TagRemovePreprocessor(remove_cell_tags=set(HIDDEN_TAGS), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
+    render_markdown = exporter.markdown2html
+
+    @pass_context
+    def markdown2html(context, source):
+        return sanitize_markdown_html(render_markdown(context, source))
+
+    exporter.register_filter("markdown2html", markdown2html)
     body, _ = exporter.from_notebook_node(sanitize_outputs(nb))
     # The page needs no script: tables and static images only. The template's own
-    # (require.js, MathJax, mermaid from a CDN) go; outputs were sanitized above.
-    return _SCRIPT.sub("", body)
+    # (require.js, MathJax, mermaid from a CDN) go; outputs were sanitized above. The CSP
+    # forbids scripts anyway, should anything slip through.
+    policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+    return _HEAD.sub(lambda head: f"{head.group()}\n{policy}", _SCRIPT.sub("", body), count=1)
 
 
 def _write_text(path: Path, text: str) -> None:
     from churnlab.files import write_atomic
 
     write_atomic(path, text.encode())
+
+
+def _check_writable(root: Path, outs: list[str]) -> None:
+    """Fail before a run, not after it, when a stage could not write its outputs.
+
+    Raises:
+        PermissionError: naming the first folder (the output's own, or its nearest existing
+            parent) that this process may not write.
+    """
+    for out in outs:
+        folder = (root / out).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable by this process", str(folder))
 
 
 class _OutputGuard:
@@ -436,12 +517,17 @@ class _OutputGuard:
     def __enter__(self):
         if self.backup.exists():  # a run killed earlier: its saved outputs come back first
             self._restore()
-        for out in self.outs:
-            source = self.root / out
-            if source.exists():
-                target = self.backup / out
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
+        _check_writable(self.root, self.outs)
+        try:
+            for out in self.outs:
+                source = self.root / out
+                if source.exists():
+                    target = self.backup / out
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, target)
+        except BaseException:  # one output cannot move (immutable): the others come back
+            self._restore()
+            raise
         return self
 
     def _restore(self):
@@ -481,6 +567,70 @@ def _describe_failure(exc, notebook: Path, kept: Path) -> str:
     )
 
 
+_STOP_WAIT = 10.0  # seconds a cell gets to stop after Ctrl-C before its kernel is killed
+
+
+def _recording_kernel_manager(pids: list[int]):
+    """A kernel manager class that notes the process id of each kernel it starts."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordingKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kwargs):
+            await super().start_kernel(**kwargs)
+            pids.append(self.provisioner.pid)
+
+    return RecordingKernelManager
+
+
+def _signal_kernels(pids: list[int], number: int) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, number)  # jupyter_client starts each kernel in its own session
+        except ProcessLookupError:
+            pass
+
+
+def _execute_interruptibly(execute, *args, **kwargs):
+    """``execute(*args, **kwargs)`` (papermill) in a worker thread, so Ctrl-C stops it cleanly.
+
+    In the main thread nbclient takes SIGINT over and shuts the kernel down while a cell
+    still runs, and the kernel then prints a ZMQError traceback. Here Ctrl-C interrupts the
+    cell (the kernel is killed if it has not stopped after ``_STOP_WAIT`` seconds), nbclient
+    shuts the idle kernel down as after any failing cell, and KeyboardInterrupt is raised.
+    """
+    pids: list[int] = []
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join broken by Ctrl-C misreports the thread
+
+    def work():
+        try:
+            outcome["value"] = execute(
+                *args, kernel_manager_class=_recording_kernel_manager(pids), **kwargs
+            )
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="papermill", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
+        try:
+            _signal_kernels(pids, signal.SIGINT)
+            if not done.wait(_STOP_WAIT):
+                _signal_kernels(pids, signal.SIGKILL)
+                done.wait(_STOP_WAIT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def run_stage(
     name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
 ) -> Stage:
@@ -506,6 +656,7 @@ def run_stage(
     running = root / WORK_DIR / "running" / f"{name}.ipynb"
     failed = root / WORK_DIR / "failed" / f"{name}.ipynb"
     running.parent.mkdir(parents=True, exist_ok=True)
+    running.unlink(missing_ok=True)  # left by a run that was killed
     logging.getLogger("papermill").setLevel(logging.WARNING)
     print(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
@@ -517,7 +668,8 @@ def run_stage(
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
-            executed = papermill.execute_notebook(
+            executed = _execute_interruptibly(
+                papermill.execute_notebook,
                 nb,
                 str(running),
                 parameters=parameters,
@@ -536,12 +688,19 @@ def run_stage(
                 running.unlink()
             message = _describe_failure(exc, stage.notebook, failed)
             raise ChurnlabError(redact(message, secrets)) from None
+        except OSError as exc:
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                # papermill saving the notebook after a cell: the file it writes is ours
+                raise OSError(exc.errno, exc.strerror, str(running.relative_to(root))) from None
+            raise
         except Exception as exc:
             if type(exc).__name__ == "NoSuchKernel":
                 raise ChurnlabError(
                     f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
                 ) from None
             raise
+        finally:  # the executed notebook is in memory now, or the run failed
+            running.unlink(missing_ok=True)
         not_written = [
             o
             for o in stage.outs
@@ -557,7 +716,6 @@ def run_stage(
         _write_text(root / stage.html_path, to_html(clean))
         if run is not None:  # inside the guard: a failure to record restores the outputs
             record_stage(run, root, stage, clean)
-    running.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     print(
         f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
@@ -585,7 +743,7 @@ def notebook_stages(root: Path) -> list[str]:
     return [
         name
         for name, body in stages.items()
-        if str(body.get("cmd", "")).startswith("churnlab run ")
+        if re.match(r"(\S*/)?churnlab run ", str(body.get("cmd", "")))
     ]
 
 
