@@ -48,6 +48,7 @@ class PageCheck:
     local_links: list[str] = field(default_factory=list)
     title: str = ""
     text: str = ""
+    probe: object = None
 
 
 class Browser:
@@ -65,7 +66,11 @@ class Browser:
         self._browser.close()
         self._playwright.stop()
 
-    def check(self, page_path: Path, screenshot: Path | None = None) -> PageCheck:
+    def check(
+        self, page_path: Path, screenshot: Path | None = None, probe: str | None = None
+    ) -> PageCheck:
+        """Open a page offline; ``probe`` is a JavaScript function (it may be async) whose
+        result goes to ``PageCheck.probe``."""
         result = PageCheck(page_path.resolve().as_uri())
         context = self._browser.new_context(offline=True, viewport={"width": 1100, "height": 900})
 
@@ -107,6 +112,8 @@ class Browser:
             "Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))"
             ".filter(h => !h.startsWith('#'))"
         )
+        if probe is not None:
+            result.probe = page.evaluate(probe)
         result.title = page.title()
         result.text = page.inner_text("body")
         if screenshot is not None:
