@@ -306,7 +306,7 @@ def show_experiments(root: Path) -> tuple[str, Path]:
     comparisons = [_masked(c, is_secret_name, MASK) for c in comparisons]
     secrets = secret_values(params)
     title = get_key(params, "report.title", "params/report.yaml")
-    page = root / get_key(params, "paths.reports", "params/paths.yaml") / PAGE_NAME
+    page = (root / get_key(params, "paths.report_index", "params/paths.yaml")).parent / PAGE_NAME
     write_atomic(page, redact(render_page(comparisons, title), secrets).encode())
     return redact(format_table(comparisons), secrets), page
 
