@@ -11,14 +11,11 @@ the Telco data out of its wheel.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from churnlab.errors import ChurnlabError
-from churnlab.fetch import _wheel_cache, sha256_hex
+from churnlab.fetch import download_wheel, sha256_hex
 from churnlab.files import write_atomic
 
 # panel bundles the UMD builds (globals `vega`, `vegaLite`, `vegaEmbed`) for its Vega pane.
@@ -88,44 +85,7 @@ def download_vega_wheel(cache: Path | None = None) -> Path:
     Raises:
         ChurnlabError: pip could not download it.
     """
-    cache = cache or _wheel_cache()
-    found = sorted(cache.glob(VEGA_WHEEL_GLOB))
-    if found:
-        return found[0]
-    cache.mkdir(parents=True, exist_ok=True)
-    print(
-        f"plots-template: downloading {VEGA_WHEEL} from the package index (not installing it)",
-        file=sys.stderr,
-        flush=True,
-    )
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--disable-pip-version-check",
-                "-q",
-                "-d",
-                tmp,
-                VEGA_WHEEL,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise ChurnlabError(
-                f"could not download {VEGA_WHEEL} with pip: {proc.stderr.strip()[-500:]}; "
-                "check the package index settings of pip, then run `churnlab plots-template`"
-            )
-        target = cache / wheels[0].name
-        target.unlink(missing_ok=True)
-        Path(wheels[0]).replace(target)
-    return target
+    return download_wheel(VEGA_WHEEL, VEGA_WHEEL_GLOB, cache)
 
 
 def read_vega_libraries(wheel: Path) -> list[str]:
