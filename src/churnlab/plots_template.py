@@ -133,13 +133,11 @@ def build_template(libraries: list[str]) -> str:
 
 
 def write_plots_template(root: Path, cache: Path | None = None) -> Path:
-    """Write the offline template to ``TEMPLATE_PATH`` under ``root`` (when its text changes).
+    """Write the offline template to ``TEMPLATE_PATH`` under ``root``.
 
     Returns:
         The template's path.
     """
     target = root / TEMPLATE_PATH
-    text = build_template(read_vega_libraries(download_vega_wheel(cache)))
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
-        write_atomic(target, text.encode("utf-8"))
+    write_atomic(target, build_template(read_vega_libraries(download_vega_wheel(cache))).encode())
     return target
