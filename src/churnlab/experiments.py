@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from churnlab.tracking import PROMOTION_METRICS
+
 # The numbers a person decides on, as named in the evaluate stage's metrics file.
 HEADLINE_METRICS = {
     "roc_auc": "ROC AUC",
@@ -22,7 +24,8 @@ HEADLINE_METRICS = {
     "precision": "precision",
     "cost.model": "expected cost",
 }
-LOWER_IS_BETTER = {"brier", "cost.model"}
+# The promotion metrics' directions are tracking's; a cost is better lower too.
+LOWER_IS_BETTER = {m for m, higher in PROMOTION_METRICS.items() if not higher} | {"cost.model"}
 PAGE_NAME = "experiments.html"
 WIDTH = 120
 _NAME_WIDTH = 24
