@@ -150,8 +150,8 @@ def test_churnlab_exps_compares_both_experiments_with_the_baseline(exps_project)
     assert max(len(line) for line in lines) <= WIDTH
     baseline = git_json(exps_project, "HEAD", "metrics/test.json")
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], exps_project).stdout
-    # refs/exps/<baseline sha split 2/38>/<name>; refs/exps/exec/ holds DVC's own bookkeeping
-    revs = {r.rsplit("/", 1)[-1]: r for r in refs.split() if not r.startswith("refs/exps/exec/")}
+    # refs/exps/<baseline sha as 2/38 characters>/<name>; others are DVC's own bookkeeping
+    revs = {r.rsplit("/", 1)[-1]: r for r in refs.split() if len(r.split("/")) == 5}
     assert set(revs) == set(EXPERIMENTS)
     found = {name: git_json(exps_project, rev, "metrics/test.json") for name, rev in revs.items()}
     for name, content in found.items():
