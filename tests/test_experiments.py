@@ -90,6 +90,14 @@ def test_every_line_of_the_table_fits_the_terminal_whatever_the_names():
     assert "No experiments" in format_table(compare(ROWS[:2], PARAMS, "roc_auc"))
 
 
+def test_a_secret_param_set_by_an_experiment_never_shows():
+    secret = {"report.smtp_password": "canary-exp-5a1f0c"}
+    rows = [*ROWS[:2], exp_row("leaky", "branch_commit", 0.85, **secret)]
+    comparisons = compare(rows, PARAMS, "roc_auc")
+    for text in (format_table(comparisons), render_page(comparisons, title="t")):
+        assert "canary-exp-5a1f0c" not in text and "report.smtp_password" in text
+
+
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from churnlab.secrets import MASK, is_secret_name
 from churnlab.tracking import PROMOTION_METRICS
 
 # The numbers a person decides on, as named in the evaluate stage's metrics file.
@@ -78,12 +79,16 @@ def _number(value: Any) -> float | None:
 
 
 def _param_columns(row: Mapping[str, Any], param_keys: set[str]) -> dict[str, str]:
-    """The row's params as ``{dotted key: text}``; ``param_keys`` tells params from the rest."""
+    """The row's params as ``{dotted key: text}``; ``param_keys`` tells params from the rest.
+
+    A secret-named param's value is masked here, before any text is made: an experiment can
+    set a secret the workspace's params (whose values are redacted from the output) do not hold.
+    """
     params = {}
     for column, value in row.items():
         key = column.split(":", 1)[1] if column.startswith("params/") else column
         if column not in _ROW_COLUMNS and key in param_keys:
-            params[key] = _text(value)
+            params[key] = MASK if is_secret_name(key.rsplit(".", 1)[-1]) else _text(value)
     return params
 
 
@@ -300,41 +305,14 @@ def show_experiments(root: Path) -> tuple[str, Path]:
     """
     from churnlab.config import flatten, get_key, load_params
     from churnlab.files import write_atomic
-    from churnlab.secrets import MASK, is_secret_name, redact, secret_values
+    from churnlab.secrets import redact, secret_values
     from churnlab.tracking import load_settings
 
     params = load_params(root)
     metric = load_settings(root).promotion_metric
     comparisons = compare(read_experiments(root), set(flatten(params)), metric)
-    comparisons = [_masked(c, is_secret_name, MASK) for c in comparisons]
     secrets = secret_values(params)
     title = get_key(params, "report.title", "params/report.yaml")
     page = (root / get_key(params, "paths.report_index", "params/paths.yaml")).parent / PAGE_NAME
     write_atomic(page, redact(render_page(comparisons, title), secrets).encode())
     return redact(format_table(comparisons), secrets), page
-
-
-def _masked(comparison: Comparison, is_secret, mask: str) -> Comparison:
-    """The comparison with the values of secret-named params replaced by ``mask``.
-
-    An experiment can set a secret param the workspace's params do not hold, so values are
-    masked by name here, before any text is made.
-    """
-
-    def row(r: Row) -> Row:
-        params = {k: mask if is_secret(k.rsplit(".", 1)[-1]) else v for k, v in r.params.items()}
-        return Row(r.name, r.rev, r.state, params, r.metrics)
-
-    def change(c: Change) -> Change:
-        params = {
-            k: (mask, mask) if is_secret(k.rsplit(".", 1)[-1]) else v for k, v in c.params.items()
-        }
-        return Change(row(c.row), c.deltas, params)
-
-    return Comparison(
-        row(comparison.baseline),
-        [change(c) for c in comparison.experiments],
-        comparison.metric,
-        comparison.metrics,
-        comparison.changed_params,
-    )
