@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+# the page template of `dvc plots show/diff` with the Vega libraries inline (.dvc/config)
+PLOTS_TEMPLATE := .churnlab/plots/offline.html
 UV_VERSION := 0.13.9
 
 export PATH := $(BIN):$(PATH)
@@ -12,12 +14,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro report promote ui server server-stop test lab lint format clean distclean lock bench
+.PHONY: help setup repro report exps promote ui server server-stop test lab lint format clean distclean lock bench
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with the locked dependencies, the package and its Jupyter kernel
+setup: $(STAMP) $(PLOTS_TEMPLATE) ## create .venv with the locked dependencies, the package and its Jupyter kernel
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; churnlab needs Python 3.11" >&2; exit 1; }
@@ -29,12 +31,20 @@ $(STAMP): requirements.lock pyproject.toml
 	@if [ -d .git ]; then $(BIN)/pre-commit install >/dev/null && echo "pre-commit hook installed (nbstripout, ruff)"; fi
 	touch $(STAMP)
 
+$(PLOTS_TEMPLATE): src/churnlab/plots_template.py | $(STAMP)
+	$(BIN)/churnlab plots-template
+
 repro: setup ## run the whole pipeline on the configured data (dvc repro)
 	$(BIN)/dvc repro
+	-$(BIN)/churnlab exps >/dev/null
 
 report: setup ## rebuild the stakeholder report (and what it needs) and print the page to open
 	$(BIN)/dvc repro report
+	-$(BIN)/churnlab exps >/dev/null
 	@echo "open file://$(abspath reports/index.html)"
+
+exps: setup ## compare the DVC experiments with their commit (terminal and reports/experiments.html)
+	$(BIN)/churnlab exps
 
 promote: setup ## make the current model the champion that reports compare with
 	$(BIN)/churnlab promote
@@ -71,7 +81,7 @@ lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/python tools/lockfile.py environment.yml requirements.lock
 
 clean: ## remove run state, caches and failed-run leftovers (keeps data, models, the team server, .venv)
-	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server -exec rm -rf {} +; fi
+	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server ! -name plots -exec rm -rf {} +; fi
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 

@@ -49,6 +49,7 @@ class PageCheck:
     title: str = ""
     text: str = ""
     content_security_policy: str | None = None
+    probe: object = None
 
 
 class Browser:
@@ -66,7 +67,11 @@ class Browser:
         self._browser.close()
         self._playwright.stop()
 
-    def check(self, page_path: Path, screenshot: Path | None = None) -> PageCheck:
+    def check(
+        self, page_path: Path, screenshot: Path | None = None, probe: str | None = None
+    ) -> PageCheck:
+        """Open a page offline; ``probe`` is a JavaScript function (it may be async) whose
+        result goes to ``PageCheck.probe``."""
         result = PageCheck(page_path.resolve().as_uri())
         context = self._browser.new_context(offline=True, viewport={"width": 1100, "height": 900})
 
@@ -108,6 +113,8 @@ class Browser:
             "Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))"
             ".filter(h => !h.startsWith('#'))"
         )
+        if probe is not None:
+            result.probe = page.evaluate(probe)
         result.title = page.title()
         result.content_security_policy = page.evaluate(
             "document.querySelector('head meta[http-equiv=\"Content-Security-Policy\"]')"

@@ -92,6 +92,29 @@ def _promote(args) -> None:
     )
 
 
+def _plots_template(args) -> None:
+    from churnlab.config import project_root
+    from churnlab.plots_template import write_plots_template
+
+    root = project_root()
+    target = write_plots_template(root)
+    print(
+        f"[plots-template] {target.relative_to(root)}: vega, vega-lite and vega-embed inline "
+        "(`dvc plots show` and `dvc plots diff` pages open offline)",
+        file=sys.stderr,
+    )
+
+
+def _exps(args) -> None:
+    from churnlab.config import project_root
+    from churnlab.experiments import show_experiments
+
+    root = project_root()
+    table, page = show_experiments(root)
+    print(table)
+    print(f"open file://{page}", file=sys.stderr)
+
+
 def _server(args) -> None:
     from churnlab import server
     from churnlab.config import project_root
@@ -158,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         "promote", help="make the current model the champion the report compares with"
     )
     promote.set_defaults(handler=_promote)
+    plots = commands.add_parser(
+        "plots-template",
+        help="write the offline page template for `dvc plots show/diff` (.dvc/config names it)",
+    )
+    plots.set_defaults(handler=_plots_template)
+    exps = commands.add_parser(
+        "exps",
+        help="compare the DVC experiments with their baseline (terminal, reports/experiments.html)",
+    )
+    exps.set_defaults(handler=_exps)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

