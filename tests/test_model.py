@@ -1,5 +1,7 @@
 import io
+import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,3 +107,31 @@ def test_more_folds_than_leavers_in_training_is_a_clear_error():
         r"split; it has 4 leavers and 56 stayers",
     ):
         cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 5, 1)
+
+
+def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path):
+    """Same data, seed and params give the same bytes on a machine with other cores."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
+        "from test_model import NUMERIC, CATEGORICAL, customers;"
+        "from churnlab.data import TARGET_COLUMN;"
+        "from churnlab.model import build_model, fit_model, save_model;"
+        "m = build_model(NUMERIC, CATEGORICAL, 'gradient_boosting', {'max_iter': 20}, seed=1);"
+        "f = fit_model(m, customers(200), NUMERIC, CATEGORICAL, TARGET_COLUMN);"
+        "save_model(f, {}, Path(sys.argv[1]) / 'model.skops', Path(sys.argv[1]) / 'f.json')"
+    )
+    written = []
+    for threads in ("1", "2"):
+        out = tmp_path / threads
+        out.mkdir()
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        subprocess.run(
+            [sys.executable, "-c", script, str(out), str(Path(__file__).parent)],
+            env=env,
+            check=True,
+        )
+        written.append((out / "model.skops").read_bytes())
+    assert written[0] == written[1]

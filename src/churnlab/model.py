@@ -200,11 +200,29 @@ def canonical_skops(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _without_thread_count(model: Pipeline) -> Pipeline:
+    """A copy whose fitted bin mappers hold no thread count.
+
+    HistGradientBoosting's bin mapper keeps the OpenMP thread count of the machine that
+    trained it (2 here, 1 under ``OMP_NUM_THREADS=1``), so the same model would be saved as
+    other bytes elsewhere. ``None`` means "the machine's own" when the mapper runs again; the
+    count never changes a prediction.
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    for _, step in model.steps:
+        mapper = getattr(step, "_bin_mapper", None)
+        if mapper is not None:
+            mapper.n_threads = None
+    return model
+
+
 def save_model(model: Pipeline, features: dict, model_path: Path, features_path: Path) -> None:
     """Save the model (canonical skops) and its feature list (JSON), checking it loads."""
     import skops.io
 
-    data = canonical_skops(skops.io.dumps(model))
+    data = canonical_skops(skops.io.dumps(_without_thread_count(model)))
     untrusted = [t for t in skops.io.get_untrusted_types(data=data) if t not in TRUSTED_TYPES]
     if untrusted:
         raise ChurnlabError(
