@@ -473,7 +473,13 @@ def run_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from churnlab.tracking import Tracker, record_stage, tracked_stage
+    from churnlab.tracking import (
+        Tracker,
+        promotion_output,
+        record_no_promotion,
+        record_stage,
+        tracked_stage,
+    )
 
     root = root or project_root()
     check_unread_params(root)
@@ -493,9 +499,12 @@ def run_stage(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
     )
     tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
+    promotion = promotion_output(root, stage)  # written by tracking, not by the notebook
     started = time.perf_counter()
     secrets = secret_values(stage.values)
-    with tracked_stage(root, stage, tracker) as run, _OutputGuard(root, name, stage.outs):
+    # The guard encloses the stage run, so a failure to record the stage, up to the very last
+    # write (the registry's aliases), puts the earlier outputs back.
+    with _OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracker) as run:
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -527,7 +536,8 @@ def run_stage(
         not_written = [
             o
             for o in stage.outs
-            if o not in (stage.executed_path, stage.html_path) and not (root / o).exists()
+            if o not in (stage.executed_path, stage.html_path, promotion)
+            and not (root / o).exists()
         ]
         if not_written:
             raise ChurnlabError(
@@ -539,6 +549,8 @@ def run_stage(
         _write_text(root / stage.html_path, to_html(clean))
         if run is not None:  # inside the guard: a failure to record restores the outputs
             record_stage(run, root, stage, clean)
+        if promotion and not (root / promotion).exists():  # so that the output always exists
+            record_no_promotion(root, promotion, run is not None, name)
     running.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     print(
