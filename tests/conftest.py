@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -120,6 +121,31 @@ def pipeline_model(project: Path):
         project / "models" / "model.skops", project / "models" / "features.json"
     )
     return model, features, pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+
+
+def registered_model(project: Path) -> str:
+    """The registered model's name, from the project's tracking settings."""
+    from churnlab.tracking import load_settings
+
+    return load_settings(project, {}).registered_model
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """A file or folder nobody may change, root included (``chattr +i``), for a block."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
 
 
 def assert_champion_scores_like_the_model_file(project: Path) -> None:

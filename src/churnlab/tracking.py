@@ -144,9 +144,13 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error, short enough for a one-line message."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    """The first telling line of an error, short enough for a one-line message."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.startswith("(raised as a result of")  # SQLAlchemy's note
+    ]
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def display_uri(uri: str) -> str:
@@ -378,6 +382,8 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
+        # it logs a database error with its traceback, then raises it: we report it once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         try:
             with store_lock(settings.uri):  # creating the client may create the database
                 tracker = cls(root, settings)
