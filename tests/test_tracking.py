@@ -382,7 +382,8 @@ def registry_state(project: Path) -> dict:
     client = mlflow.MlflowClient(load_settings(project, {}).uri)
     name = registered_model(project)
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    return {"versions": versions, "aliases": dict(client.get_registered_model(name).aliases)}
+    aliases = client.get_registered_model(name).aliases
+    return {"versions": versions, "aliases": {k: int(v) for k, v in aliases.items()}}
 
 
 def promotion(project: Path) -> dict:
@@ -391,7 +392,7 @@ def promotion(project: Path) -> dict:
 
 def test_the_first_model_is_registered_as_champion_and_loads_by_alias(registered_project):
     project = registered_project
-    assert registry_state(project)["aliases"] == {"champion": "1", "challenger": "1"}
+    assert registry_state(project)["aliases"] == {"champion": 1, "challenger": 1}
     decision = promotion(project)
     assert decision["promoted"] is True and decision["reason"] == "there was no champion"
     assert_champion_scores_like_the_model_file(project)
@@ -467,7 +468,7 @@ def test_models_are_compared_only_on_customers_neither_was_trained_on(registered
     assert "cannot be compared" in decision["reason"] and "min_customers" in decision["reason"]
     state = registry_state(project)
     assert state["aliases"]["champion"] == champion_version
-    assert state["aliases"]["challenger"] == str(state["versions"][-1])
+    assert state["aliases"]["challenger"] == state["versions"][-1]
 
     set_param(project, SETTINGS_FILE, "tracking.promotion.min_customers", 50)
     run(["churnlab", "run", "evaluate"], project)
@@ -531,11 +532,14 @@ def test_a_champion_of_another_schema_starts_a_new_lineage(registered_project, t
         run(["churnlab", "run", stage], project)
     decision = promotion(project)
     assert decision["outcome"] == "new lineage" and decision["promoted"] is True
-    assert "takes other inputs" in decision["reason"] and "tenure" in decision["reason"]
+    assert "takes other inputs" in decision["reason"]
+    assert "columns the data no longer has" in decision["reason"].replace("(s)", "s")
+    added = "the data has 3 column(s) it does not take: months_active, plan, weekly_usage"
+    assert added in decision["reason"]
     state = registry_state(project)
     assert state["versions"] == [*before["versions"], before["versions"][-1] + 1]
     assert state["aliases"]["champion"] == state["aliases"]["challenger"]
-    assert state["aliases"]["champion"] == str(state["versions"][-1])
+    assert state["aliases"]["champion"] == state["versions"][-1]
     assert_champion_scores_like_the_model_file(project)
 
 

@@ -5,9 +5,11 @@ Each stage that runs is an MLflow run, nested under one parent run per pipeline 
 parent gathers every param the stages read, every metric they wrote, the data lineage, the git
 commit and the DVC experiment name; the stage runs hold their executed notebooks, HTML and
 figures. After the stage named by ``tracking.register_stage`` succeeds (its quality gates
-passed), the model is logged with a signature and an input example, registered with the alias
-``challenger``, scored against the ``champion`` on the same test customers and promoted when
-it is better by ``tracking.promotion.margin``.
+passed), the model is logged with a signature, an input example and the ids of its training
+customers, registered, and compared with the ``champion`` on test customers neither model was
+trained on. The aliases (``challenger``, and ``champion`` when promoted) move as the very last
+step of a successful stage; a stage that fails leaves them where they were and deletes the
+version it registered.
 
 Nothing here runs at import time. Settings come from ``params/tracking.yaml``; the
 ``MLFLOW_TRACKING_URI`` environment variable wins over ``tracking.uri``; ``CHURNLAB_TRACKING=off``
@@ -441,7 +443,11 @@ class Tracker:
         return self._experiment_id
 
     def mark_stale_runs(self) -> list[str]:
-        """Runs left RUNNING by a process that is gone become KILLED; returns their ids."""
+        """Runs left RUNNING by a process that is gone become KILLED; returns their ids.
+
+        A model version such a run registered but never got an alias (the process died before
+        the stage's last step) is deleted: the registry keeps no version of a failed run.
+        """
         killed = []
         runs = self.client.search_runs(
             [self.experiment_id()], "attributes.status = 'RUNNING'", max_results=1000
@@ -450,6 +456,9 @@ class Tracker:
             if not _alive(run.data.tags):
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 killed.append(run.info.run_id)
+                for version in self.client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+                    if not version.aliases:
+                        self.client.delete_model_version(version.name, version.version)
         return killed
 
     def _parent(self, outputs: set[str]) -> str:
