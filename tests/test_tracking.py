@@ -86,7 +86,14 @@ def test_the_default_store_is_sqlite_in_the_project_and_the_environment_wins(tmp
         ({"enabeld": True}, "tracking.enabeld: unknown setting"),
         ({"on_unreachable": "ignore"}, "tracking.on_unreachable: expected 'stop' or 'continue'"),
         ({"enabled": "yes"}, "tracking.enabled: wrong type"),
-        ({"promotion": {"metric": "accuracy", "margin": 0.0}}, "tracking.promotion.metric"),
+        (
+            {"promotion": {"metric": "accuracy", "margin": 0.0, "min_customers": 200}},
+            "tracking.promotion.metric",
+        ),
+        (
+            {"promotion": {"metric": "roc_auc", "margin": 0.0, "min_customers": 0}},
+            "tracking.promotion.min_customers: expected 1 or more",
+        ),
     ],
 )
 def test_bad_settings_name_the_file_and_the_key(tmp_path, change, message):
@@ -164,7 +171,11 @@ LOGGER = textwrap.dedent(
     for stage in ("prepare", "train", "evaluate"):
         with tracker.stage_run(stage, {f"{stage}.seed": 1}, set()) as run:
             run.log_metrics({f"{stage}.score": 0.5})
-            if mode == "hang":
+            if mode == "hang":  # registered, but killed before the aliases move
+                name = tracker.settings.registered_model
+                tracker.client.create_registered_model(name)
+                source = tracker.client.get_run(run.run_id).info.artifact_uri + "/model"
+                tracker.client.create_model_version(name, source, run.run_id)
                 print("running", flush=True)
                 time.sleep(600)
     print("done", flush=True)
@@ -203,8 +214,12 @@ def test_a_killed_process_leaves_no_run_running_after_the_next_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert {r.info.status for r in runs(root)} == {"RUNNING"}
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    name = registered_model(root)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
     with Tracker.open(root).stage_run("prepare", {}, set()):
         pass
+    assert client.search_model_versions(f"name = '{name}'") == []  # no orphan version
     statuses = sorted((r.info.run_name.split()[0], r.info.status) for r in runs(root))
     assert statuses == [
         ("pipeline", "FINISHED"),

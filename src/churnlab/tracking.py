@@ -933,9 +933,9 @@ def record_no_promotion(root: Path, path: str, tracked: bool, stage: str) -> Non
 
 def promotion_output(root: Path, stage) -> str | None:
     """``paths.promotion`` when the stage declares it as an output, else None."""
-    from churnlab.config import get_key, load_params
+    from churnlab.config import load_params
 
-    path = get_key(load_params(root), "paths.promotion", "params/paths.yaml")
+    path = (load_params(root).get("paths") or {}).get("promotion")
     return path if path in stage.outs else None
 
 
