@@ -773,6 +773,95 @@ def write_promotion(path: Path, decision: Mapping[str, Any]) -> None:
         ) from None
 
 
+def _compare_with_champion(
+    settings: Settings, client, champion, signature, test, inputs, scores
+) -> dict[str, Any]:
+    """The promotion decision against the current champion (None: there is none).
+
+    Returns the decision's fields: ``champion_before``, ``compared_customers``,
+    ``challenger_score``, ``promoted``, ``outcome`` and ``reason``.
+    """
+    import mlflow
+    import skops.io
+    from mlflow.exceptions import MlflowException
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    from churnlab.data import ID_COLUMN, TARGET_COLUMN
+    from churnlab.model import TRUSTED_TYPES
+
+    scorer = {
+        "roc_auc": roc_auc_score,
+        "pr_auc": average_precision_score,
+        "brier": brier_score_loss,
+    }[settings.promotion_metric]
+    labels = test[TARGET_COLUMN].to_numpy()
+    found: dict[str, Any] = {
+        "champion_before": None,
+        "compared_customers": None,
+        "challenger_score": float(scorer(labels, scores)),  # on every test customer
+    }
+    if champion is None:
+        return {**found, "promoted": True, "outcome": "promoted", "reason": "there was no champion"}
+    name, version = settings.registered_model, champion.version
+    found["champion_before"] = {"version": int(version), "score": None}
+    before = f"the champion (version {version})"
+    with store_lock(settings.uri), fluent_uri(settings.uri):
+        try:
+            info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+        except MlflowException as exc:
+            raise _broken_version(client, name, version, exc) from None
+    theirs = input_columns(info.signature) if info.signature else []
+    if theirs != input_columns(signature):
+        change = describe_input_change(theirs, input_columns(signature))
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} takes other inputs ({change}): another data schema, so a new "
+            "lineage starts and the challenger becomes champion without a comparison",
+        }
+    trained_ids = _training_ids(settings, client, champion.run_id)
+    if trained_ids is None:
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} has no record of the customers it was trained on, so no fair "
+            "comparison can be made: a new lineage starts and the challenger becomes champion",
+        }
+    unseen, too_few = unseen_customers(
+        test[ID_COLUMN], labels, trained_ids, settings.promotion_min_customers
+    )
+    found["compared_customers"] = int(unseen.sum())
+    if too_few:
+        return {
+            **found,
+            "promoted": False,
+            "outcome": "not compared",
+            "reason": f"the models cannot be compared: {too_few}; {before} is kept",
+        }
+    with _version_files(settings, client, version) as folder:
+        try:
+            theirs_model = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
+            their_scores = theirs_model.predict_proba(inputs[unseen])[:, 1]
+        except Exception as exc:  # skops, zip: whatever the damage, the same advice
+            raise _broken_version(client, name, version, exc) from None
+    found["challenger_score"] = float(scorer(labels[unseen], scores[unseen]))
+    found["champion_before"]["score"] = float(scorer(labels[unseen], their_scores))
+    promoted, reason = promotion_decision(
+        found["challenger_score"],
+        found["champion_before"]["score"],
+        settings.promotion_metric,
+        settings.promotion_margin,
+    )
+    return {
+        **found,
+        "promoted": promoted,
+        "outcome": "promoted" if promoted else "kept champion",
+        "reason": f"{reason}, on the {int(unseen.sum())} test customers neither was trained on",
+    }
+
+
 def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict[str, Any]:
     """Decide on promotion, log and register the model, and hold the alias moves for the end.
 
@@ -786,12 +875,10 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
     """
     import mlflow
     import pandas as pd
-    import skops.io
     from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-    from churnlab.data import ID_COLUMN, TARGET_COLUMN
+    from churnlab.data import ID_COLUMN
     from churnlab.model import TRUSTED_TYPES, load_model, model_input
 
     settings = run.tracker.settings
@@ -800,84 +887,14 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
     model, features = load_model(root / paths["model"], root / paths["features"])
     test = pd.read_parquet(root / paths["test"])
     inputs = model_input(test, features["numeric"], features["categorical"])
-    labels = test[TARGET_COLUMN].to_numpy()
     example = inputs.head(5)
     signature = infer_signature(example, model.predict_proba(example))
-    scorer = {
-        "roc_auc": roc_auc_score,
-        "pr_auc": average_precision_score,
-        "brier": brier_score_loss,
-    }[settings.promotion_metric]
     scores = model.predict_proba(inputs)[:, 1]  # the challenger, from memory
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
-    decision: dict[str, Any] = {
-        "registered_model": name,
-        "metric": settings.promotion_metric,
-        "margin": settings.promotion_margin,
-        "min_customers": settings.promotion_min_customers,
-        "test_customers": int(len(labels)),
-        "compared_customers": None,
-        "champion_before": None,
-    }
-    challenger_score = float(scorer(labels, scores))
-    if champion is None:
-        promoted, outcome, reason = True, "promoted", "there was no champion"
-    else:
-        decision["champion_before"] = {"version": int(champion.version), "score": None}
-        before = f"the champion (version {champion.version})"
-        with store_lock(settings.uri), fluent_uri(settings.uri):
-            try:
-                info = mlflow.models.get_model_info(f"models:/{name}/{champion.version}")
-            except MlflowException as exc:
-                raise _broken_version(client, name, champion.version, exc) from None
-        same_inputs = info.signature is not None and input_columns(info.signature) == input_columns(
-            signature
-        )
-        trained_ids = _training_ids(settings, client, champion.run_id) if same_inputs else None
-        if not same_inputs:
-            change = describe_input_change(
-                input_columns(info.signature) if info.signature else [], input_columns(signature)
-            )
-            promoted, outcome = True, "new lineage"
-            reason = (
-                f"{before} takes other inputs ({change}): another data schema, so a new "
-                "lineage starts and the challenger becomes champion without a comparison"
-            )
-        elif trained_ids is None:
-            promoted, outcome = True, "new lineage"
-            reason = (
-                f"{before} has no record of the customers it was trained on, so no fair "
-                "comparison can be made: a new lineage starts and the challenger becomes champion"
-            )
-        else:
-            unseen, too_few = unseen_customers(
-                test[ID_COLUMN], labels, trained_ids, settings.promotion_min_customers
-            )
-            decision["compared_customers"] = int(unseen.sum())
-            if too_few:
-                promoted, outcome = False, "not compared"
-                reason = f"the models cannot be compared: {too_few}; {before} is kept"
-            else:
-                with _version_files(settings, client, champion.version) as folder:
-                    try:
-                        old = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
-                        old_scores = old.predict_proba(inputs[unseen])[:, 1]
-                    except Exception as exc:
-                        raise _broken_version(client, name, champion.version, exc) from None
-                challenger_score = float(scorer(labels[unseen], scores[unseen]))
-                champion_score = float(scorer(labels[unseen], old_scores))
-                decision["champion_before"]["score"] = champion_score
-                promoted, reason = promotion_decision(
-                    challenger_score,
-                    champion_score,
-                    settings.promotion_metric,
-                    settings.promotion_margin,
-                )
-                outcome = "promoted" if promoted else "kept champion"
-                reason += f", on the {int(unseen.sum())} test customers neither was trained on"
+    found = _compare_with_champion(settings, client, champion, signature, test, inputs, scores)
     training = pd.read_parquet(root / paths["train"], columns=[ID_COLUMN])
     with tempfile.TemporaryDirectory() as folder:
         ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
@@ -897,14 +914,25 @@ def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict
             client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
             version = mlflow.register_model(logged.model_uri, name).version
             run.registered = (name, version)  # deleted again if the stage fails from here on
-    decision["challenger"] = {"version": int(version), "score": challenger_score}
-    decision.update(promoted=promoted, outcome=outcome, reason=reason)
-    run.aliases = {"challenger": version, **({"champion": version} if promoted else {})}
+    decision = {
+        "registered_model": name,
+        "metric": settings.promotion_metric,
+        "margin": settings.promotion_margin,
+        "min_customers": settings.promotion_min_customers,
+        "test_customers": int(len(test)),
+        "compared_customers": found["compared_customers"],
+        "challenger": {"version": int(version), "score": found["challenger_score"]},
+        "champion_before": found["champion_before"],
+        "promoted": found["promoted"],
+        "outcome": found["outcome"],
+        "reason": found["reason"],
+    }
+    run.aliases = {"challenger": version, **({"champion": version} if found["promoted"] else {})}
     write_promotion(root / paths["promotion"], decision)
     run.set_tags(
         {
-            "promotion.decision": outcome,
-            "promotion.reason": reason,
+            "promotion.decision": decision["outcome"],
+            "promotion.reason": decision["reason"],
             "registry.version": version,
         }
     )
