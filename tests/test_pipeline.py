@@ -204,6 +204,14 @@ def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project)
     assert info.saved_input_example_info is not None
 
 
+def test_dvc_checkout_restores_the_promotion_record(project):
+    record = project / "reports" / "promotion.json"
+    saved = record.read_bytes()
+    record.unlink()
+    run(["dvc", "checkout", "-q", "reports/promotion.json"], project)
+    assert record.read_bytes() == saved
+
+
 # --- model quality on the held-out customers ---------------------------------------------
 
 
