@@ -248,10 +248,10 @@ def mlflow_key_part(part: str) -> str:
     """One part of a param or metric key (a column name, say) in a form MLflow accepts.
 
     A character MLflow refuses becomes ``_xHHHH_``, its UTF-16 code in hex (the escape of
-    names in XML and Office files): ``Contract (type)`` -> ``Contract _x0028_type_x0029_``.
+    names in XML and Office files): ``Plan (type)`` -> ``Plan _x0028_type_x0029_``.
     A literal ``_`` that would read as the start of such an escape is escaped itself
     (``_x005F_``), so two different parts never give the same key. Parts MLflow accepts
-    as they are (``cv_folds``, ``tenure``) do not change.
+    as they are (``cv_folds``, ``max_iter``) do not change.
     """
     out = []
     for index, char in enumerate(part):
