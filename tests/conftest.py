@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -139,6 +140,19 @@ def set_param(project: Path, file_name: str, dotted: str, value) -> None:
     path.write_text(yaml.safe_dump(content, sort_keys=False))
 
 
+def switch_to_own_data(project: Path, relative: str, schema: dict) -> None:
+    """Point a project copy at its own table by params only, as the README says: the file
+    in data/own versioned by DVC, the schema, and the params that name columns."""
+    run(["dvc", "add", "-q", relative], project)
+    set_param(project, "params/data.yaml", "data.source", relative)
+    set_param(project, "params/data.yaml", "data.sha256", None)
+    set_param(project, "params/data.yaml", "schema", schema)
+    set_param(project, "params/prepare.yaml", "prepare.fill_missing", {})
+    set_param(project, "params/explore.yaml", "explore.segments", list(schema["categorical"]))
+    set_param(project, "params/report.yaml", "report.segments", [])
+    set_param(project, "params/report.yaml", "report.sensitive_columns", [])
+
+
 @pytest.fixture(scope="session")
 def pipeline_project(tmp_path_factory) -> Path:
     """A fresh copy of the project after one full ``dvc repro`` of the default pipeline."""
@@ -172,6 +186,31 @@ def pipeline_model(project: Path):
         project / "models" / "model.skops", project / "models" / "features.json"
     )
     return model, features, pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+
+
+def registered_model(project: Path) -> str:
+    """The registered model's name, from the project's tracking settings."""
+    from churnlab.tracking import load_settings
+
+    return load_settings(project, {}).registered_model
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """A file or folder nobody may change, root included (``chattr +i``), for a block."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
 
 
 def assert_champion_scores_like_the_model_file(project: Path) -> None:

@@ -12,7 +12,7 @@ from churnlab.data import SplitPlan
 from churnlab.errors import ChurnlabError
 from churnlab.fetch import TELCO_SHA256, check_digest, fetch_raw
 
-from conftest import copy_project, run, set_param, tool_env
+from conftest import copy_project, set_param, switch_to_own_data, tool_env
 
 
 def test_telco_data_is_the_checked_file(telco_csv):
@@ -164,12 +164,7 @@ def test_churnlab_fetch_refuses_unusable_data_and_keeps_raw_data_and_lock(
 ):
     project = copy_project(tmp_path / "project")
     own_csv(project / "data" / "own" / "small.csv", leavers, rows)
-    run(["dvc", "add", "data/own/small.csv"], project)  # own data is versioned by DVC
-    set_param(project, "params/data.yaml", "data.source", "data/own/small.csv")
-    set_param(project, "params/data.yaml", "data.sha256", None)
-    set_param(project, "params/data.yaml", "schema", OWN_SCHEMA)
-    set_param(project, "params/prepare.yaml", "prepare.fill_missing", {})
-    set_param(project, "params/explore.yaml", "explore.segments", ["plan"])
+    switch_to_own_data(project, "data/own/small.csv", OWN_SCHEMA)
     raw = project / "data" / "raw" / "churn.csv"
     own_csv(raw, 10, 60)  # the good raw data of an earlier run
     kept = {path: path.read_bytes() for path in (raw, project / "dvc.lock")}

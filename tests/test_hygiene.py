@@ -30,6 +30,7 @@ def _lockfile():
     spec.loader.exec_module(module)
     return module
 
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.py"))
 
 

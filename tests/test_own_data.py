@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_project, run, set_param
+from conftest import copy_project, run, set_param, switch_to_own_data
 
 pytestmark = pytest.mark.pipeline
 
@@ -59,12 +59,7 @@ def switched(tmp_path_factory):
     run(["dvc", "repro"], project)
     table, schema = own_table()
     table.to_csv(project / "data" / "own" / "accounts.csv", index=False)
-    run(["dvc", "add", "-q", "data/own/accounts.csv"], project)
-    set_param(project, "params/data.yaml", "data.source", "data/own/accounts.csv")
-    set_param(project, "params/data.yaml", "data.sha256", None)
-    set_param(project, "params/data.yaml", "schema", schema)
-    set_param(project, "params/prepare.yaml", "prepare.fill_missing", {})
-    set_param(project, "params/explore.yaml", "explore.segments", [])
+    switch_to_own_data(project, "data/own/accounts.csv", schema)
     set_param(
         project,
         "params/report.yaml",

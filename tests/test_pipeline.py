@@ -33,6 +33,7 @@ from conftest import (
     assert_champion_scores_like_the_model_file,
     free_port,
     pipeline_model,
+    registered_model,
     run,
     set_param,
 )
@@ -75,9 +76,7 @@ def restore(project):
 
 @pytest.mark.parametrize("name", ["prepare.json", "cv.json", "test.json"])
 def test_metrics_equal_the_committed_ones_bit_for_bit(user_project, name):
-    assert (user_project / "metrics" / name).read_bytes() == (
-        ROOT / "metrics" / name
-    ).read_bytes()
+    assert (user_project / "metrics" / name).read_bytes() == (ROOT / "metrics" / name).read_bytes()
 
 
 def test_the_run_leaves_git_clean_so_dvc_lock_reproduces(user_project):
@@ -202,9 +201,17 @@ def test_the_champion_loads_by_alias_and_scores_like_the_pipeline_model(project)
     assert_champion_scores_like_the_model_file(project)
     features = json.loads((project / "models" / "features.json").read_text())
     with fluent_uri(f"sqlite:///{project / 'mlflow.db'}"):
-        info = mlflow.models.get_model_info("models:/churnlab-churn@champion")
+        info = mlflow.models.get_model_info(f"models:/{registered_model(project)}@champion")
     assert info.signature.inputs.input_names() == features["numeric"] + features["categorical"]
     assert info.saved_input_example_info is not None
+
+
+def test_dvc_checkout_restores_the_promotion_record(project):
+    record = project / "reports" / "promotion.json"
+    saved = record.read_bytes()
+    record.unlink()
+    run(["dvc", "checkout", "-q", "reports/promotion.json"], project)
+    assert record.read_bytes() == saved
 
 
 # --- model quality on the held-out customers ---------------------------------------------
@@ -278,7 +285,7 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
     assert parent.info.run_name == "cost-rule" and parent.info.status == "FINISHED"
     decision = json.loads((project / "reports" / "promotion.json").read_text())
     assert decision["promoted"] is False  # the same model: the champion is kept
-    champion = client.get_model_version_by_alias("churnlab-churn", "champion")
+    champion = client.get_model_version_by_alias(registered_model(project), "champion")
     assert int(champion.version) == decision["champion_before"]["version"]
 
 
@@ -380,7 +387,8 @@ def test_an_unknown_hyper_parameter_fails_cleanly(restore):
 
 def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
     client, _ = tracked_runs(restore)
-    versions = len(client.search_model_versions("name = 'churnlab-churn'"))
+    name = registered_model(restore)
+    versions = len(client.search_model_versions(f"name = '{name}'"))
     set_param(restore, "params/evaluate.yaml", "evaluate.gates.min_roc_auc", 0.99)
     set_param(restore, "params/evaluate.yaml", "evaluate.importance_repeats", 1)  # faster
     assert_fails_cleanly(restore, "quality gate min_roc_auc missed: roc_auc = 0.")
@@ -389,7 +397,7 @@ def test_a_missed_quality_gate_fails_the_notebook_cleanly(restore):
     assert (failed.info.run_name, failed.info.status) == ("evaluate", "FAILED")
     parent = client.get_run(failed.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED"
-    assert len(client.search_model_versions("name = 'churnlab-churn'")) == versions
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
 
 
 def test_an_unreachable_tracking_server_stops_before_any_output_changes(restore):

@@ -476,7 +476,7 @@ def test_every_stage_command_goes_through_the_launcher():
         name: "bin/churnlab" for name in stages
     }
     readme = (ROOT / "README.md").read_text()
-    experiments = readme[readme.index("## Experiments") :].split("```")[1]
+    experiments = readme[readme.index("## Comparing experiments") :].split("```")[1]
     assert "dvc exp run" in experiments
     for line in filter(None, experiments.splitlines()):
-        assert line.startswith(".venv/bin/dvc ") or line.startswith("git "), line
+        assert line.startswith((".venv/bin/dvc ", "git ", "make ")), line

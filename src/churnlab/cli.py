@@ -13,13 +13,14 @@ from churnlab.errors import ChurnlabError
 
 @contextlib.contextmanager
 def _tracked(root, default_stage: str):
-    """Record a stage that is not a notebook (fetch, report) like the notebook stages."""
-    from churnlab.runner import load_stage
+    """Record a stage that is not a notebook (fetch, report) like the notebook stages; when
+    recording fails, the stage fails and its earlier outputs come back."""
+    from churnlab.runner import _OutputGuard, load_stage
     from churnlab.tracking import Tracker, record_stage, tracked_stage
 
     tracker = Tracker.open(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
-    with tracked_stage(root, stage, tracker) as run:
+    with _OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracker) as run:
         yield
         if run is not None:
             record_stage(run, root, stage)

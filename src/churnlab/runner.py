@@ -239,7 +239,7 @@ def declared_parameters(nb, notebook: Path) -> set[str]:
 
     A parameter whose default is ``param("a.b")`` (its value in ``params/``, see
     :mod:`churnlab.notebook`) must be named after its key (``a_b``), so that the cell reads
-    as the contract it is: the runner passes ``a.b`` to exactly that name.
+    as the interface it is: the runner passes ``a.b`` to exactly that name.
 
     Raises:
         ChurnlabError: no ``parameters`` cell, or more than one; a ``param("key")`` default
@@ -640,7 +640,13 @@ def run_stage(
     from papermill.exceptions import PapermillExecutionError
 
     from churnlab.param_rules import check_params
-    from churnlab.tracking import Tracker, record_stage, tracked_stage
+    from churnlab.tracking import (
+        Tracker,
+        promotion_output,
+        record_no_promotion,
+        record_stage,
+        tracked_stage,
+    )
 
     root = root or project_root()
     check_unread_params(root)
@@ -662,9 +668,12 @@ def run_stage(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
     )
     tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
+    promotion = promotion_output(root, stage)  # written by tracking, not by the notebook
     started = time.perf_counter()
     secrets = secret_values(stage.values)
-    with tracked_stage(root, stage, tracker) as run, _OutputGuard(root, name, stage.outs):
+    # The guard encloses the stage run, so a failure to record the stage, up to the very last
+    # write (the registry's aliases), puts the earlier outputs back.
+    with _OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracker) as run:
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -704,7 +713,8 @@ def run_stage(
         not_written = [
             o
             for o in stage.outs
-            if o not in (stage.executed_path, stage.html_path) and not (root / o).exists()
+            if o not in (stage.executed_path, stage.html_path, promotion)
+            and not (root / o).exists()
         ]
         if not_written:
             raise ChurnlabError(
@@ -716,6 +726,8 @@ def run_stage(
         _write_text(root / stage.html_path, to_html(clean))
         if run is not None:  # inside the guard: a failure to record restores the outputs
             record_stage(run, root, stage, clean)
+        if promotion and not (root / promotion).exists():  # so that the output always exists
+            record_no_promotion(root, promotion, run is not None, name)
     failed.unlink(missing_ok=True)
     print(
         f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "

@@ -5,9 +5,11 @@ Each stage that runs is an MLflow run, nested under one parent run per pipeline 
 parent gathers every param the stages read, every metric they wrote, the data lineage, the git
 commit and the DVC experiment name; the stage runs hold their executed notebooks, HTML and
 figures. After the stage named by ``tracking.register_stage`` succeeds (its quality gates
-passed), the model is logged with a signature and an input example, registered with the alias
-``challenger``, scored against the ``champion`` on the same test customers and promoted when
-it is better by ``tracking.promotion.margin``.
+passed), the model is logged with a signature, an input example and the ids of its training
+customers, registered, and compared with the ``champion`` on test customers neither model was
+trained on. The aliases (``challenger``, and ``champion`` when promoted) move as the very last
+step of a successful stage; a stage that fails leaves them where they were and deletes the
+version it registered.
 
 Nothing here runs at import time. Settings come from ``params/tracking.yaml``; the
 ``MLFLOW_TRACKING_URI`` environment variable wins over ``tracking.uri``; ``CHURNLAB_TRACKING=off``
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,11 +35,15 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from churnlab.config import flatten
 from churnlab.errors import ChurnlabError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 SETTINGS_FILE = "params/tracking.yaml"
 DEFAULT_STORE = "mlflow.db"  # in the project root, git-ignored
@@ -44,6 +51,8 @@ ARTIFACT_DIR = "mlruns"  # the embedded store's artifacts, git-ignored
 PROMOTION_METRICS = {"roc_auc": True, "pr_auc": True, "brier": False}  # higher is better?
 TAG_PIPELINE = "churnlab.pipeline"
 TAG_HOST, TAG_PID, TAG_STARTED = "churnlab.host", "churnlab.pid", "churnlab.process_start"
+TRAINING_IDS = "training/customer_ids.parquet"  # run artifact: whom the model was trained on
+MODEL_FILE = "model.skops"  # the model inside a registered version (mlflow.sklearn, skops)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class Settings:
     register_stage: str
     promotion_metric: str
     promotion_margin: float
+    promotion_min_customers: int = 200
 
 
 def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,7 +105,18 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
         register_stage=content["register_stage"],
         promotion_metric=metric,
         promotion_margin=float(content["promotion"]["margin"]),
+        promotion_min_customers=content["promotion"]["min_customers"],
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first telling line of an error, short enough for a one-line message."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.startswith("(raised as a result of")  # SQLAlchemy's note
+    ]
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def display_uri(uri: str) -> str:
@@ -176,12 +197,78 @@ def git_state(root: Path, ignore: set[str] = frozenset()) -> tuple[str | None, b
 
 # --- what gets logged ------------------------------------------------------------------------
 
+# What MLflow accepts in one part of a param or metric key (its own rule, less the colon that
+# Windows refuses); '.' joins the parts and '/' makes a key a path, so both are escaped too.
+_KEY_CHARACTER = re.compile(r"[\w\- ]")
+_ESCAPE_LOOKALIKE = re.compile(r"_x[0-9A-F]{4}")
+
+
+def _escape_character(char: str) -> str:
+    units = char.encode("utf-16-be")  # beyond U+FFFF: two escapes, so every escape has 4 digits
+    return "".join(f"_x{units[i]:02X}{units[i + 1]:02X}_" for i in range(0, len(units), 2))
+
+
+def mlflow_key_part(part: str) -> str:
+    """One part of a param or metric key (a column name, say) in a form MLflow accepts.
+
+    A character MLflow refuses becomes ``_xHHHH_``, its UTF-16 code in hex (the escape of
+    names in XML and Office files): ``Plan (type)`` -> ``Plan _x0028_type_x0029_``.
+    A literal ``_`` that would read as the start of such an escape is escaped itself
+    (``_x005F_``), so two different parts never give the same key. Parts MLflow accepts
+    as they are (``cv_folds``, ``max_iter``) do not change.
+    """
+    out = []
+    for index, char in enumerate(part):
+        following = part[index + 6 : index + 7]
+        if (
+            char == "_"
+            and _ESCAPE_LOOKALIKE.match(part, index)
+            and following
+            and (following == "_" or not _KEY_CHARACTER.fullmatch(following))
+        ):
+            out.append("_x005F_")  # the next characters would end as an escape: _xHHHH_
+        elif _KEY_CHARACTER.fullmatch(char):
+            out.append(char)
+        else:
+            out.append(_escape_character(char))
+    return "".join(out)
+
+
+def mlflow_keys(tree: Any) -> Any:
+    """Nested mappings with every key made an MLflow key part (see ``mlflow_key_part``)."""
+    if not isinstance(tree, Mapping):
+        return tree
+    return {mlflow_key_part(str(key)): mlflow_keys(value) for key, value in tree.items()}
+
+
+def shorten_key(key: str) -> str:
+    """A key within MLflow's 250 characters: a long one keeps its start and a digest."""
+    if len(key) <= 250:
+        return key
+    return f"{key[:233]}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def param_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """A stage's params as MLflow params: dotted keys, secrets masked, values as text.
+
+    The top-level keys are the param keys of ``dvc.yaml`` (``train``, ``paths.raw``); the
+    keys below them come from the data (column names in ``schema``) and are escaped.
+    """
+    from churnlab.secrets import masked_params
+
+    masked = masked_params(dict(params))
+    values = flatten({key: mlflow_keys(value) for key, value in masked.items()})
+    return {
+        shorten_key(key): value if isinstance(value, str) else json.dumps(value)
+        for key, value in values.items()
+    }
+
 
 def metric_values(name: str, content: Mapping) -> dict[str, float]:
     """The numbers of one metrics file as MLflow metrics: ``test.roc_auc``, ``cv.folds``."""
     return {
-        f"{name}.{key}": float(value)
-        for key, value in flatten(content).items()
+        shorten_key(f"{name}.{key}"): float(value)
+        for key, value in flatten(mlflow_keys(content)).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
@@ -261,13 +348,14 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
+        # it logs a database error with its traceback, then raises it: we report it once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         try:
             with store_lock(settings.uri):  # creating the client may create the database
                 tracker = cls(root, settings)
                 tracker.experiment_id()
         except Exception as exc:  # any failure to reach the store is the same to the user
-            text = str(exc).strip()
-            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+            reason = first_line(exc)
             where = display_uri(settings.uri)
             message = f"MLflow tracking store {where} cannot be reached ({reason})"
             if settings.on_unreachable == "continue":
@@ -288,6 +376,22 @@ class Tracker:
         """Serialise writers of an embedded SQLite store (a server needs no lock)."""
         return store_lock(self.settings.uri)
 
+    @contextlib.contextmanager
+    def store_errors(self, what: str) -> Iterator[None]:
+        """Any failure of the store or its artifacts while doing ``what`` becomes one
+        ChurnlabError naming the store (a read-only or full database, a server gone)."""
+        try:
+            yield
+        except ChurnlabError:
+            raise
+        except Exception as exc:
+            raise ChurnlabError(
+                f"MLflow tracking store {display_uri(self.settings.uri)}: {what} failed "
+                f"({first_line(exc)}); the stage failed and its earlier outputs are kept. Make "
+                "the store writable (permissions, free disk space, a running server) and run "
+                "the stage again"
+            ) from None
+
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.settings.experiment)
@@ -303,7 +407,11 @@ class Tracker:
         return self._experiment_id
 
     def mark_stale_runs(self) -> list[str]:
-        """Runs left RUNNING by a process that is gone become KILLED; returns their ids."""
+        """Runs left RUNNING by a process that is gone become KILLED; returns their ids.
+
+        A model version such a run registered but never got an alias (the process died before
+        the stage's last step) is deleted: the registry keeps no version of a failed run.
+        """
         killed = []
         runs = self.client.search_runs(
             [self.experiment_id()], "attributes.status = 'RUNNING'", max_results=1000
@@ -312,6 +420,9 @@ class Tracker:
             if not _alive(run.data.tags):
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 killed.append(run.info.run_id)
+                for version in self.client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+                    if not version.aliases:
+                        self.client.delete_model_version(version.name, version.version)
         return killed
 
     def _parent(self, outputs: set[str]) -> str:
@@ -340,58 +451,108 @@ class Tracker:
         run = self.client.create_run(self.experiment_id(), tags=tags, run_name=name)
         return run.info.run_id
 
+    def _fail(self, child: str | None, parent: str | None, exc: BaseException) -> None:
+        """Mark a stage run and its parent ended, as far as a failing store still allows."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception), self.locked():
+            if child is not None:
+                self.client.set_terminated(child, status)
+            if parent is not None:
+                self.client.update_run(parent, status=status)
+
     @contextlib.contextmanager
     def stage_run(self, stage: str, params: Mapping[str, Any], outputs: set[str]):
-        """A run for one stage under its pipeline run; FAILED (or KILLED) if the block raises."""
+        """A run for one stage under its pipeline run; FAILED (or KILLED) if the block raises.
+
+        The registry's aliases move only when the block succeeded, as the last write of the
+        stage; when anything fails, they stay where they were and a version registered by the
+        block is deleted. A failure of the store is one ChurnlabError naming it.
+        """
         from mlflow.entities import Param
 
-        from churnlab.secrets import masked_params
-
-        with self.locked():
-            killed = self.mark_stale_runs()
-            parent = self._parent(outputs)
-            tags = {
-                "mlflow.parentRunId": parent,
-                TAG_HOST: socket.gethostname(),
-                TAG_PID: str(os.getpid()),
-                TAG_STARTED: _process_start(os.getpid()) or "",
-                "churnlab.stage": stage,
-            }
-            child = self.client.create_run(self.experiment_id(), tags=tags, run_name=stage)
-            values = flatten(masked_params(dict(params)))
-            batch = [
-                Param(k, json.dumps(v) if not isinstance(v, str) else v)
-                for k, v in sorted(values.items())
-            ]
-            for run_id in (child.info.run_id, parent):
-                for start in range(0, len(batch), 100):
-                    self.client.log_batch(run_id, params=batch[start : start + 100])
+        child_id = parent = None
+        try:
+            with self.store_errors(f"starting the run of stage '{stage}'"), self.locked():
+                killed = self.mark_stale_runs()
+                parent = self._parent(outputs)
+                tags = {
+                    "mlflow.parentRunId": parent,
+                    TAG_HOST: socket.gethostname(),
+                    TAG_PID: str(os.getpid()),
+                    TAG_STARTED: _process_start(os.getpid()) or "",
+                    "churnlab.stage": stage,
+                }
+                child_id = self.client.create_run(
+                    self.experiment_id(), tags=tags, run_name=stage
+                ).info.run_id
+                batch = [Param(k, v) for k, v in sorted(param_values(params).items())]
+                for run_id in (child_id, parent):
+                    for start in range(0, len(batch), 100):
+                        self.client.log_batch(run_id, params=batch[start : start + 100])
+        except BaseException as exc:
+            self._fail(child_id, parent, exc)
+            raise
         if killed:
             print(
                 f"[tracking] marked {len(killed)} run(s) of dead processes KILLED", file=sys.stderr
             )
-        run = StageRun(self, child.info.run_id, parent)
+        run = StageRun(self, child_id, parent)
         try:
             yield run
+            with self.store_errors(f"finishing the run of stage '{stage}'"), self.locked():
+                run.publish()  # the last step: nothing after it can fail the stage
+                self.client.set_terminated(run.run_id, "FINISHED")
+                self.client.update_run(parent, status="FINISHED")
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             with contextlib.suppress(Exception), self.locked():
-                self.client.set_terminated(run.run_id, status)
-                self.client.update_run(parent, status=status)
+                run.withdraw()
+            self._fail(child_id, parent, exc)
             raise
-        with self.locked():
-            self.client.set_terminated(run.run_id, "FINISHED")
-            self.client.update_run(parent, status="FINISHED")
 
 
 class StageRun:
-    """What a stage logs into its own run (and, for params and metrics, the parent's)."""
+    """What a stage logs into its own run (and, for params and metrics, the parent's).
+
+    A model version registered by the stage and the aliases it should get are held here
+    until the stage has succeeded (``publish``), or undone when it failed (``withdraw``).
+    """
 
     def __init__(self, tracker: Tracker, run_id: str, parent_id: str):
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
         self.parent_id = parent_id
+        self.registered: tuple[str, str] | None = None  # (registered model, version)
+        self.aliases: dict[str, str] = {}  # alias -> version, moved by publish()
+        self._moved: dict[str, str | None] = {}  # alias -> the version it was on before
+
+    def publish(self) -> None:
+        """Move the aliases (the caller holds the store lock)."""
+        from mlflow.exceptions import MlflowException
+
+        if self.registered is None:
+            return
+        name = self.registered[0]
+        for alias, version in self.aliases.items():
+            try:
+                before = self.client.get_model_version_by_alias(name, alias).version
+            except MlflowException:
+                before = None
+            self._moved[alias] = before
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def withdraw(self) -> None:
+        """Put moved aliases back and delete the version this stage registered."""
+        if self.registered is None:
+            return
+        name, version = self.registered
+        for alias, before in self._moved.items():
+            if before is None:
+                self.client.delete_registered_model_alias(name, alias)
+            else:
+                self.client.set_registered_model_alias(name, alias, before)
+        self.client.delete_model_version(name, version)
+        self.registered = None
 
     def log_metrics(self, values: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
@@ -472,106 +633,312 @@ def promotion_decision(
     )
 
 
-def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict[str, Any]:
-    """Log the model, register it as ``challenger`` and promote it when it beats the champion.
+def input_columns(signature) -> list[tuple[str, str]]:
+    """A model signature's inputs as sorted ``(column, type)`` pairs."""
+    return sorted(
+        (spec.get("name", ""), str(spec.get("type"))) for spec in signature.inputs.to_dict()
+    )
 
-    The challenger and the champion are scored on the same test customers (the current
-    test split) with ``tracking.promotion.metric``. The decision, with both models' numbers,
-    goes to ``paths.promotion`` and onto the run as tags.
-    """
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (
+        f" and {len(names) - shown} more" if len(names) > shown else ""
+    )
+
+
+def describe_input_change(
+    champion: list[tuple[str, str]], challenger: list[tuple[str, str]]
+) -> str:
+    """How the champion's input columns differ from the challenger's, in a few words."""
+    old, new = dict(champion), dict(challenger)
+    parts = []
+    gone = sorted(set(old) - set(new))
+    if gone:
+        parts.append(f"it takes {len(gone)} column(s) the data no longer has: {_some(gone)}")
+    added = sorted(set(new) - set(old))
+    if added:
+        parts.append(f"the data has {len(added)} column(s) it does not take: {_some(added)}")
+    retyped = sorted(f"{c} {old[c]} -> {new[c]}" for c in set(old) & set(new) if old[c] != new[c])
+    if retyped:
+        parts.append(f"{len(retyped)} column(s) changed type: {_some(retyped)}")
+    return "; ".join(parts)
+
+
+def unseen_customers(
+    test_ids: pd.Series, labels: np.ndarray, trained_ids: set[str], minimum: int
+) -> tuple[np.ndarray, str | None]:
+    """The test customers the champion was not trained on (a mask), and why they are too
+    few to compare on (None when they are enough: ``minimum`` customers, both classes)."""
+    unseen = ~test_ids.astype(str).isin(trained_ids).to_numpy()
+    count, classes = int(unseen.sum()), len(set(labels[unseen].tolist()))
+    if count >= minimum and classes == 2:
+        return unseen, None
+    found = f"only {count} of the {len(labels)} test customers were not in its training data"
+    if count and classes < 2:
+        found += ", all of one class"
+    return unseen, (
+        f"{found}, and a comparison needs at least {minimum} such customers of both classes "
+        f"({SETTINGS_FILE} tracking.promotion.min_customers)"
+    )
+
+
+def _broken_version(client, name: str, version: str, exc: BaseException) -> ChurnlabError:
+    try:
+        where = f"{client.get_model_version_download_uri(name, version)}/{MODEL_FILE}"
+    except Exception:  # the store cannot say where: the registry URI still names it
+        where = f"models:/{name}/{version}"
+    return ChurnlabError(
+        f"{name} version {version}: the model file {where} cannot be loaded "
+        f"({first_line(exc)}): it was changed or damaged after it was registered. Point the "
+        "champion alias at a good version (MLflow UI, or MlflowClient."
+        "set_registered_model_alias) or register a new model (`dvc repro -f evaluate`)"
+    )
+
+
+@contextlib.contextmanager
+def _version_files(settings: Settings, client, version: str) -> Iterator[Path]:
+    """The files of a registered model version, in a temporary folder."""
+    import mlflow
+
+    name = settings.registered_model
+    with tempfile.TemporaryDirectory() as folder:
+        with store_lock(settings.uri), fluent_uri(settings.uri):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=folder
+            )
+        yield Path(local)
+
+
+def _training_ids(settings: Settings, client, run_id: str) -> set[str] | None:
+    """The ids of the customers a registered model was trained on; None when not recorded."""
     import mlflow
     import pandas as pd
+
+    folder = TRAINING_IDS.rpartition("/")[0]
+    if not any(a.path == TRAINING_IDS for a in client.list_artifacts(run_id, folder)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=TRAINING_IDS, dst_path=tmp, tracking_uri=settings.uri
+        )
+        return set(pd.read_parquet(local).iloc[:, 0].astype(str))
+
+
+def write_promotion(path: Path, decision: Mapping[str, Any]) -> None:
+    """Write the promotion record; a folder that cannot be written is a ChurnlabError."""
+    from churnlab.files import write_json
+
+    try:
+        write_json(path, dict(decision))
+    except OSError as exc:
+        raise ChurnlabError(
+            f"{path}: cannot write the promotion record ({exc.strerror or exc}): make "
+            f"{path.parent} writable and run the stage again; the registry is unchanged"
+        ) from None
+
+
+def _compare_with_champion(
+    settings: Settings, client, champion, signature, test, inputs, scores
+) -> dict[str, Any]:
+    """The promotion decision against the current champion (None: there is none).
+
+    Returns the decision's fields: ``champion_before``, ``compared_customers``,
+    ``challenger_score``, ``promoted``, ``outcome`` and ``reason``.
+    """
+    import mlflow
+    import skops.io
     from mlflow.exceptions import MlflowException
-    from mlflow.models import infer_signature
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-    from churnlab.data import TARGET_COLUMN
-    from churnlab.files import write_json
-    from churnlab.model import TRUSTED_TYPES, load_model, model_input
+    from churnlab.data import ID_COLUMN, TARGET_COLUMN
+    from churnlab.model import TRUSTED_TYPES
 
-    settings = run.tracker.settings
-    client = run.client
-    model, features = load_model(root / paths["model"], root / paths["features"])
-    test = pd.read_parquet(root / paths["test"])
-    inputs = model_input(test, features["numeric"], features["categorical"])
-    labels = test[TARGET_COLUMN].to_numpy()
-    example = inputs.head(5)
-    signature = infer_signature(example, model.predict_proba(example))
-    with run.tracker.locked(), fluent_uri(settings.uri), mlflow.start_run(run_id=run.run_id):
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=TRUSTED_TYPES,
-            pyfunc_predict_fn="predict_proba",
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
-        )
-        client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it
-        version = mlflow.register_model(info.model_uri, settings.registered_model)
-        client.set_registered_model_alias(settings.registered_model, "challenger", version.version)
-        try:
-            champion = client.get_model_version_by_alias(settings.registered_model, "champion")
-        except MlflowException:
-            champion = None
     scorer = {
         "roc_auc": roc_auc_score,
         "pr_auc": average_precision_score,
         "brier": brier_score_loss,
     }[settings.promotion_metric]
+    labels = test[TARGET_COLUMN].to_numpy()
+    found: dict[str, Any] = {
+        "champion_before": None,
+        "compared_customers": None,
+        "challenger_score": float(scorer(labels, scores)),  # on every test customer
+    }
+    if champion is None:
+        return {**found, "promoted": True, "outcome": "promoted", "reason": "there was no champion"}
+    name, version = settings.registered_model, champion.version
+    found["champion_before"] = {"version": int(version), "score": None}
+    before = f"the champion (version {version})"
+    with store_lock(settings.uri), fluent_uri(settings.uri):
+        try:
+            info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+        except MlflowException as exc:
+            raise _broken_version(client, name, version, exc) from None
+    theirs = input_columns(info.signature) if info.signature else []
+    if theirs != input_columns(signature):
+        change = describe_input_change(theirs, input_columns(signature))
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} takes other inputs ({change}): another data schema, so a new "
+            "lineage starts and the challenger becomes champion without a comparison",
+        }
+    trained_ids = _training_ids(settings, client, champion.run_id)
+    if trained_ids is None:
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} has no record of the customers it was trained on, so no fair "
+            "comparison can be made: a new lineage starts and the challenger becomes champion",
+        }
+    unseen, too_few = unseen_customers(
+        test[ID_COLUMN], labels, trained_ids, settings.promotion_min_customers
+    )
+    found["compared_customers"] = int(unseen.sum())
+    if too_few:
+        return {
+            **found,
+            "promoted": False,
+            "outcome": "not compared",
+            "reason": f"the models cannot be compared: {too_few}; {before} is kept",
+        }
+    with _version_files(settings, client, version) as folder:
+        try:
+            theirs_model = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
+            their_scores = theirs_model.predict_proba(inputs[unseen])[:, 1]
+        except Exception as exc:  # skops, zip: whatever the damage, the same advice
+            raise _broken_version(client, name, version, exc) from None
+    found["challenger_score"] = float(scorer(labels[unseen], scores[unseen]))
+    found["champion_before"]["score"] = float(scorer(labels[unseen], their_scores))
+    promoted, reason = promotion_decision(
+        found["challenger_score"],
+        found["champion_before"]["score"],
+        settings.promotion_metric,
+        settings.promotion_margin,
+    )
+    return {
+        **found,
+        "promoted": promoted,
+        "outcome": "promoted" if promoted else "kept champion",
+        "reason": f"{reason}, on the {int(unseen.sum())} test customers neither was trained on",
+    }
 
-    def score(model_uri: str) -> float:
-        with run.tracker.locked(), fluent_uri(settings.uri):
-            loaded = mlflow.pyfunc.load_model(model_uri)
-        return float(scorer(labels, pd.DataFrame(loaded.predict(inputs)).iloc[:, 1]))
 
-    challenger_score = score(f"models:/{settings.registered_model}/{version.version}")
-    decision: dict[str, Any] = {
-        "registered_model": settings.registered_model,
+def log_and_promote(run: StageRun, root: Path, paths: Mapping[str, str]) -> dict[str, Any]:
+    """Decide on promotion, log and register the model, and hold the alias moves for the end.
+
+    The challenger and the champion are compared with ``tracking.promotion.metric`` only on
+    test customers neither of them was trained on (the ids the champion was trained on are
+    an artifact of its run). A champion that takes other input columns, or whose training
+    customers are not recorded, starts a new lineage: the challenger becomes champion. With
+    too few customers to compare on, the champion is kept. The decision goes to
+    ``paths.promotion`` and onto the run as tags; the aliases move only when the whole stage
+    has succeeded (``StageRun.publish``).
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import infer_signature
+
+    from churnlab.data import ID_COLUMN
+    from churnlab.model import TRUSTED_TYPES, load_model, model_input
+
+    settings = run.tracker.settings
+    client = run.client
+    name = settings.registered_model
+    model, features = load_model(root / paths["model"], root / paths["features"])
+    test = pd.read_parquet(root / paths["test"])
+    inputs = model_input(test, features["numeric"], features["categorical"])
+    example = inputs.head(5)
+    signature = infer_signature(example, model.predict_proba(example))
+    scores = model.predict_proba(inputs)[:, 1]  # the challenger, from memory
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    found = _compare_with_champion(settings, client, champion, signature, test, inputs, scores)
+    training = pd.read_parquet(root / paths["train"], columns=[ID_COLUMN])
+    with tempfile.TemporaryDirectory() as folder:
+        ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
+        training.to_parquet(ids_file, index=False)
+        with run.tracker.locked(), fluent_uri(settings.uri), mlflow.start_run(run_id=run.run_id):
+            logged = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=TRUSTED_TYPES,
+                pyfunc_predict_fn="predict_proba",
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
+            )
+            client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it
+            client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
+            version = mlflow.register_model(logged.model_uri, name).version
+            run.registered = (name, version)  # deleted again if the stage fails from here on
+    decision = {
+        "registered_model": name,
         "metric": settings.promotion_metric,
         "margin": settings.promotion_margin,
-        "test_customers": int(len(labels)),
-        "challenger": {
-            "version": int(version.version),
-            "run_id": run.run_id,
-            "score": challenger_score,
-        },
+        "min_customers": settings.promotion_min_customers,
+        "test_customers": int(len(test)),
+        "compared_customers": found["compared_customers"],
+        "challenger": {"version": int(version), "score": found["challenger_score"]},
+        "champion_before": found["champion_before"],
+        "promoted": found["promoted"],
+        "outcome": found["outcome"],
+        "reason": found["reason"],
     }
-    champion_score = None
-    decision["champion_before"] = None
-    if champion is not None:
-        champion_score = score(f"models:/{settings.registered_model}/{champion.version}")
-        decision["champion_before"] = {
-            "version": int(champion.version),
-            "run_id": champion.run_id,
-            "score": champion_score,
-        }
-    promoted, reason = promotion_decision(
-        challenger_score, champion_score, settings.promotion_metric, settings.promotion_margin
-    )
-    decision["promoted"] = promoted
-    decision["reason"] = reason
-    if promoted:
-        with run.tracker.locked():
-            client.set_registered_model_alias(
-                settings.registered_model, "champion", version.version
-            )
-    write_json(root / paths["promotion"], decision)
+    run.aliases = {"challenger": version, **({"champion": version} if found["promoted"] else {})}
+    write_promotion(root / paths["promotion"], decision)
     run.set_tags(
         {
-            "promotion.decision": "promoted" if promoted else "kept champion",
-            "promotion.reason": reason,
-            "registry.version": version.version,
+            "promotion.decision": decision["outcome"],
+            "promotion.reason": decision["reason"],
+            "registry.version": version,
         }
     )
     run.log_files([root / paths["promotion"]])
     return decision
 
 
+def record_no_promotion(root: Path, path: str, tracked: bool, stage: str) -> None:
+    """The promotion record of a stage that declares it but registered nothing."""
+    if tracked:
+        reason = (
+            f"stage '{stage}' writes the promotion record but is not {SETTINGS_FILE} "
+            "tracking.register_stage: no model was registered and the aliases did not move"
+        )
+    else:
+        reason = (
+            "tracking was off (CHURNLAB_TRACKING, tracking.enabled, or an unreachable store "
+            f"with tracking.on_unreachable: continue in {SETTINGS_FILE}): no model was "
+            "registered and the aliases did not move"
+        )
+    write_promotion(
+        root / path,
+        {"promoted": False, "outcome": "not registered", "tracked": tracked, "reason": reason},
+    )
+
+
+def promotion_output(root: Path, stage) -> str | None:
+    """``paths.promotion`` when the stage declares it as an output, else None."""
+    from churnlab.config import load_params
+
+    path = (load_params(root).get("paths") or {}).get("promotion")
+    return path if path in stage.outs else None
+
+
 def record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     """Log what a finished stage produced: metrics, notebook and HTML, figures, lineage;
     after the register stage, the model and the promotion decision."""
+    with run.tracker.store_errors(f"recording stage '{stage.name}'"):
+        _record_stage(run, root, stage, nb)
+
+
+def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     from churnlab.config import get_key, load_params
 
     metrics = {}
@@ -616,7 +983,8 @@ def load_champion(root: Path | None = None):
     ``model.predict(frame)`` gives, per customer, the probabilities of staying and leaving.
 
     Raises:
-        ChurnlabError: no store, or no champion yet.
+        ChurnlabError: no store, no champion yet, or a model file that does not load
+            (changed or damaged after it was registered), naming the version and the file.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -625,11 +993,17 @@ def load_champion(root: Path | None = None):
 
     root = root or project_root()
     settings = load_settings(root)
+    name = settings.registered_model
+    client = mlflow.MlflowClient(settings.uri)
     try:
-        with store_lock(settings.uri), fluent_uri(settings.uri):
-            return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}@champion")
+        with store_lock(settings.uri):
+            version = client.get_model_version_by_alias(name, "champion").version
     except MlflowException as exc:
         raise ChurnlabError(
-            f"no champion of '{settings.registered_model}' in {display_uri(settings.uri)}: "
-            f"{str(exc).splitlines()[0][:200]}"
+            f"no champion of '{name}' in {display_uri(settings.uri)}: {first_line(exc)}"
         ) from None
+    with _version_files(settings, client, version) as folder:
+        try:
+            return mlflow.pyfunc.load_model(str(folder))
+        except Exception as exc:  # skops, zip, YAML: whatever the damage, the same advice
+            raise _broken_version(client, name, version, exc) from None
