@@ -44,9 +44,9 @@ from churnlab.model import build_model, cross_validate, fit_model, save_model
 
 train = pd.read_parquet(paths_train)
 numeric, categorical = feature_columns(train)
-hyperparams = {"logistic_regression": train_logistic_regression,
-               "gradient_boosting": train_gradient_boosting}.get(train_family, {})
-model = build_model(numeric, categorical, train_family, hyperparams, train_seed)
+model = build_model(numeric, categorical, train_family, train_seed,
+                    logistic_regression=train_logistic_regression,
+                    gradient_boosting=train_gradient_boosting)
 print(model)
 
 # %% keep_output=true

@@ -60,15 +60,15 @@ test = pd.read_parquet(paths_test)
 oof = pd.read_parquet(paths_oof_scores)
 labels = test[TARGET_COLUMN].to_numpy()
 scores = predict_scores(model, test, features)
-costs = {"cost_missed_churner": evaluate_cost_missed_churner,
-         "cost_wasted_offer": evaluate_cost_wasted_offer}
 
 # %% [markdown]
 # ## The decision threshold
 
 # %%
 threshold = choose_threshold(oof[TARGET_COLUMN].to_numpy(), oof["score"].to_numpy(),
-                             {"threshold_rule": evaluate_threshold_rule, **costs})
+                             evaluate_threshold_rule,
+                             cost_missed_churner=evaluate_cost_missed_churner,
+                             cost_wasted_offer=evaluate_cost_wasted_offer)
 print(f"rule {evaluate_threshold_rule!r}: contact customers with a churn score >= "
       f"{threshold:.4f}")
 
@@ -77,7 +77,9 @@ print(f"rule {evaluate_threshold_rule!r}: contact customers with a churn score >
 
 # %%
 metrics = evaluate_scores(labels, scores, oof[TARGET_COLUMN].to_numpy(), threshold,
-                          evaluate_top_fraction, costs)
+                          evaluate_top_fraction,
+                          cost_missed_churner=evaluate_cost_missed_churner,
+                          cost_wasted_offer=evaluate_cost_wasted_offer)
 headline = ["roc_auc", "pr_auc", "brier", "accuracy", "f1", "precision", "recall",
             "top_lift", "top_capture_rate"]
 pd.DataFrame({"model": [metrics[k] for k in headline],

@@ -26,7 +26,7 @@ def brute_force(objective):
 
 def test_max_f1_threshold_matches_brute_force():
     expected = brute_force(lambda predicted: f1_score(LABELS, predicted))
-    assert choose_threshold(LABELS, SCORES, {"threshold_rule": "max_f1"}) == expected
+    assert choose_threshold(LABELS, SCORES, "max_f1") == expected
 
 
 def test_cost_threshold_matches_brute_force():
@@ -35,19 +35,14 @@ def test_cost_threshold_matches_brute_force():
         wasted = ((predicted == 1) & (LABELS == 0)).sum()
         return -(10.0 * missed + 1.0 * wasted)
 
-    rule = {"threshold_rule": "cost", **COSTS}
-    assert choose_threshold(LABELS, SCORES, rule) == brute_force(negative_cost)
+    assert choose_threshold(LABELS, SCORES, "cost", **COSTS) == brute_force(negative_cost)
 
 
 def test_an_unknown_rule_or_a_bad_cost_is_named():
     with pytest.raises(ChurnlabError, match="evaluate.threshold_rule: 'max_auc'"):
-        choose_threshold(LABELS, SCORES, {"threshold_rule": "max_auc"})
+        choose_threshold(LABELS, SCORES, "max_auc")
     with pytest.raises(ChurnlabError, match="evaluate.cost_wasted_offer"):
-        choose_threshold(
-            LABELS,
-            SCORES,
-            {"threshold_rule": "cost", "cost_missed_churner": 1, "cost_wasted_offer": "cheap"},
-        )
+        choose_threshold(LABELS, SCORES, "cost", cost_missed_churner=1, cost_wasted_offer="cheap")
 
 
 def test_top_decile_lift_and_capture():
@@ -60,7 +55,7 @@ def test_top_decile_lift_and_capture():
 
 
 def test_metrics_against_baseline_and_gates():
-    metrics = evaluate_scores(LABELS, SCORES, LABELS, 0.5, 0.1, COSTS)
+    metrics = evaluate_scores(LABELS, SCORES, LABELS, 0.5, 0.1, **COSTS)
     assert metrics["baseline"]["roc_auc"] == 0.5 and metrics["baseline"]["recall"] == 0.0
     assert metrics["roc_auc"] > 0.7 and metrics["brier_skill"] > 0
     confusion = metrics["confusion"]

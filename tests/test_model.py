@@ -44,7 +44,7 @@ def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
 def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family):
     table = customers()
     hyper = {"max_iter": 30} if family == "gradient_boosting" else {"C": 1.0}
-    model = build_model(NUMERIC, CATEGORICAL, family, hyper, seed=1)
+    model = build_model(NUMERIC, CATEGORICAL, family, seed=1, **{family: hyper})
     folds, oof = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 3, 1)
     assert len(folds) == 3 and oof.shape == (len(table),) and ((0 <= oof) & (oof <= 1)).all()
     fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
@@ -59,7 +59,9 @@ def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family):
 
 def test_the_same_model_gives_the_same_bytes(tmp_path):
     table = customers()
-    model = build_model(NUMERIC, CATEGORICAL, "gradient_boosting", {"max_iter": 20}, seed=1)
+    model = build_model(
+        NUMERIC, CATEGORICAL, "gradient_boosting", seed=1, gradient_boosting={"max_iter": 20}
+    )
     first = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
     second = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
     assert skops.io.dumps(first) != skops.io.dumps(second)  # what canonical_skops fixes
@@ -90,7 +92,7 @@ def test_a_model_file_with_an_untrusted_type_does_not_load(tmp_path):
 )
 def test_bad_model_params_are_named(family, hyper, message):
     with pytest.raises(ChurnlabError, match=message):
-        build_model(NUMERIC, CATEGORICAL, family, hyper, seed=1)
+        build_model(NUMERIC, CATEGORICAL, family, seed=1, **{family: hyper})
 
 
 def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
@@ -100,7 +102,7 @@ def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
 
 def test_more_folds_than_leavers_in_training_is_a_clear_error():
     table = customers(60).assign(**{TARGET_COLUMN: [1] * 4 + [0] * 56})
-    model = build_model(NUMERIC, CATEGORICAL, "logistic_regression", {}, seed=1)
+    model = build_model(NUMERIC, CATEGORICAL, "logistic_regression", seed=1)
     with pytest.raises(
         ChurnlabError,
         match=r"train.cv_folds: 5 folds need at least 5 leavers and 5 stayers in the training "
@@ -119,7 +121,8 @@ def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path):
         "from test_model import NUMERIC, CATEGORICAL, customers;"
         "from churnlab.data import TARGET_COLUMN;"
         "from churnlab.model import build_model, fit_model, save_model;"
-        "m = build_model(NUMERIC, CATEGORICAL, 'gradient_boosting', {'max_iter': 20}, seed=1);"
+        "m = build_model(NUMERIC, CATEGORICAL, 'gradient_boosting', 1,"
+        " gradient_boosting={'max_iter': 20});"
         "f = fit_model(m, customers(200), NUMERIC, CATEGORICAL, TARGET_COLUMN);"
         "save_model(f, {}, Path(sys.argv[1]) / 'model.skops', Path(sys.argv[1]) / 'f.json')"
     )

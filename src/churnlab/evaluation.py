@@ -24,13 +24,19 @@ from churnlab.errors import ChurnlabError
 THRESHOLD_RULES = ("max_f1", "cost")
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, evaluate: dict) -> float:
+def choose_threshold(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    rule: str,
+    cost_missed_churner: float | None = None,
+    cost_wasted_offer: float | None = None,
+) -> float:
     """The decision threshold by the rule in params, chosen on out-of-fold training scores.
 
     ``max_f1`` maximises F1; ``cost`` minimises
     ``cost_missed_churner * FN + cost_wasted_offer * FP``. Ties go to the highest threshold.
     """
-    rule = evaluate.get("threshold_rule")
+    costs = {"cost_missed_churner": cost_missed_churner, "cost_wasted_offer": cost_wasted_offer}
     if rule not in THRESHOLD_RULES:
         raise ChurnlabError(
             f"params/evaluate.yaml evaluate.threshold_rule: '{rule}' is not one of "
@@ -48,15 +54,12 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, evaluate: dict) -> 
     if rule == "max_f1":
         objective = 2 * true_pos / np.maximum(2 * true_pos + false_pos + false_neg, 1)
     else:
-        for key in ("cost_missed_churner", "cost_wasted_offer"):
-            if not isinstance(evaluate.get(key), (int, float)) or evaluate[key] < 0:
+        for key, value in costs.items():
+            if not isinstance(value, (int, float)) or value < 0:
                 raise ChurnlabError(
-                    f"params/evaluate.yaml evaluate.{key}: expected a number "
-                    f">= 0, found {evaluate.get(key)!r}"
+                    f"params/evaluate.yaml evaluate.{key}: expected a number >= 0, found {value!r}"
                 )
-        objective = -(
-            evaluate["cost_missed_churner"] * false_neg + evaluate["cost_wasted_offer"] * false_pos
-        )
+        objective = -(cost_missed_churner * false_neg + cost_wasted_offer * false_pos)
     best = np.flatnonzero(objective == objective.max())
     return float(candidates[best[-1]])
 
@@ -108,7 +111,13 @@ def baseline_metrics(train_labels, labels, top_fraction: float) -> dict:
 
 
 def evaluate_scores(
-    labels, scores, train_labels, threshold: float, top_fraction: float, costs: dict
+    labels,
+    scores,
+    train_labels,
+    threshold: float,
+    top_fraction: float,
+    cost_missed_churner: float,
+    cost_wasted_offer: float,
 ) -> dict:
     """Model and baseline metrics, the confusion matrix and expected costs, as one dict."""
     labels = np.asarray(labels)
@@ -117,8 +126,8 @@ def evaluate_scores(
     tn, fp, fn, tp = confusion_matrix(
         labels, (scores >= threshold).astype(int), labels=[0, 1]
     ).ravel()
-    cost_model = costs["cost_missed_churner"] * fn + costs["cost_wasted_offer"] * fp
-    cost_nobody = costs["cost_missed_churner"] * labels.sum()
+    cost_model = cost_missed_churner * fn + cost_wasted_offer * fp
+    cost_nobody = cost_missed_churner * labels.sum()
     return {
         "threshold": threshold,
         "rows": int(len(labels)),

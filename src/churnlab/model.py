@@ -55,9 +55,20 @@ _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def build_model(
-    numeric: list[str], categorical: list[str], family: str, hyperparams: dict, seed: int
+    numeric: list[str],
+    categorical: list[str],
+    family: str,
+    seed: int,
+    **hyperparams_by_family: dict,
 ) -> Pipeline:
     """Preprocessing and estimator in one Pipeline.
+
+    Args:
+        numeric, categorical: the feature columns.
+        family: ``logistic_regression`` or ``gradient_boosting`` (``train.family``).
+        seed: the estimator's seed.
+        hyperparams_by_family: each family's hyper-parameters as ``params/train.yaml`` holds
+            them (``gradient_boosting={"max_iter": 200, ...}``); those of ``family`` are used.
 
     Raises:
         ChurnlabError: an unknown family or a hyper-parameter the estimator does not take.
@@ -66,6 +77,7 @@ def build_model(
         raise ChurnlabError(
             f"params/train.yaml train.family: '{family}' is not one of {sorted(FAMILIES)}"
         )
+    hyperparams = hyperparams_by_family.get(family) or {}
     estimator_class = FAMILIES[family]
     known = estimator_class().get_params()
     unknown = sorted(set(hyperparams) - set(known))

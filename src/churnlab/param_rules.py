@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from churnlab.errors import ChurnlabError
-from churnlab.fetch import TELCO
 from churnlab.tracking import SETTINGS_FILE as TRACKING_FILE
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -257,7 +256,7 @@ def rules() -> dict[str, Rule]:
     return {
         "data": Section(
             {
-                "source": Text(hint=f"'{TELCO}' or the path of a .csv or .parquet file"),
+                "source": Text(hint="the built-in data set's name or a .csv or .parquet file"),
                 "sha256": Nullable(Text()),
             }
         ),
