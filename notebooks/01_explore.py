@@ -34,8 +34,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from churnlab.data import TARGET_COLUMN, churn_rate, load_prepared
+from churnlab.data import TARGET_COLUMN, churn_rate
 from churnlab.explore import associations, churn_by, missing_values
+from churnlab.split import load_prepared
 
 pd.set_option("display.precision", 4)
 train, _, spec = load_prepared(

@@ -33,8 +33,9 @@ prepare_sample_rows = param("prepare.sample_rows")  # int: keep this many rows; 
 # %%
 from pathlib import Path
 
-from churnlab.data import ID_COLUMN, TARGET_COLUMN, check_split, churn_rate, load_prepared
+from churnlab.data import ID_COLUMN, TARGET_COLUMN, churn_rate
 from churnlab.files import write_json, write_parquet
+from churnlab.split import check_split, load_prepared
 
 train, test, spec = load_prepared(
     Path(paths_raw),

@@ -15,18 +15,14 @@ import pytest
 from churnlab.data import (
     ID_COLUMN,
     TARGET_COLUMN,
-    SplitPlan,
     TableSpec,
-    check_split,
-    check_usable,
     clean_table,
     feature_columns,
-    load_prepared,
     read_table,
-    split_customers,
     validate_table,
 )
 from churnlab.errors import ChurnlabError
+from churnlab.split import SplitPlan, check_split, check_usable, load_prepared, split_customers
 
 SCHEMA = {
     "id_column": "cust",

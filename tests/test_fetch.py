@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from churnlab.data import SplitPlan
 from churnlab.errors import ChurnlabError
 from churnlab.fetch import TELCO_SHA256, check_digest, fetch_raw
+from churnlab.split import SplitPlan
 
 from conftest import copy_project, set_param, switch_to_own_data, tool_env
 

