@@ -66,6 +66,19 @@ def switched(tmp_path_factory):
         "report.segments",
         [{"column": "mean radius", "label": "Mean radius", "bins": [12, 16]}],
     )
+    # the texts the README's own-data table says to rewrite
+    set_param(project, "params/report.yaml", "report.purpose", "Ranks accounts by risk.")
+    set_param(
+        project,
+        "params/report.yaml",
+        "report.model_card",
+        {
+            "intended_use": "Ranking accounts for a review by the account team.",
+            "out_of_scope": ["Decisions without a person reviewing them."],
+            "limitations": ["One snapshot of 569 accounts."],
+            "ethical_considerations": ["Reports show aggregates only."],
+        },
+    )
     result = run(["dvc", "repro"], project, check=False)
     return project, result
 
