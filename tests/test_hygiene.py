@@ -9,14 +9,8 @@ import pytest
 import yaml
 
 from churnlab.errors import ChurnlabError
-from churnlab.runner import (
-    bind_parameters,
-    declared_parameters,
-    load_stage,
-    notebook_stages,
-    parameter_name,
-    read_notebook,
-)
+from churnlab.pipeline.binding import bind_parameters, declared_parameters, read_notebook
+from churnlab.pipeline.stages import load_stage, notebook_stages, parameter_name
 
 from conftest import DEFAULTS, ROOT
 
