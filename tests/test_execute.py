@@ -15,6 +15,7 @@ import pytest
 from demo_stage import FIXTURES, make_project, outputs, unwritable
 
 from churnlab.errors import ChurnlabError
+from churnlab.pipeline import execute
 from churnlab.pipeline.execute import run_stage
 
 from conftest import ROOT, run, tool_env
@@ -62,6 +63,21 @@ def test_a_failing_first_run_leaves_no_half_result(tmp_path):
     with pytest.raises(ChurnlabError, match=r"cell In \[4\] failed"):
         run_stage("demo", root=root, progress=False)
     assert not (root / "out" / "result.txt").exists()
+
+
+def test_a_missing_kernel_says_to_run_setup_and_keeps_earlier_outputs(tmp_path, monkeypatch):
+    """jupyter_client's own NoSuchKernel, raised when papermill starts the kernel, becomes
+    one line that says what to do."""
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    monkeypatch.setattr(execute, "KERNEL_NAME", "churnlab-not-installed")
+    with pytest.raises(ChurnlabError) as error:
+        run_stage("demo", root=root, progress=False)
+    assert str(error.value) == (
+        "no Jupyter kernel named 'churnlab-not-installed': run `make setup` to install it"
+    )
+    assert outputs(root) == good
 
 
 def secret_project(root: Path, fail: bool) -> Path:
