@@ -46,6 +46,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from churnlab.pipeline.workspace import commit_all, copy_project
+
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (100_000, 1_000_000)
 DEFAULT_SEED = 20240601
@@ -374,46 +376,6 @@ class Watchdog:
 # --------------------------------------------------------------------------- the project copy
 
 
-def copy_project(source: Path, dest: Path) -> None:
-    """Copy the git-tracked and the untracked-but-not-ignored files of ``source``."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-            cwd=source,
-            check=True,
-            capture_output=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        path = source / name
-        if path.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest / name)
-
-
-def git_commit(root: Path, env: dict[str, str]) -> None:
-    """Make ``root`` a git repository with everything committed (DVC wants an SCM)."""
-    git = [
-        "git",
-        "-c",
-        "user.name=bench",
-        "-c",
-        "user.email=bench@localhost",
-        "-c",
-        "commit.gpgsign=false",
-        "-c",
-        "core.hooksPath=/dev/null",
-    ]
-    subprocess.run([*git, "init", "-q"], cwd=root, env=env, check=True)
-    exclude = root / ".git" / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    exclude.write_text(f"/{SYNTH_DIR}/\n")
-    subprocess.run([*git, "add", "-A"], cwd=root, env=env, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "benchmark copy"], cwd=root, env=env, check=True)
-
-
 def point_data_at(root: Path, source: str) -> None:
     """Set ``data.source`` in the copy's ``params/data.yaml``; a user file has no digest."""
     import yaml
@@ -503,7 +465,8 @@ def plain_fetch(root: Path, out: Path) -> dict:
 
 def notebook_parameters(root: Path, name: str, out: Path) -> dict:
     """The parameters the runner passes to a stage's notebook, paths moved under ``out``."""
-    from churnlab.runner import bind_parameters, declared_parameters, load_stage, read_notebook
+    from churnlab.pipeline.binding import bind_parameters, declared_parameters, read_notebook
+    from churnlab.pipeline.stages import load_stage
 
     stage = load_stage(root, name)
     nb = read_notebook(root / stage.notebook)
@@ -530,7 +493,8 @@ def run_notebook_in_process(root: Path, name: str, parameters: dict) -> dict:
 
     from IPython.display import display
 
-    from churnlab.runner import load_stage, read_notebook
+    from churnlab.pipeline.binding import read_notebook
+    from churnlab.pipeline.stages import load_stage
 
     nb = read_notebook(root / load_stage(root, name).notebook)
     namespace: dict[str, Any] = {"__name__": f"bench_{name}", "display": display}
@@ -572,7 +536,7 @@ def plain_pipeline(root: Path, out: Path) -> dict:
     import churnlab.fetch
     import churnlab.files
     import churnlab.model  # noqa: F401
-    from churnlab.runner import notebook_stages
+    from churnlab.pipeline.stages import notebook_stages
 
     imported = time.perf_counter() - started
     stages = notebook_stages(root)
@@ -610,7 +574,7 @@ def kernel_startup(out: Path, cells: int) -> dict:
     import nbformat
     import papermill
 
-    from churnlab.runner import KERNEL_NAME
+    from churnlab.pipeline.binding import KERNEL_NAME
 
     imported = time.perf_counter() - started
 
@@ -659,12 +623,12 @@ def html_export(root: Path) -> dict:
     import nbformat
     import papermill  # noqa: F401
 
-    from churnlab.runner import load_stage, notebook_stages
+    from churnlab.pipeline.stages import load_stage, notebook_stages
 
     started = time.perf_counter()
     import nbconvert  # noqa: F401
 
-    from churnlab.runner import to_html
+    from churnlab.pipeline.pages import to_html
 
     imported = time.perf_counter() - started
     stages = notebook_stages(root)
@@ -699,7 +663,8 @@ def fresh_copy(root: Path, rows: int | None, template: Any, seed: int, env: dict
         point_data_at(root, source)
         size = (root / source).stat().st_size / 1e6
         log(f"wrote {source} ({size:.0f} MB) in {time.perf_counter() - begin:.1f} s")
-    git_commit(root, env)
+    # DVC wants an SCM; the synthetic tables stay out of git (too big, and regenerated)
+    commit_all(root, author="bench", message="benchmark copy", env=env, exclude=(f"/{SYNTH_DIR}/",))
     return source
 
 
@@ -823,14 +788,15 @@ def measure_components(root: Path, workdir: Path, env: dict[str, str], max_wait:
 
 def component_parts(root: Path, workdir: Path, env: dict[str, str]) -> dict:
     """The measurements of :func:`measure_components`."""
-    from churnlab.runner import load_stage, notebook_stages, read_notebook
+    from churnlab.pipeline.binding import read_notebook
+    from churnlab.pipeline.stages import load_stage, notebook_stages
 
     python = sys.executable
     log("components: interpreter start, imports, kernel start, HTML export, DVC start-up")
     parts: dict[str, Any] = {
         "python_start": wall_seconds([python, "-c", "pass"], root, env, REPEATS),
         "cli_imports": import_seconds(
-            python, ["churnlab.runner", "papermill", "jupytext"], root, env, REPEATS
+            python, ["churnlab.pipeline.execute", "papermill", "jupytext"], root, env, REPEATS
         ),
         "dvc_version": wall_seconds(["dvc", "--version"], root, env, REPEATS),
         "dvc_status": wall_seconds(["dvc", "status"], root, env, REPEATS),
@@ -1042,7 +1008,7 @@ def where_time_goes(results: list[dict], parts: dict) -> list[str]:
         "no-op time is DVC's own start-up and checking, not churnlab code.",
         f"- **CLI start-up ({cli:.2f} s per stage on average)**: from DVC's `Running stage` to "
         f"the runner's first line. A fresh interpreter starts in {parts['python_start']:.2f} s; "
-        f"importing `churnlab.runner`, `papermill` and `jupytext` takes "
+        f"importing `churnlab.pipeline.execute`, `papermill` and `jupytext` takes "
         f"{parts['cli_imports']:.2f} s (papermill imports nbformat → jsonschema, and "
         f"`import jsonschema` alone takes {parts['jsonschema_import']:.2f} s).",
         f"- **Kernel start-up ({parts['empty_notebook']:.2f} s)**: an empty notebook run "

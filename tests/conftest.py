@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from churnlab.fetch import TELCO_SHA256, fetch_raw
+from churnlab.pipeline import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shipped configuration (Telco data, every param at its default): the tests of the
@@ -99,32 +100,15 @@ def copy_project(target: Path, config: str = "default") -> Path:
             own, so the copy runs the default pipeline; ``"user"``: the project's params and
             its own data files (``data/own``, versioned by DVC, so not in git) as they are.
     """
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    if config not in ("default", "user"):
+        raise ValueError(f"config: 'default' or 'user', not {config!r}")
+    workspace.copy_project(ROOT, target)
     if config == "default":
         shutil.rmtree(target / "params")
         shutil.copytree(DEFAULTS / "params", target / "params")
-    elif config == "user":
-        shutil.copytree(ROOT / OWN_DATA, target / OWN_DATA, dirs_exist_ok=True)
     else:
-        raise ValueError(f"config: 'default' or 'user', not {config!r}")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    run([*git, "init", "-q"], target)
-    run([*git, "add", "-A"], target)
-    run([*git, "commit", "-q", "-m", "copy"], target)
+        shutil.copytree(ROOT / OWN_DATA, target / OWN_DATA, dirs_exist_ok=True)
+    workspace.commit_all(target, author="test", message="copy", env=tool_env())
     return target
 
 

@@ -3,20 +3,15 @@
 import json
 import re
 import subprocess
+import sys
 
 import jupytext
 import pytest
 import yaml
 
 from churnlab.errors import ChurnlabError
-from churnlab.runner import (
-    bind_parameters,
-    declared_parameters,
-    load_stage,
-    notebook_stages,
-    parameter_name,
-    read_notebook,
-)
+from churnlab.pipeline.binding import bind_parameters, declared_parameters, read_notebook
+from churnlab.pipeline.stages import load_stage, notebook_stages, parameter_name
 
 from conftest import DEFAULTS, ROOT
 
@@ -188,3 +183,39 @@ def test_no_data_model_or_report_is_in_git():
         )
     ]
     assert heavy == []
+
+
+# Libraries that take a second or more to import; the CLI and the stage model load them only
+# in the function that needs them, so `churnlab --help` and a notebook's param() stay quick.
+HEAVY_LIBRARIES = (
+    "pandas",
+    "numpy",
+    "sklearn",
+    "mlflow",
+    "papermill",
+    "nbconvert",
+    "nbformat",
+    "jupytext",
+    "jupyter_client",
+    "matplotlib",
+    "skops",
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "not_loaded"),
+    [
+        ("churnlab.cli", HEAVY_LIBRARIES),
+        ("churnlab.pipeline.stages", (*HEAVY_LIBRARIES, "churnlab.pipeline.execute")),
+    ],
+)
+def test_the_cli_and_the_stage_model_import_no_heavy_library(module, not_loaded):
+    """A fresh interpreter, so that what other tests imported does not count."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {module}; print(*sorted(sys.modules))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert [name for name in not_loaded if name in loaded] == []

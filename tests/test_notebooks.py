@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from churnlab.runner import prepare_profile
+from churnlab.pipeline.binding import prepare_profile
 
 from conftest import ROOT, copy_project, run
 

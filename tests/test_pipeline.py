@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from demo_stage import unwritable
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
-from test_runner import unwritable
 
 from churnlab.config import flatten
 from churnlab.data import TARGET_COLUMN
 from churnlab.model import predict_scores
-from churnlab.runner import load_stage
+from churnlab.pipeline.stages import load_stage
 from churnlab.secrets import masked_params
 from churnlab.tracking import fluent_uri, metric_values
 

@@ -7,6 +7,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 from churnlab.errors import ChurnlabError
 from churnlab.evaluation import plot_tables
+from churnlab.pipeline.pages import CONTENT_SECURITY_POLICY
 from churnlab.report import (
     bootstrap_intervals,
     business_summary,
@@ -19,7 +20,6 @@ from churnlab.report import (
     sensitive_columns,
     sensitive_inputs,
 )
-from churnlab.runner import CONTENT_SECURITY_POLICY
 
 
 @pytest.fixture

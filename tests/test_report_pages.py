@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 from browser import Browser
-from test_runner import make_project
+from demo_stage import make_project
 
+from churnlab.pipeline.execute import run_stage
+from churnlab.pipeline.pages import CONTENT_SECURITY_POLICY
 from churnlab.report import build_reports
-from churnlab.runner import CONTENT_SECURITY_POLICY, run_stage
 
 from conftest import ROOT, set_param
 

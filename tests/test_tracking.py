@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.errors import ChurnlabError
 from churnlab.model import predict_scores
-from churnlab.runner import load_stage
+from churnlab.pipeline.stages import load_stage
 from churnlab.tracking import (
     SETTINGS_FILE,
     Tracker,

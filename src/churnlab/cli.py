@@ -8,30 +8,40 @@ import os
 import sys
 from pathlib import Path
 
+from churnlab import server
+from churnlab.config import get_key, load_params, project_root
 from churnlab.errors import ChurnlabError
+from churnlab.experiments import show_experiments
+from churnlab.fetch import check_versioned, fetch_raw
+from churnlab.files import os_error_message
+from churnlab.param_rules import check_params
+from churnlab.pipeline.execute import run_stage
+from churnlab.pipeline.guard import OutputGuard
+from churnlab.pipeline.stages import check_unread_params, load_stage, parse_overrides
+from churnlab.plots_template import write_plots_template
+from churnlab.tracking import (
+    Tracker,
+    display_uri,
+    load_settings,
+    record_stage,
+    tracked_stage,
+)
 
 
 @contextlib.contextmanager
 def _tracked(root, default_stage: str):
     """Record a stage that is not a notebook (fetch, report) like the notebook stages; when
     recording fails, the stage fails and its earlier outputs come back."""
-    from churnlab.runner import _OutputGuard, load_stage
-    from churnlab.tracking import Tracker, record_stage, tracked_stage
-
     tracker = Tracker.open(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
-    with _OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracker) as run:
+    with OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracker) as run:
         yield
         if run is not None:
             record_stage(run, root, stage)
 
 
 def _fetch(args) -> None:
-    from churnlab.config import get_key, load_params, project_root
-    from churnlab.fetch import check_versioned, fetch_raw
-    from churnlab.param_rules import check_params
-    from churnlab.runner import check_unread_params
-    from churnlab.split import SplitPlan
+    from churnlab.split import SplitPlan  # pandas, pandera, scikit-learn: not for --help
 
     root = project_root()
     check_unread_params(root)
@@ -60,16 +70,11 @@ def _fetch(args) -> None:
 
 
 def _run(args) -> None:
-    from churnlab.runner import parse_overrides, run_stage
-
     run_stage(args.stage, overrides=parse_overrides(args.set or []))
 
 
 def _report(args) -> None:
-    from churnlab.config import project_root
-    from churnlab.param_rules import check_params
-    from churnlab.report import build_reports
-    from churnlab.runner import check_unread_params
+    from churnlab.report import build_reports  # imports numpy and pandas: not for --help
 
     root = project_root()
     check_unread_params(root)
@@ -81,8 +86,7 @@ def _report(args) -> None:
 
 
 def _promote(args) -> None:
-    from churnlab.config import project_root
-    from churnlab.report import promote
+    from churnlab.report import promote  # imports numpy and pandas: not for --help
 
     root = project_root()
     target = promote(root)
@@ -94,9 +98,6 @@ def _promote(args) -> None:
 
 
 def _plots_template(args) -> None:
-    from churnlab.config import project_root
-    from churnlab.plots_template import write_plots_template
-
     root = project_root()
     target = write_plots_template(root)
     print(
@@ -107,9 +108,6 @@ def _plots_template(args) -> None:
 
 
 def _exps(args) -> None:
-    from churnlab.config import project_root
-    from churnlab.experiments import show_experiments
-
     root = project_root()
     table, page = show_experiments(root)
     print(table)
@@ -117,9 +115,6 @@ def _exps(args) -> None:
 
 
 def _server(args) -> None:
-    from churnlab import server
-    from churnlab.config import project_root
-
     root = project_root()
     if args.action == "stop":
         server.stop(root)
@@ -135,9 +130,6 @@ def _server(args) -> None:
 
 
 def _ui(args) -> None:
-    from churnlab.config import project_root
-    from churnlab.tracking import display_uri, load_settings
-
     root = project_root()
     settings = load_settings(root)
     if not settings.uri.startswith("sqlite:///"):
@@ -209,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"churnlab: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a folder not writable, a full disk: what to do, not a traceback
-        from churnlab.files import os_error_message
-
         print(f"churnlab: error: {os_error_message(exc, Path.cwd())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

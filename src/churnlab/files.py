@@ -8,9 +8,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # only in signatures: the CLI's start-up does not pay for pandas
+    import pandas as pd
 
 
 def write_atomic(path: Path, data: bytes) -> None:

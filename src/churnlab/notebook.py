@@ -20,7 +20,7 @@ from typing import Any
 from churnlab.config import project_root
 from churnlab.errors import ChurnlabError
 from churnlab.param_rules import check_params
-from churnlab.runner import load_stage
+from churnlab.pipeline.stages import load_stage
 
 
 def stage_params(stage: str, start: Path | None = None) -> Callable[[str], Any]:

@@ -594,7 +594,7 @@ def _environment():
     import jinja2
     from markupsafe import Markup
 
-    from churnlab.runner import CONTENT_SECURITY_POLICY
+    from churnlab.pipeline.pages import CONTENT_SECURITY_POLICY
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("churnlab", "templates"),
@@ -682,7 +682,7 @@ def build_context(root: Path) -> dict[str, Any]:
     from churnlab.config import get_key, load_params
     from churnlab.data import ID_COLUMN, TARGET_COLUMN
     from churnlab.evaluation import plot_tables
-    from churnlab.runner import load_stage, notebook_stages
+    from churnlab.pipeline.stages import load_stage, notebook_stages
     from churnlab.secrets import masked_params
 
     params = load_params(root)

@@ -1,6 +1,8 @@
-"""The notebook runner on tiny fixture notebooks, each named for the behaviour it tests."""
+"""Running a stage: stable outputs, failures in one line, earlier outputs kept, secrets out.
 
-import contextlib
+Each run uses a tiny fixture notebook named for the behaviour it tests (``demo_stage``).
+"""
+
 import json
 import os
 import shutil
@@ -10,98 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from demo_stage import FIXTURES, make_project, outputs, unwritable
 
 from churnlab.errors import ChurnlabError
-from churnlab.runner import (
-    CONTENT_SECURITY_POLICY,
-    bind_parameters,
-    load_stage,
-    parameter_name,
-    run_stage,
-)
+from churnlab.pipeline import execute
+from churnlab.pipeline.execute import run_stage
 
 from conftest import ROOT, run, tool_env
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-DVC_YAML = """
-vars:
-  - params/paths.yaml
-stages:
-  demo:
-    cmd: churnlab run demo
-    deps:
-      - notebooks/demo.py
-    params:
-      - params/paths.yaml:
-          - paths.result
-      - params/demo.yaml:
-          - demo.n
-    outs:
-      - ${paths.result}:
-          persist: true
-      - ${paths.reports}/demo.ipynb:
-          persist: true
-      - ${paths.reports}/demo.html:
-          persist: true
-"""
-
-
-def make_project(root: Path, notebook: str) -> Path:
-    (root / "params").mkdir(parents=True)
-    (root / "notebooks").mkdir()
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / "params" / "paths.yaml").write_text(
-        "paths:\n  result: out/result.txt\n  reports: reports\n"
-    )
-    (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n")
-    shutil.copy(FIXTURES / notebook, root / "notebooks" / "demo.py")
-    return root
-
-
-def outputs(root: Path) -> dict[str, bytes]:
-    return {
-        name: (root / name).read_bytes()
-        for name in ("out/result.txt", "reports/demo.ipynb", "reports/demo.html")
-    }
-
-
-def test_parameter_names_flatten_param_keys():
-    assert parameter_name("train.cv_folds") == "train_cv_folds"
-
-
-def test_a_stage_gets_exactly_its_param_keys(tmp_path):
-    stage = load_stage(make_project(tmp_path, "ok.py"), "demo")
-    assert stage.values == {"paths.result": "out/result.txt", "demo.n": 2}
-    assert bind_parameters(stage, {"paths_result", "demo_n"}) == {
-        "paths_result": "out/result.txt",
-        "demo_n": 2,
-    }
-    assert stage.notebook == Path("notebooks/demo.py")
-
-
-def test_a_whole_section_is_passed_per_key_unless_declared_by_name():
-    stage = load_stage(ROOT, "train")
-    assert stage.values["train"]["cv_folds"] == 5
-    paths = {parameter_name(k) for k in stage.values if k != "train"}
-    per_key = bind_parameters(stage, paths | {f"train_{k}" for k in stage.values["train"]})
-    assert per_key["train_cv_folds"] == 5
-    with pytest.raises(ChurnlabError, match=r"\['train_cv_folds', .*not declared"):
-        bind_parameters(stage, paths | {"train_seed"})
-    assert bind_parameters(stage, paths | {"train"})["train"] == stage.values["train"]
-
-
-def test_overrides_reach_into_mappings_and_typos_are_errors():
-    stage = load_stage(ROOT, "train", {"train.gradient_boosting.max_iter": 7})
-    assert stage.values["train"]["gradient_boosting"]["max_iter"] == 7
-    with pytest.raises(ChurnlabError, match="no such key in params"):
-        load_stage(ROOT, "train", {"train.gradient_boosting.max_iterations": 7})
-    with pytest.raises(
-        ChurnlabError,
-        match=r"stage 'train' does not read param\(s\) "
-        r"\['evaluate.seed'\]",
-    ):
-        load_stage(ROOT, "train", {"evaluate.seed": 1})
 
 
 def test_a_good_run_writes_stable_outputs_and_a_script_free_report(tmp_path):
@@ -148,67 +65,19 @@ def test_a_failing_first_run_leaves_no_half_result(tmp_path):
     assert not (root / "out" / "result.txt").exists()
 
 
-def test_a_notebook_without_a_parameters_cell_is_an_error(tmp_path):
-    root = make_project(tmp_path, "no_parameters.py")
-    with pytest.raises(
-        ChurnlabError, match="expected exactly one cell tagged 'parameters', found 0"
-    ):
-        run_stage("demo", root=root, progress=False)
-
-
-def test_a_parameter_the_notebook_does_not_declare_is_an_error(tmp_path):
-    root = make_project(tmp_path, "undeclared.py")
+def test_a_missing_kernel_says_to_run_setup_and_keeps_earlier_outputs(tmp_path, monkeypatch):
+    """jupyter_client's own NoSuchKernel, raised when papermill starts the kernel, becomes
+    one line that says what to do."""
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    monkeypatch.setattr(execute, "KERNEL_NAME", "churnlab-not-installed")
     with pytest.raises(ChurnlabError) as error:
         run_stage("demo", root=root, progress=False)
-    assert (
-        "['params/demo.yaml:demo.n'] passed by stage 'demo' as ['demo_n'] are not "
-        "declared" in str(error.value)
+    assert str(error.value) == (
+        "no Jupyter kernel named 'churnlab-not-installed': run `make setup` to install it"
     )
-
-
-def test_a_declared_parameter_the_stage_does_not_pass_is_an_error(tmp_path):
-    root = make_project(tmp_path, "extra_parameter.py")
-    with pytest.raises(
-        ChurnlabError,
-        match=r"\['demo_colour'\] of the parameters cell are "
-        r"not passed by stage 'demo'",
-    ):
-        run_stage("demo", root=root, progress=False)
-
-
-def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
-    root = make_project(tmp_path, "ok.py")
-    (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n  m: 3\n")
-    with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no stage"):
-        run_stage("demo", root=root, progress=False)
-
-
-def test_an_unknown_stage_is_named(tmp_path):
-    with pytest.raises(ChurnlabError, match="dvc.yaml: no stage 'trian'"):
-        load_stage(ROOT, "trian")
-
-
-def test_html_and_script_in_outputs_and_markdown_never_run_in_the_report(tmp_path):
-    root = make_project(tmp_path, "html_payload.py")
-    run_stage("demo", root=root, progress=False)
-    html = (root / "reports" / "demo.html").read_text()
-    assert "visible cell" in html and "<table" in html
-    for payload in ("<script", "onclick", "onerror", "evil.invalid", "javascript:", "pwned"):
-        assert payload not in html
-    assert "markdown link</a>" in html and "an HTML one" in html  # the text stays
-    for ordinary in (  # what markdown is for survives the sanitizer
-        '<h2 id="Ordinary-markdown-stays">',
-        "<em>emphasis</em>",
-        "<strong>strong</strong>",
-        "<code>code</code>",
-        '<a href="https://example.org/page">ordinary link</a>',
-        '<th style="text-align:right;">share</th>',
-        "<li>second item</li>",
-        '<img alt="a dot" src="data:image/png;base64,',
-    ):
-        assert ordinary in html
-    policy = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-    assert policy in html
+    assert outputs(root) == good
 
 
 def secret_project(root: Path, fail: bool) -> Path:
@@ -266,24 +135,6 @@ def leftovers(root: Path) -> list[str]:
     running = [p.name for p in (root / ".churnlab" / "running").glob("*")]
     temporary = [p.name for p in root.rglob(".demo.*")] + [p.name for p in root.rglob(".result.*")]
     return running + temporary
-
-
-@contextlib.contextmanager
-def unwritable(path: Path):
-    """``path`` made unwritable for this process: read-only, and immutable when we are root
-    (whom file modes do not stop)."""
-    mode = path.stat().st_mode
-    path.chmod(mode & ~0o222)
-    immutable = os.geteuid() == 0
-    if immutable and subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
-        path.chmod(mode)
-        pytest.skip(f"cannot make {path} immutable (chattr) on this file system")
-    try:
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(mode)
 
 
 @pytest.mark.parametrize(
@@ -419,7 +270,10 @@ def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
 
 # --- stage commands run however dvc is started ----------------------------------------------
 
+
 BARE_PATH = "/usr/local/bin:/usr/bin:/bin"  # a shell with no environment activated
+
+
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
 
 

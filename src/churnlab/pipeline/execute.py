@@ -1,0 +1,212 @@
+"""Running a pipeline notebook as a DVC stage.
+
+The runner binds the stage's params to the notebook (:mod:`churnlab.pipeline.binding`), runs
+it with papermill on the project's kernel, and only when every cell succeeded replaces the
+stage's outputs (:mod:`churnlab.pipeline.guard`). On failure the earlier outputs are put
+back, and the executed notebook with its traceback is kept under ``.churnlab/failed/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from churnlab.config import project_root
+from churnlab.errors import ChurnlabError
+from churnlab.param_rules import check_params
+from churnlab.pipeline.binding import (
+    KERNEL_NAME,
+    bind_parameters,
+    declared_parameters,
+    read_notebook,
+    scrub_notebook,
+)
+from churnlab.pipeline.guard import WORK_DIR, OutputGuard, write_text
+from churnlab.pipeline.pages import to_html
+from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
+from churnlab.secrets import redact, redact_tree, secret_values
+from churnlab.tracking import (
+    Tracker,
+    promotion_output,
+    record_no_promotion,
+    record_stage,
+    tracked_stage,
+)
+
+
+def _describe_failure(exc, notebook: Path, kept: Path) -> str:
+    cell = exc.exec_count if exc.exec_count is not None else exc.cell_index
+    first_line = next((line for line in (exc.source or "").splitlines() if line.strip()), "")
+    return (
+        f"{notebook}: cell In [{cell}] failed ({first_line.strip()[:80]!r}): "
+        f"{exc.ename}: {exc.evalue}\n"
+        f"  the executed notebook with the traceback is kept at {kept}"
+    )
+
+
+_STOP_WAIT = 10.0  # seconds a cell gets to stop after Ctrl-C before its kernel is killed
+
+
+def _recording_kernel_manager(pids: list[int]):
+    """A kernel manager class that notes the process id of each kernel it starts."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordingKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kwargs):
+            await super().start_kernel(**kwargs)
+            pids.append(self.provisioner.pid)
+
+    return RecordingKernelManager
+
+
+def _signal_kernels(pids: list[int], number: int) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, number)  # jupyter_client starts each kernel in its own session
+        except ProcessLookupError:
+            pass
+
+
+def _execute_interruptibly(execute, *args, **kwargs):
+    """``execute(*args, **kwargs)`` (papermill) in a worker thread, so Ctrl-C stops it cleanly.
+
+    In the main thread nbclient takes SIGINT over and shuts the kernel down while a cell
+    still runs, and the kernel then prints a ZMQError traceback. Here Ctrl-C interrupts the
+    cell (the kernel is killed if it has not stopped after ``_STOP_WAIT`` seconds), nbclient
+    shuts the idle kernel down as after any failing cell, and KeyboardInterrupt is raised.
+    """
+    pids: list[int] = []
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join broken by Ctrl-C misreports the thread
+
+    def work():
+        try:
+            outcome["value"] = execute(
+                *args, kernel_manager_class=_recording_kernel_manager(pids), **kwargs
+            )
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="papermill", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
+        try:
+            _signal_kernels(pids, signal.SIGINT)
+            if not done.wait(_STOP_WAIT):
+                _signal_kernels(pids, signal.SIGKILL)
+                done.wait(_STOP_WAIT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def run_stage(
+    name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
+) -> Stage:
+    """Run one notebook stage end to end; raise ChurnlabError on any failure."""
+    import nbformat
+    import papermill
+    from jupyter_client.kernelspec import NoSuchKernel
+    from papermill.exceptions import PapermillExecutionError
+
+    root = root or project_root()
+    check_unread_params(root)
+    check_params(root, overrides)
+    stage = load_stage(root, name, overrides)
+    nb = read_notebook(root / stage.notebook)
+    parameters = bind_parameters(stage, declared_parameters(nb, stage.notebook))
+    missing_outs = [o for o in (stage.executed_path, stage.html_path) if o not in stage.outs]
+    if missing_outs:
+        raise ChurnlabError(f"dvc.yaml stage '{name}': outs must include {missing_outs}")
+    if progress is None:
+        progress = sys.stderr.isatty() and not os.environ.get("CI")
+    running = root / WORK_DIR / "running" / f"{name}.ipynb"
+    failed = root / WORK_DIR / "failed" / f"{name}.ipynb"
+    running.parent.mkdir(parents=True, exist_ok=True)
+    running.unlink(missing_ok=True)  # left by a run that was killed
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    print(
+        f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
+    )
+    tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
+    promotion = promotion_output(root, stage)  # written by tracking, not by the notebook
+    started = time.perf_counter()
+    secrets = secret_values(stage.values)
+    # The guard encloses the stage run, so a failure to record the stage, up to the very last
+    # write (the registry's aliases), puts the earlier outputs back.
+    with OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracker) as run:
+        for out in stage.outs:
+            (root / out).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            executed = _execute_interruptibly(
+                papermill.execute_notebook,
+                nb,
+                str(running),
+                parameters=parameters,
+                kernel_name=KERNEL_NAME,
+                language="python",
+                cwd=str(root),
+                start_timeout=120,
+                progress_bar={"desc": f"[{name}]", "disable": not progress, "leave": False},
+                request_save_on_cell_execute=True,
+            )
+        except PapermillExecutionError as exc:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            if running.exists():
+                kept = redact_tree(nbformat.read(running, as_version=4), secrets)
+                write_text(failed, nbformat.writes(kept) + "\n")
+                running.unlink()
+            message = _describe_failure(exc, stage.notebook, failed)
+            raise ChurnlabError(redact(message, secrets)) from None
+        except OSError as exc:
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                # papermill saving the notebook after a cell: the file it writes is ours
+                raise OSError(exc.errno, exc.strerror, str(running.relative_to(root))) from None
+            raise
+        except NoSuchKernel:
+            raise ChurnlabError(
+                f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
+            ) from None
+        finally:  # the executed notebook is in memory now, or the run failed
+            running.unlink(missing_ok=True)
+        not_written = [
+            o
+            for o in stage.outs
+            if o not in (stage.executed_path, stage.html_path, promotion)
+            and not (root / o).exists()
+        ]
+        if not_written:
+            raise ChurnlabError(
+                f"{stage.notebook}: finished but did not write {not_written} "
+                f"(outs of stage '{name}' in dvc.yaml)"
+            )
+        clean = redact_tree(scrub_notebook(executed, parameters, stage.notebook), secrets)
+        write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
+        write_text(root / stage.html_path, to_html(clean))
+        if run is not None:  # inside the guard: a failure to record restores the outputs
+            record_stage(run, root, stage, clean)
+        if promotion and not (root / promotion).exists():  # so that the output always exists
+            record_no_promotion(root, promotion, run is not None, name)
+    failed.unlink(missing_ok=True)
+    print(
+        f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
+        f"{stage.html_path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return stage

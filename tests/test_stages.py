@@ -1,0 +1,39 @@
+"""The model of dvc.yaml: a stage's param keys, overrides, unread keys, unknown stages."""
+
+import pytest
+from demo_stage import make_project
+
+from churnlab.errors import ChurnlabError
+from churnlab.pipeline.execute import run_stage
+from churnlab.pipeline.stages import load_stage, parameter_name
+
+from conftest import ROOT
+
+
+def test_parameter_names_flatten_param_keys():
+    assert parameter_name("train.cv_folds") == "train_cv_folds"
+
+
+def test_overrides_reach_into_mappings_and_typos_are_errors():
+    stage = load_stage(ROOT, "train", {"train.gradient_boosting.max_iter": 7})
+    assert stage.values["train"]["gradient_boosting"]["max_iter"] == 7
+    with pytest.raises(ChurnlabError, match="no such key in params"):
+        load_stage(ROOT, "train", {"train.gradient_boosting.max_iterations": 7})
+    with pytest.raises(
+        ChurnlabError,
+        match=r"stage 'train' does not read param\(s\) "
+        r"\['evaluate.seed'\]",
+    ):
+        load_stage(ROOT, "train", {"evaluate.seed": 1})
+
+
+def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
+    root = make_project(tmp_path, "ok.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n  m: 3\n")
+    with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no stage"):
+        run_stage("demo", root=root, progress=False)
+
+
+def test_an_unknown_stage_is_named(tmp_path):
+    with pytest.raises(ChurnlabError, match="dvc.yaml: no stage 'trian'"):
+        load_stage(ROOT, "trian")
