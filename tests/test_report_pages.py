@@ -16,7 +16,7 @@ import yaml
 from browser import Browser
 from test_runner import make_project
 
-from churnlab.report import build_reports
+from churnlab.report.pages import build_reports
 from churnlab.runner import CONTENT_SECURITY_POLICY, run_stage
 
 from conftest import ROOT, set_param

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 from churnlab.errors import ChurnlabError
+from churnlab.report.baseline import write_baseline
+from churnlab.report.experiments import show_experiments
+from churnlab.report.pages import build_reports
+from churnlab.report.plots_template import write_plots_template
 
 
 @contextlib.contextmanager
@@ -68,7 +72,6 @@ def _run(args) -> None:
 def _report(args) -> None:
     from churnlab.config import project_root
     from churnlab.param_rules import check_params
-    from churnlab.report import build_reports
     from churnlab.runner import check_unread_params
 
     root = project_root()
@@ -80,14 +83,13 @@ def _report(args) -> None:
     print(f"open file://{written[0]}")
 
 
-def _promote(args) -> None:
+def _baseline(args) -> None:
     from churnlab.config import project_root
-    from churnlab.report import promote
 
     root = project_root()
-    target = promote(root)
+    target = write_baseline(root)
     print(
-        f"[promote] the current model is the champion: {target.relative_to(root)} "
+        f"[baseline] the current model is the baseline: {target.relative_to(root)} "
         "(commit it; `dvc repro report` compares later models with it)",
         file=sys.stderr,
     )
@@ -95,7 +97,6 @@ def _promote(args) -> None:
 
 def _plots_template(args) -> None:
     from churnlab.config import project_root
-    from churnlab.plots_template import write_plots_template
 
     root = project_root()
     target = write_plots_template(root)
@@ -108,7 +109,6 @@ def _plots_template(args) -> None:
 
 def _exps(args) -> None:
     from churnlab.config import project_root
-    from churnlab.experiments import show_experiments
 
     root = project_root()
     table, page = show_experiments(root)
@@ -178,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         "report", help="build reports/index.html and the model card from the pipeline's outputs"
     )
     report.set_defaults(handler=_report)
-    promote = commands.add_parser(
-        "promote", help="make the current model the champion the report compares with"
+    baseline = commands.add_parser(
+        "baseline", help="make the current model the baseline the report compares with"
     )
-    promote.set_defaults(handler=_promote)
+    baseline.set_defaults(handler=_baseline)
     plots = commands.add_parser(
         "plots-template",
         help="write the offline page template for `dvc plots show/diff` (.dvc/config names it)",
