@@ -1,8 +1,11 @@
 """The stakeholder report's pages rendered from small tables: headline numbers, escaping,
 the content security policy, the currency and sensitive sentences of params."""
 
+import shutil
+
 import numpy as np
 import pytest
+import yaml
 from report_tables import EVALUATE, METRICS, scored_customers
 
 from churnlab.evaluation import plot_tables
@@ -12,6 +15,8 @@ from churnlab.report.figures import figures
 from churnlab.report.pages import business_summary, render_pages
 from churnlab.report.segments import segment_gaps, segment_performance, sensitive_inputs
 from churnlab.runner import CONTENT_SECURITY_POLICY
+
+from conftest import ROOT, run
 
 
 @pytest.fixture
@@ -103,3 +108,23 @@ def test_the_pages_use_the_currency_and_sensitive_sentences_of_params(scored):
     pages = render_pages(page_context(scored, group_name="monthly", currency="EUR "))
     assert "EUR 42,200" in pages["index.html"] and "$" not in pages["index.html"]
     assert "Plan is an input of the model" in pages["model_card.html"]
+
+
+def test_bytecode_in_the_report_folder_does_not_change_the_report_stage(tmp_path):
+    """The report stage depends on the package folder; importing it writes __pycache__ there
+    (unless PYTHONDONTWRITEBYTECODE), which must not make the stage look changed."""
+    report = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    folder = "src/churnlab/report"
+    assert folder in report["deps"]
+    shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".dvcignore", tmp_path / ".dvcignore")
+    stage = {"cmd": "echo built > page.txt", "deps": [folder], "outs": ["page.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": stage}}))
+    run(["dvc", "init", "-q", "--no-scm", "-f"], tmp_path)
+    run(["dvc", "repro", "-q"], tmp_path)
+    cache = tmp_path / folder / "__pycache__"
+    cache.mkdir()
+    (cache / "pages.cpython-311.pyc").write_bytes(b"\x00bytecode")
+    assert "up to date" in run(["dvc", "status"], tmp_path).stdout
+    (tmp_path / folder / "pages.py").write_text("# changed\n")
+    assert "modified" in run(["dvc", "status"], tmp_path).stdout
