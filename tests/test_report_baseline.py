@@ -8,6 +8,7 @@ from report_tables import METRICS
 
 from churnlab.cli import main
 from churnlab.config import load_params
+from churnlab.errors import ChurnlabError
 from churnlab.report.baseline import (
     compare_with_baseline,
     load_baseline,
@@ -56,16 +57,16 @@ def test_churnlab_baseline_writes_the_record_the_report_then_finds_identical(
 ):
     params = load_params(evaluated)
     paths = params["paths"]
-    assert load_baseline(evaluated, paths) is None  # before: nothing to compare with
+    assert load_baseline(evaluated, params) is None  # before: nothing to compare with
     monkeypatch.chdir(evaluated)
     assert main(["baseline"]) == 0
     written = json.loads((evaluated / paths["baseline"]).read_text())
     assert list(written) == ["baseline"] and written["baseline"]["metrics"] == METRICS
     current = model_record(params, METRICS, CV)
-    assert compare_with_baseline(current, load_baseline(evaluated, paths))["status"] == "identical"
+    assert compare_with_baseline(current, load_baseline(evaluated, params))["status"] == "identical"
     set_param(evaluated, "params/train.yaml", "train.cv_folds", 3)
     changed = model_record(load_params(evaluated), METRICS, CV)
-    comparison = compare_with_baseline(changed, load_baseline(evaluated, paths))
+    comparison = compare_with_baseline(changed, load_baseline(evaluated, params))
     assert comparison["status"] == "different"
     assert comparison["params"] == [
         {"key": "train.cv_folds", "baseline": params["train"]["cv_folds"], "current": 3}
@@ -89,3 +90,14 @@ def test_without_test_metrics_no_baseline_is_written_and_the_error_says_what_to_
     assert error.startswith("churnlab: error: ") and "metrics/test.json: not found" in error
     assert "run `dvc repro` first" in error
     assert not (evaluated / "metrics" / "baseline.json").exists()
+
+
+def test_a_file_without_the_baseline_key_is_an_error_not_no_baseline(evaluated):
+    """A record from before the rename (key 'champion') must not read as "no baseline yet"."""
+    params = load_params(evaluated)
+    (evaluated / "metrics" / "baseline.json").write_text(json.dumps({"champion": {"cv": CV}}))
+    with pytest.raises(ChurnlabError, match=r"metrics/baseline.json: expected the key 'baseline'"):
+        load_baseline(evaluated, params)
+    (evaluated / "metrics" / "baseline.json").write_text("[]")
+    with pytest.raises(ChurnlabError, match="found list"):
+        load_baseline(evaluated, params)

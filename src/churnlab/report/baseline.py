@@ -35,6 +35,7 @@ METRIC_LABELS = {
 LOWER_IS_BETTER = {"brier"}
 # The one key of the baseline file, so that the file says what it holds.
 RECORD_KEY = "baseline"
+PATHS_PARAMS = "params/paths.yaml"
 
 
 def read_json(path: Path) -> Any:
@@ -139,20 +140,34 @@ def baseline_record(model: Mapping[str, Any], commit: str | None, dirty: bool) -
     return {"commit": commit, "dirty": dirty, **model}
 
 
-def load_baseline(root: Path, paths: Mapping[str, str]) -> dict[str, Any] | None:
-    """The baseline's record from ``paths.baseline``; None when there is no baseline yet."""
-    path = root / paths["baseline"]
-    return read_json(path).get(RECORD_KEY) if path.is_file() else None
+def load_baseline(root: Path, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The baseline's record from ``paths.baseline``; None when there is no baseline yet.
+
+    Raises:
+        ChurnlabError: a file that is not a baseline record (a missing key is not taken for
+            "no baseline": the page would silently drop the comparison).
+    """
+    relative = get_key(params, "paths.baseline", PATHS_PARAMS)
+    if not (root / relative).is_file():
+        return None
+    content = read_json(root / relative)
+    if not isinstance(content, dict) or not isinstance(content.get(RECORD_KEY), dict):
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ChurnlabError(
+            f"{relative}: expected the key '{RECORD_KEY}' holding the record of the model the "
+            f"report compares with, found {found}; rename the key if the file is from before "
+            "'champion' became 'baseline', or write it again with `churnlab baseline`"
+        )
+    return content[RECORD_KEY]
 
 
 def write_baseline(root: Path) -> Path:
     """Make the current model the baseline: write its record to ``paths.baseline``."""
     params = load_params(root)
-    paths = get_key(params, "paths", "params/paths.yaml")
-    metrics = read_json(root / paths["test_metrics"])
-    cv = read_json(root / paths["cv_metrics"])
+    metrics = read_json(root / get_key(params, "paths.test_metrics", PATHS_PARAMS))
+    cv = read_json(root / get_key(params, "paths.cv_metrics", PATHS_PARAMS))
     commit, dirty = git_state(root)
     record = baseline_record(model_record(params, metrics, cv), commit, dirty)
-    target = root / paths["baseline"]
+    target = root / get_key(params, "paths.baseline", PATHS_PARAMS)
     write_json(target, {RECORD_KEY: record})
     return target

@@ -188,7 +188,7 @@ def build_context(root: Path) -> dict[str, Any]:
         ),
         "calibration_gap": float((calibration["observed"] - calibration["predicted"]).abs().max()),
         "comparison": compare_with_baseline(
-            model_record(params, metrics, cv), load_baseline(root, paths)
+            model_record(params, metrics, cv), load_baseline(root, params)
         ),
         "baseline_file": paths["baseline"],
         "data": {
