@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro report exps promote ui server server-stop test lab lint format clean distclean lock bench
+.PHONY: help setup repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@if [ -d .git ]; then $(BIN)/pre-commit install >/dev/null && echo "pre-commit hook installed (nbstripout, ruff)"; fi
 	touch $(STAMP)
 
-$(PLOTS_TEMPLATE): src/churnlab/plots_template.py | $(STAMP)
+$(PLOTS_TEMPLATE): src/churnlab/report/plots_template.py | $(STAMP)
 	$(BIN)/churnlab plots-template
 
 repro: setup ## run the whole pipeline on the configured data (dvc repro)
@@ -46,8 +46,8 @@ report: setup ## rebuild the stakeholder report (and what it needs) and print th
 exps: setup ## compare the DVC experiments with their commit (terminal and reports/experiments.html)
 	$(BIN)/churnlab exps
 
-promote: setup ## make the current model the champion that reports compare with
-	$(BIN)/churnlab promote
+baseline: setup ## make the current model the baseline that reports compare with
+	$(BIN)/churnlab baseline
 	$(BIN)/dvc repro report
 
 ui: setup ## the MLflow UI over the project's tracking store, on localhost

@@ -555,7 +555,7 @@ def plain_pipeline(root: Path, out: Path) -> dict:
         print(f"    plain {name}: {times[name]:.2f} s", file=sys.stderr, flush=True)
     # The report's computation (bootstrap, segments, figures, pages) on the same outputs: the
     # pipeline's, in this copy, which are equal to the plain ones (checked by the metrics).
-    from churnlab.report import build_context, render_pages
+    from churnlab.report.pages import build_context, render_pages
 
     begin = time.perf_counter()
     render_pages(build_context(root))

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from browser import Browser
 
-from churnlab.experiments import (
+from churnlab.report.experiments import (
     WIDTH,
     compare,
     format_delta,

@@ -124,7 +124,7 @@ def test_the_report_shows_headline_numbers_computed_from_the_model(project):
     page = (project / "reports" / "index.html").read_text()
     assert f"{labels[top].mean():.0%}</div>" in page
     assert f"{labels[top].sum() / labels.sum():.0%}</div>" in page
-    assert "This model is the champion" in page
+    assert "This model is the baseline" in page
     sizes = [p.stat().st_size for p in (project / "reports").rglob("*.html")]
     assert len(sizes) == 6 and sum(sizes) < 5_000_000
 

@@ -13,7 +13,7 @@ import pytest
 from browser import Browser
 
 from churnlab.errors import ChurnlabError
-from churnlab.plots_template import (
+from churnlab.report.plots_template import (
     TEMPLATE_PATH,
     VEGA_MEMBERS,
     build_template,

@@ -18,7 +18,7 @@ from demo_stage import make_project
 
 from churnlab.pipeline.execute import run_stage
 from churnlab.pipeline.pages import CONTENT_SECURITY_POLICY
-from churnlab.report import build_reports
+from churnlab.report.pages import build_reports
 
 from conftest import ROOT, set_param
 

@@ -8,30 +8,24 @@ import os
 import sys
 from pathlib import Path
 
-from churnlab import server
 from churnlab.config import get_key, load_params, project_root
 from churnlab.errors import ChurnlabError
-from churnlab.experiments import show_experiments
-from churnlab.fetch import check_versioned, fetch_raw
 from churnlab.files import os_error_message
-from churnlab.param_rules import check_params
-from churnlab.pipeline.execute import run_stage
-from churnlab.pipeline.guard import OutputGuard
-from churnlab.pipeline.stages import check_unread_params, load_stage, parse_overrides
-from churnlab.plots_template import write_plots_template
-from churnlab.tracking import (
-    Tracker,
-    display_uri,
-    load_settings,
-    record_stage,
-    tracked_stage,
-)
+
+# Each command imports its own modules when it runs. A dispatcher is the one place where
+# imports stay inside functions: `churnlab --help` stays instant, a stage's process loads
+# only the code it runs, and tests/test_stage_deps.py reads each handler's imports as the
+# code its DVC stage depends on.
 
 
 @contextlib.contextmanager
 def _tracked(root, default_stage: str):
     """Record a stage that is not a notebook (fetch, report) like the notebook stages; when
     recording fails, the stage fails and its earlier outputs come back."""
+    from churnlab.pipeline.guard import OutputGuard
+    from churnlab.pipeline.stages import load_stage
+    from churnlab.tracking import Tracker, record_stage, tracked_stage
+
     tracker = Tracker.open(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
     with OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracker) as run:
@@ -41,7 +35,10 @@ def _tracked(root, default_stage: str):
 
 
 def _fetch(args) -> None:
-    from churnlab.split import SplitPlan  # pandas, pandera, scikit-learn: not for --help
+    from churnlab.fetch import check_versioned, fetch_raw
+    from churnlab.param_rules import check_params
+    from churnlab.pipeline.stages import check_unread_params
+    from churnlab.split import SplitPlan
 
     root = project_root()
     check_unread_params(root)
@@ -70,11 +67,16 @@ def _fetch(args) -> None:
 
 
 def _run(args) -> None:
+    from churnlab.pipeline.execute import run_stage
+    from churnlab.pipeline.stages import parse_overrides
+
     run_stage(args.stage, overrides=parse_overrides(args.set or []))
 
 
 def _report(args) -> None:
-    from churnlab.report import build_reports  # imports numpy and pandas: not for --help
+    from churnlab.param_rules import check_params
+    from churnlab.pipeline.stages import check_unread_params
+    from churnlab.report.pages import build_reports
 
     root = project_root()
     check_unread_params(root)
@@ -85,19 +87,21 @@ def _report(args) -> None:
     print(f"open file://{written[0]}")
 
 
-def _promote(args) -> None:
-    from churnlab.report import promote  # imports numpy and pandas: not for --help
+def _baseline(args) -> None:
+    from churnlab.report.baseline import write_baseline
 
     root = project_root()
-    target = promote(root)
+    target = write_baseline(root)
     print(
-        f"[promote] the current model is the champion: {target.relative_to(root)} "
+        f"[baseline] the current model is the baseline: {target.relative_to(root)} "
         "(commit it; `dvc repro report` compares later models with it)",
         file=sys.stderr,
     )
 
 
 def _plots_template(args) -> None:
+    from churnlab.report.plots_template import write_plots_template
+
     root = project_root()
     target = write_plots_template(root)
     print(
@@ -108,6 +112,8 @@ def _plots_template(args) -> None:
 
 
 def _exps(args) -> None:
+    from churnlab.report.experiments import show_experiments
+
     root = project_root()
     table, page = show_experiments(root)
     print(table)
@@ -115,6 +121,8 @@ def _exps(args) -> None:
 
 
 def _server(args) -> None:
+    from churnlab.tracking import server
+
     root = project_root()
     if args.action == "stop":
         server.stop(root)
@@ -130,6 +138,8 @@ def _server(args) -> None:
 
 
 def _ui(args) -> None:
+    from churnlab.tracking import display_uri, load_settings
+
     root = project_root()
     settings = load_settings(root)
     if not settings.uri.startswith("sqlite:///"):
@@ -170,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         "report", help="build reports/index.html and the model card from the pipeline's outputs"
     )
     report.set_defaults(handler=_report)
-    promote = commands.add_parser(
-        "promote", help="make the current model the champion the report compares with"
+    baseline = commands.add_parser(
+        "baseline", help="make the current model the baseline the report compares with"
     )
-    promote.set_defaults(handler=_promote)
+    baseline.set_defaults(handler=_baseline)
     plots = commands.add_parser(
         "plots-template",
         help="write the offline page template for `dvc plots show/diff` (.dvc/config names it)",

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from churnlab.secrets import MASK, is_secret_name
-from churnlab.tracking import PROMOTION_METRICS
+from churnlab.config import flatten, get_key, load_params
+from churnlab.errors import ChurnlabError
+from churnlab.files import write_atomic
+from churnlab.report.pages import page_environment
+from churnlab.secrets import MASK, is_secret_name, redact, secret_values
+from churnlab.tracking import PROMOTION_METRICS, load_settings
 
 # The numbers a person decides on, as named in the evaluate stage's metrics file.
 HEADLINE_METRICS = {
@@ -268,9 +272,7 @@ def format_table(comparisons: list[Comparison], width: int = WIDTH) -> str:
 
 def render_page(comparisons: list[Comparison], title: str) -> str:
     """The comparisons as a self-contained HTML page (values escaped by Jinja2)."""
-    from churnlab.report import _environment  # one Jinja2 setup (autoescape) for every page
-
-    env = _environment()
+    env = page_environment()  # one Jinja2 setup (autoescape) for every page
     env.filters["metric"] = lambda v, m: format_metric(m, v)
     env.filters["delta"] = lambda v, m: format_delta(m, v)
     env.filters["delta_class"] = lambda v, m: delta_class(m, v)
@@ -288,8 +290,6 @@ def read_experiments(root: Path) -> list[dict[str, Any]]:
     import dvc.api
     from dvc.exceptions import DvcException
 
-    from churnlab.errors import ChurnlabError
-
     try:
         return dvc.api.exp_show(repo=str(root))
     except DvcException as exc:
@@ -303,11 +303,6 @@ def show_experiments(root: Path) -> tuple[str, Path]:
 
     Secret values (by param or variable name, as everywhere in churnlab) are masked in both.
     """
-    from churnlab.config import flatten, get_key, load_params
-    from churnlab.files import write_atomic
-    from churnlab.secrets import redact, secret_values
-    from churnlab.tracking import load_settings
-
     params = load_params(root)
     metric = load_settings(root).promotion_metric
     comparisons = compare(read_experiments(root), set(flatten(params)), metric)
