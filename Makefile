@@ -53,7 +53,7 @@ baseline: setup ## make the current model the baseline that reports compare with
 ui: setup ## the MLflow UI over the project's tracking store, on localhost
 	$(BIN)/churnlab ui
 
-server: setup ## start the team MLflow server on a local PostgreSQL (see README: team mode)
+server: setup ## start the team MLflow server on a local PostgreSQL (docs/tracking.md: team mode)
 	$(BIN)/churnlab server start
 
 server-stop: setup ## stop the team MLflow server and its PostgreSQL

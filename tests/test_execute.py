@@ -329,8 +329,8 @@ def test_every_stage_command_goes_through_the_launcher():
     assert {name: body["cmd"].split()[0] for name, body in stages.items()} == {
         name: "bin/churnlab" for name in stages
     }
-    readme = (ROOT / "README.md").read_text()
-    experiments = readme[readme.index("## Comparing experiments") :].split("```")[1]
+    guide = (ROOT / "docs" / "experiments.md").read_text()
+    experiments = guide[guide.index("## Comparing experiments") :].split("```")[1]
     assert "dvc exp run" in experiments
     for line in filter(None, experiments.splitlines()):
         assert line.startswith((".venv/bin/dvc ", "git ", "make ")), line

@@ -8,7 +8,7 @@ starts ``mlflow server`` on that database, serving artifacts from
 ``.churnlab/server/artifacts``, bound to 127.0.0.1. The pipeline logs to it when
 ``MLFLOW_TRACKING_URI=http://127.0.0.1:5000``.
 
-For a shared deployment see the README: allowed hosts, authentication, the admin password.
+For a shared deployment see docs/tracking.md: allowed hosts, authentication, the admin password.
 """
 
 from __future__ import annotations
