@@ -16,7 +16,7 @@ def _tracked(root, default_stage: str):
     """Record a stage that is not a notebook (fetch, report) like the notebook stages; when
     recording fails, the stage fails and its earlier outputs come back."""
     from churnlab.runner import _OutputGuard, load_stage
-    from churnlab.tracking import Tracker, record_stage, tracked_stage
+    from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
 
     tracker = Tracker.open(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
@@ -117,8 +117,8 @@ def _exps(args) -> None:
 
 
 def _server(args) -> None:
-    from churnlab import server
     from churnlab.config import project_root
+    from churnlab.tracking import server
 
     root = project_root()
     if args.action == "stop":
@@ -136,7 +136,7 @@ def _server(args) -> None:
 
 def _ui(args) -> None:
     from churnlab.config import project_root
-    from churnlab.tracking import display_uri, load_settings
+    from churnlab.tracking.settings import display_uri, load_settings
 
     root = project_root()
     settings = load_settings(root)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from churnlab.secrets import MASK, is_secret_name
-from churnlab.tracking import PROMOTION_METRICS
+from churnlab.tracking.settings import PROMOTION_METRICS
 
 # The numbers a person decides on, as named in the evaluate stage's metrics file.
 HEADLINE_METRICS = {
@@ -306,7 +306,7 @@ def show_experiments(root: Path) -> tuple[str, Path]:
     from churnlab.config import flatten, get_key, load_params
     from churnlab.files import write_atomic
     from churnlab.secrets import redact, secret_values
-    from churnlab.tracking import load_settings
+    from churnlab.tracking.settings import load_settings
 
     params = load_params(root)
     metric = load_settings(root).promotion_metric

@@ -809,7 +809,7 @@ def promote(root: Path) -> Path:
     """Make the current model the champion: write its record to ``paths.champion``."""
     from churnlab.config import get_key, load_params
     from churnlab.files import write_json
-    from churnlab.tracking import git_state
+    from churnlab.tracking.lineage import git_state
 
     params = load_params(root)
     paths = get_key(params, "paths", "params/paths.yaml")

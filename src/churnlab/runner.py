@@ -29,7 +29,7 @@ import yaml
 from churnlab.config import get_key, interpolate, project_root, read_yaml
 from churnlab.errors import ChurnlabError
 from churnlab.secrets import redact, redact_tree, secret_values
-from churnlab.tracking import SETTINGS_FILE as TRACKING_SETTINGS
+from churnlab.tracking.settings import SETTINGS_FILE as TRACKING_SETTINGS
 
 KERNEL_NAME = "churnlab"
 WORK_DIR = ".churnlab"
@@ -640,13 +640,8 @@ def run_stage(
     from papermill.exceptions import PapermillExecutionError
 
     from churnlab.param_rules import check_params
-    from churnlab.tracking import (
-        Tracker,
-        promotion_output,
-        record_no_promotion,
-        record_stage,
-        tracked_stage,
-    )
+    from churnlab.tracking.promotion import promotion_output, record_no_promotion
+    from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
 
     root = root or project_root()
     check_unread_params(root)
