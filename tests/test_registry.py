@@ -21,11 +21,11 @@ from sklearn.metrics import roc_auc_score
 
 from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.errors import ChurnlabError
-from churnlab.model import predict_scores
+from churnlab.model import build_model, fit_model, predict_scores
 from churnlab.runner import load_stage
 from churnlab.tracking import server
 from churnlab.tracking.promotion import promotion_decision
-from churnlab.tracking.registry import load_champion
+from churnlab.tracking.registry import load_champion, log_and_promote
 from churnlab.tracking.runs import Tracker, record_stage
 from churnlab.tracking.settings import SETTINGS_FILE, load_settings
 
@@ -62,6 +62,61 @@ from conftest import (
 )
 def test_promotion_needs_the_margin(challenger, champion, metric, promoted):
     assert promotion_decision(challenger, champion, metric, 0.002)[0] is promoted
+
+
+# --- the registry scores what its caller hands over -------------------------------------------
+
+
+def customers(rows: int, seed: int, first: int = 0) -> pd.DataFrame:
+    """Customers of a prepared split: an id, one numeric and one categorical feature, and a
+    churn flag that depends on the numeric one."""
+    rng = np.random.default_rng(seed)
+    usage = rng.normal(size=rows)
+    return pd.DataFrame(
+        {
+            ID_COLUMN: [f"c{i:05d}" for i in range(first, first + rows)],
+            "usage": usage,
+            "plan": rng.choice(["basic", "plus"], rows),
+            TARGET_COLUMN: (rng.random(rows) < 1 / (1 + np.exp(2 * usage))).astype(int),
+        }
+    )
+
+
+def test_the_registry_scores_the_model_and_data_its_caller_hands_over(tmp_path):
+    """A model and splits that exist only in memory: the first model becomes champion; the
+    second is compared with it on the handed-over test customers, none of them trained on."""
+    (tmp_path / "params").mkdir()
+    shutil.copy(ROOT / SETTINGS_FILE, tmp_path / SETTINGS_FILE)
+    features = {"numeric": ["usage"], "categorical": ["plan"]}
+    train, test = customers(600, seed=1), customers(400, seed=2, first=600)
+    record = tmp_path / "promotion.json"
+    tracker = Tracker.open(tmp_path)
+    models, decisions = [], []
+    for strength in (1.0, 0.001):  # two challengers that score differently
+        blank = build_model(["usage"], ["plan"], "logistic_regression", {"C": strength}, 0)
+        models.append(fit_model(blank, train, ["usage"], ["plan"], TARGET_COLUMN))
+        with tracker.stage_run("evaluate", {}, set()) as stage_run:
+            decisions.append(
+                log_and_promote(stage_run, models[-1], features, test, train[[ID_COLUMN]], record)
+            )
+    first, second = decisions
+    assert first["outcome"] == "promoted" and first["reason"] == "there was no champion"
+    assert second["compared_customers"] == second["test_customers"] == len(test)
+    labels = test[TARGET_COLUMN]
+    assert second["champion_before"] == {
+        "version": 1,
+        "score": roc_auc_score(labels, predict_scores(models[0], test, features)),
+    }
+    assert second["challenger"] == {
+        "version": 2,
+        "score": roc_auc_score(labels, predict_scores(models[1], test, features)),
+    }
+    assert json.loads(record.read_text()) == second
+    aliases = tracker.client.get_registered_model(registered_model(tmp_path)).aliases
+    assert {alias: int(version) for alias, version in aliases.items()} == {
+        "challenger": 2,
+        "champion": 2 if second["promoted"] else 1,
+    }
 
 
 # --- the registry: a small pipeline with its own store -----------------------------------------
