@@ -42,6 +42,7 @@ from conftest import (
     registered_model,
     run,
     set_param,
+    switch_to_own_data,
     tool_env,
     unwritable,
 )
@@ -158,25 +159,33 @@ def test_the_first_model_is_registered_as_champion_and_loads_by_alias(registered
     assert_champion_scores_like_the_model_file(project)
 
 
-def test_a_failure_after_registration_leaves_the_registry_as_it_was(registered_project):
+def test_a_failure_after_registration_leaves_the_registry_as_it_was(registered_project, tmp_path):
     """The promotion record cannot be written (its folder is unwritable): the stage fails
-    after the model was registered, and no alias may point at the failed run's model."""
+    after the model was registered, and no alias may point at the failed run's model.
+
+    The stage's own outputs cannot be made unwritable for this: the runner refuses them
+    before the notebook runs. So the register step runs here on the stage's model and data
+    with the record in a folder nobody may write.
+    """
     project = registered_project
-    record = project / "reports" / "promotion.json"
     before = registry_state(project)
-    outs = outputs(project, ("models", "metrics", "plots", "reports"))
-    saved = record.read_bytes()
-    record.unlink()  # only then does the write of the record fail, after registration
-    try:
-        with unwritable(project / "reports"):
-            result = run(["churnlab", "run", "evaluate"], project, check=False)
-    finally:
-        record.write_bytes(saved)
-    assert_one_clean_error(result, "reports/promotion.json: cannot write the promotion record")
+    model, features, test = pipeline_model(project)
+    training = pd.read_parquet(project / "data/prepared/train.parquet", columns=[ID_COLUMN])
+    stage = load_stage(project, "evaluate")
+    tracker = Tracker.open(project)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with (
+        unwritable(locked),
+        pytest.raises(ChurnlabError, match="promotion.json: cannot write the promotion record"),
+        tracker.stage_run("evaluate", stage.values, set(stage.outs)) as stage_run,
+    ):
+        log_and_promote(stage_run, model, features, test, training, locked / "promotion.json")
     assert registry_state(project) == before
-    assert outputs(project, ("models", "metrics", "plots", "reports")) == outs
     evaluate = next(r for r in reversed(mlflow_runs(project)) if r.info.run_name == "evaluate")
     assert evaluate.info.status == "FAILED"
+    logged = {a.path for a in tracker.client.list_artifacts(evaluate.info.run_id)}
+    assert "training" in logged  # logged just before the registration, so it got that far
 
 
 def test_a_read_only_store_fails_a_notebook_stage_before_it_runs(registered_project):
@@ -268,10 +277,7 @@ def test_a_champion_of_another_schema_starts_a_new_lineage(registered_project, t
     no crash, one new version only."""
     project = tmp_path / "project"
     shutil.copytree(registered_project, project, symlinks=True)
-    (project / "own").mkdir()
-    other_schema_table().to_csv(project / "own" / "accounts.csv", index=False)
-    set_param(project, "params/data.yaml", "data.source", "own/accounts.csv")
-    set_param(project, "params/data.yaml", "data.sha256", None)
+    other_schema_table().to_csv(project / "data" / "own" / "accounts.csv", index=False)
     schema = {
         "id_column": "account_id",
         "target": "cancelled",
@@ -283,8 +289,7 @@ def test_a_champion_of_another_schema_starts_a_new_lineage(registered_project, t
         },
         "categorical": {"plan": ["basic", "plus"]},
     }
-    set_param(project, "params/data.yaml", "schema", schema)
-    set_param(project, "params/prepare.yaml", "prepare.fill_missing", {})
+    switch_to_own_data(project, "data/own/accounts.csv", schema)
     set_param(project, "params/prepare.yaml", "prepare.sample_rows", None)
     before = registry_state(project)
     run(["churnlab", "fetch"], project)
@@ -297,7 +302,9 @@ def test_a_champion_of_another_schema_starts_a_new_lineage(registered_project, t
     added = "the data has 3 column(s) it does not take: months_active, plan, weekly_usage"
     assert added in decision["reason"]
     state = registry_state(project)
-    assert state["versions"] == [*before["versions"], before["versions"][-1] + 1]
+    # one new version only (its number may skip one a failed run registered and deleted)
+    assert state["versions"][:-1] == before["versions"]
+    assert state["versions"][-1] > before["versions"][-1]
     assert state["aliases"]["champion"] == state["aliases"]["challenger"]
     assert state["aliases"]["champion"] == state["versions"][-1]
     assert_champion_scores_like_the_model_file(project)

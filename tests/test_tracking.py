@@ -34,6 +34,7 @@ from conftest import (
     registered_model,
     run,
     set_param,
+    switch_to_own_data,
     unwritable,
 )
 
@@ -224,10 +225,7 @@ def odd_columns_project(tmp_path_factory) -> Path:
             "left": np.where(rng.random(rows) < 0.3, "yes", "no"),
         }
     )
-    (project / "own").mkdir()
-    table.to_csv(project / "own" / "accounts.csv", index=False)
-    set_param(project, "params/data.yaml", "data.source", "own/accounts.csv")
-    set_param(project, "params/data.yaml", "data.sha256", None)
+    table.to_csv(project / "data" / "own" / "accounts.csv", index=False)
     schema = {
         "id_column": "account",
         "target": "left",
@@ -236,7 +234,7 @@ def odd_columns_project(tmp_path_factory) -> Path:
         "numeric": {"é": {"min": 0, "max": 100}, "€": {"min": 0, "max": 100}},
         "categorical": {"Contract (type)": ["monthly", "yearly"]},
     }
-    set_param(project, "params/data.yaml", "schema", schema)
+    switch_to_own_data(project, "data/own/accounts.csv", schema)
     return project
 
 
@@ -261,7 +259,7 @@ def test_a_store_failing_mid_stage_fails_the_stage_cleanly(odd_columns_project):
     project = odd_columns_project
     if not (project / "mlruns").is_dir():
         run(["churnlab", "fetch"], project)
-    source = project / "own" / "accounts.csv"
+    source = project / "data" / "own" / "accounts.csv"
     saved = source.read_bytes()
     before = outputs(project, ("data",))
     source.write_bytes(saved.replace(b"monthly", b"yearly", 1))  # new data to fetch
