@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -174,7 +175,7 @@ def pipeline_model(project: Path):
 
 def registered_model(project: Path) -> str:
     """The registered model's name, from the project's tracking settings."""
-    from churnlab.tracking import load_settings
+    from churnlab.tracking.settings import load_settings
 
     return load_settings(project, {}).registered_model
 
@@ -202,7 +203,7 @@ def assert_champion_scores_like_the_model_file(project: Path) -> None:
     import numpy as np
 
     from churnlab.model import predict_scores
-    from churnlab.tracking import load_champion
+    from churnlab.tracking.registry import load_champion
 
     model, features, test = pipeline_model(project)
     columns = features["numeric"] + features["categorical"]
@@ -223,3 +224,28 @@ def apt_install(package: str) -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
         subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env, check=False)
+
+
+def mlflow_runs(root: Path) -> list:
+    """The runs of a project's own embedded store, oldest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("churnlab")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+
+
+def outputs(project: Path, folders=("data", "models", "metrics", "plots", "reports")) -> dict:
+    """SHA-256 of dvc.lock and every output file of a project."""
+    files = [project / "dvc.lock"]
+    for folder in folders:
+        files += sorted(p for p in (project / folder).rglob("*") if p.is_file())
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def assert_one_clean_error(result, *expected: str) -> None:
+    assert result.returncode != 0
+    assert result.stderr.count("churnlab: error:") == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for text in expected:
+        assert text in result.stderr, result.stderr[-3000:]

@@ -26,7 +26,8 @@ from churnlab.data import TARGET_COLUMN
 from churnlab.model import predict_scores
 from churnlab.pipeline.stages import load_stage
 from churnlab.secrets import masked_params
-from churnlab.tracking import fluent_uri, metric_values
+from churnlab.tracking.lineage import metric_values
+from churnlab.tracking.settings import fluent_uri
 
 from conftest import (
     ROOT,

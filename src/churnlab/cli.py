@@ -24,7 +24,7 @@ def _tracked(root, default_stage: str):
     recording fails, the stage fails and its earlier outputs come back."""
     from churnlab.pipeline.guard import OutputGuard
     from churnlab.pipeline.stages import load_stage
-    from churnlab.tracking import Tracker, record_stage, tracked_stage
+    from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
 
     tracker = Tracker.open(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
@@ -138,7 +138,7 @@ def _server(args) -> None:
 
 
 def _ui(args) -> None:
-    from churnlab.tracking import display_uri, load_settings
+    from churnlab.tracking.settings import display_uri, load_settings
 
     root = project_root()
     settings = load_settings(root)

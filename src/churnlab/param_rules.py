@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from churnlab.errors import ChurnlabError
-from churnlab.tracking import SETTINGS_FILE as TRACKING_FILE
+from churnlab.tracking.settings import PROMOTION_METRICS
+from churnlab.tracking.settings import SETTINGS_FILE as TRACKING_FILE
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
 # folds once ran for 812 s); 20 folds already hold out 5% each.
@@ -248,7 +249,6 @@ def rules() -> dict[str, Rule]:
     """
     from churnlab.evaluation import GATES, THRESHOLD_RULES
     from churnlab.model import FAMILIES
-    from churnlab.tracking import PROMOTION_METRICS
 
     text_list = ListOf(Text())
     gate_range = {name: SHARE for name in GATES}

@@ -32,13 +32,8 @@ from churnlab.pipeline.guard import WORK_DIR, OutputGuard, write_text
 from churnlab.pipeline.pages import to_html
 from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
 from churnlab.secrets import redact, redact_tree, secret_values
-from churnlab.tracking import (
-    Tracker,
-    promotion_output,
-    record_no_promotion,
-    record_stage,
-    tracked_stage,
-)
+from churnlab.tracking.promotion import promotion_output, record_no_promotion
+from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
 
 
 def _describe_failure(exc, notebook: Path, kept: Path) -> str:

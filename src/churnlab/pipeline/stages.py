@@ -17,7 +17,7 @@ import yaml
 
 from churnlab.config import get_key, interpolate, load_param_files, read_yaml
 from churnlab.errors import ChurnlabError
-from churnlab.tracking import SETTINGS_FILE as TRACKING_SETTINGS
+from churnlab.tracking.settings import SETTINGS_FILE as TRACKING_SETTINGS
 
 
 @dataclass

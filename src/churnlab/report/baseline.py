@@ -18,7 +18,7 @@ from churnlab.config import flatten, get_key, load_params
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_json
 from churnlab.secrets import masked_params
-from churnlab.tracking import git_state
+from churnlab.tracking.lineage import git_state
 
 # The metrics compared with the baseline and shown with confidence intervals, in page order.
 METRIC_LABELS = {

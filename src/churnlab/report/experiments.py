@@ -19,7 +19,7 @@ from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic
 from churnlab.report.pages import page_environment
 from churnlab.secrets import MASK, is_secret_name, redact, secret_values
-from churnlab.tracking import PROMOTION_METRICS, load_settings
+from churnlab.tracking.settings import PROMOTION_METRICS, load_settings
 
 # The numbers a person decides on, as named in the evaluate stage's metrics file.
 HEADLINE_METRICS = {

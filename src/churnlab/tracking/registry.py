@@ -1,0 +1,288 @@
+"""The model registry: log and register the model of the register stage, decide on its
+promotion against the ``champion``, and load the champion back.
+
+After the stage named by ``tracking.register_stage`` succeeds (its quality gates passed), the
+model its caller hands over is logged with a signature, an input example and the ids of its
+training customers, registered, and compared with the ``champion`` on test customers neither
+model was trained on (the rules are in ``churnlab.tracking.promotion``). The aliases
+(``challenger``, and ``champion`` when promoted) move as the very last step of a successful
+stage (``StageRun.publish``); a stage that fails leaves them where they were and deletes the
+version it registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from churnlab.config import project_root
+from churnlab.data import ID_COLUMN, TARGET_COLUMN
+from churnlab.errors import ChurnlabError
+from churnlab.model import TRUSTED_TYPES, model_input
+from churnlab.tracking.promotion import (
+    describe_input_change,
+    input_columns,
+    promotion_decision,
+    promotion_record,
+    unseen_customers,
+    write_promotion,
+)
+from churnlab.tracking.settings import (
+    Settings,
+    display_uri,
+    first_line,
+    fluent_uri,
+    load_settings,
+    store_lock,
+)
+
+if TYPE_CHECKING:
+    from churnlab.tracking.runs import StageRun
+
+TRAINING_IDS = "training/customer_ids.parquet"  # run artifact: whom the model was trained on
+MODEL_FILE = "model.skops"  # the model inside a registered version (mlflow.sklearn, skops)
+
+
+def _pinned(*names: str) -> list[str]:
+    return [f"{name}=={installed_version(name)}" for name in names]
+
+
+def _broken_version(client, name: str, version: str, exc: BaseException) -> ChurnlabError:
+    try:
+        where = f"{client.get_model_version_download_uri(name, version)}/{MODEL_FILE}"
+    except Exception:  # the store cannot say where: the registry URI still names it
+        where = f"models:/{name}/{version}"
+    return ChurnlabError(
+        f"{name} version {version}: the model file {where} cannot be loaded "
+        f"({first_line(exc)}): it was changed or damaged after it was registered. Point the "
+        "champion alias at a good version (MLflow UI, or MlflowClient."
+        "set_registered_model_alias) or register a new model (`dvc repro -f evaluate`)"
+    )
+
+
+@contextlib.contextmanager
+def _version_files(settings: Settings, client, version: str) -> Iterator[Path]:
+    """The files of a registered model version, in a temporary folder."""
+    import mlflow
+
+    name = settings.registered_model
+    with tempfile.TemporaryDirectory() as folder:
+        with store_lock(settings.uri), fluent_uri(settings.uri):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=folder
+            )
+        yield Path(local)
+
+
+def _training_ids(settings: Settings, client, run_id: str) -> set[str] | None:
+    """The ids of the customers a registered model was trained on; None when not recorded."""
+    import mlflow
+
+    folder = TRAINING_IDS.rpartition("/")[0]
+    if not any(a.path == TRAINING_IDS for a in client.list_artifacts(run_id, folder)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=TRAINING_IDS, dst_path=tmp, tracking_uri=settings.uri
+        )
+        return set(pd.read_parquet(local).iloc[:, 0].astype(str))
+
+
+def _compare_with_champion(
+    settings: Settings, client, champion, signature, test, inputs, scores
+) -> dict[str, Any]:
+    """The promotion decision against the current champion (None: there is none).
+
+    Returns the decision's fields: ``champion_before``, ``compared_customers``,
+    ``challenger_score``, ``promoted``, ``outcome`` and ``reason``.
+    """
+    import mlflow
+    import skops.io
+    from mlflow.exceptions import MlflowException
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    scorer = {
+        "roc_auc": roc_auc_score,
+        "pr_auc": average_precision_score,
+        "brier": brier_score_loss,
+    }[settings.promotion_metric]
+    labels = test[TARGET_COLUMN].to_numpy()
+    found: dict[str, Any] = {
+        "champion_before": None,
+        "compared_customers": None,
+        "challenger_score": float(scorer(labels, scores)),  # on every test customer
+    }
+    if champion is None:
+        return {**found, "promoted": True, "outcome": "promoted", "reason": "there was no champion"}
+    name, version = settings.registered_model, champion.version
+    found["champion_before"] = {"version": int(version), "score": None}
+    before = f"the champion (version {version})"
+    with store_lock(settings.uri), fluent_uri(settings.uri):
+        try:
+            info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+        except MlflowException as exc:
+            raise _broken_version(client, name, version, exc) from None
+    theirs = input_columns(info.signature) if info.signature else []
+    if theirs != input_columns(signature):
+        change = describe_input_change(theirs, input_columns(signature))
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} takes other inputs ({change}): another data schema, so a new "
+            "lineage starts and the challenger becomes champion without a comparison",
+        }
+    trained_ids = _training_ids(settings, client, champion.run_id)
+    if trained_ids is None:
+        return {
+            **found,
+            "promoted": True,
+            "outcome": "new lineage",
+            "reason": f"{before} has no record of the customers it was trained on, so no fair "
+            "comparison can be made: a new lineage starts and the challenger becomes champion",
+        }
+    unseen, too_few = unseen_customers(
+        test[ID_COLUMN], labels, trained_ids, settings.promotion_min_customers
+    )
+    found["compared_customers"] = int(unseen.sum())
+    if too_few:
+        return {
+            **found,
+            "promoted": False,
+            "outcome": "not compared",
+            "reason": f"the models cannot be compared: {too_few}; {before} is kept",
+        }
+    with _version_files(settings, client, version) as folder:
+        try:
+            theirs_model = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
+            their_scores = theirs_model.predict_proba(inputs[unseen])[:, 1]
+        except Exception as exc:  # skops, zip: whatever the damage, the same advice
+            raise _broken_version(client, name, version, exc) from None
+    found["challenger_score"] = float(scorer(labels[unseen], scores[unseen]))
+    found["champion_before"]["score"] = float(scorer(labels[unseen], their_scores))
+    promoted, reason = promotion_decision(
+        found["challenger_score"],
+        found["champion_before"]["score"],
+        settings.promotion_metric,
+        settings.promotion_margin,
+    )
+    return {
+        **found,
+        "promoted": promoted,
+        "outcome": "promoted" if promoted else "kept champion",
+        "reason": f"{reason}, on the {int(unseen.sum())} test customers neither was trained on",
+    }
+
+
+def log_and_promote(
+    run: StageRun,
+    model,
+    features: Mapping[str, list[str]],
+    test: pd.DataFrame,
+    training: pd.DataFrame,
+    promotion_path: Path,
+) -> dict[str, Any]:
+    """Decide on promotion, log and register the model, and hold the alias moves for the end.
+
+    The challenger and the champion are compared with ``tracking.promotion.metric`` only on
+    test customers neither of them was trained on (the ids the champion was trained on are
+    an artifact of its run). A champion that takes other input columns, or whose training
+    customers are not recorded, starts a new lineage: the challenger becomes champion. With
+    too few customers to compare on, the champion is kept. The decision goes to
+    ``promotion_path`` and onto the run as tags; the aliases move only when the whole stage
+    has succeeded (``StageRun.publish``).
+
+    Args:
+        run: the register stage's run.
+        model: the fitted model the stage wrote (the challenger).
+        features: its ``numeric`` and ``categorical`` input columns.
+        test: the test split, with the id and target columns.
+        training: the ids of the customers the model was trained on (one column), kept as
+            an artifact of the run for later comparisons.
+        promotion_path: where the promotion record goes.
+
+    Returns:
+        The promotion record, as written.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import infer_signature
+
+    settings = run.tracker.settings
+    client = run.client
+    name = settings.registered_model
+    inputs = model_input(test, features["numeric"], features["categorical"])
+    example = inputs.head(5)
+    signature = infer_signature(example, model.predict_proba(example))
+    scores = model.predict_proba(inputs)[:, 1]  # the challenger, from memory
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    found = _compare_with_champion(settings, client, champion, signature, test, inputs, scores)
+    with tempfile.TemporaryDirectory() as folder:
+        ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
+        training.to_parquet(ids_file, index=False)
+        with run.tracker.locked(), fluent_uri(settings.uri), mlflow.start_run(run_id=run.run_id):
+            logged = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=TRUSTED_TYPES,
+                pyfunc_predict_fn="predict_proba",
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
+            )
+            client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it
+            client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
+            version = mlflow.register_model(logged.model_uri, name).version
+            run.registered = (name, version)  # deleted again if the stage fails from here on
+    decision = promotion_record(settings, found, version, int(len(test)))
+    run.aliases = {"challenger": version, **({"champion": version} if found["promoted"] else {})}
+    write_promotion(promotion_path, decision)
+    run.set_tags(
+        {
+            "promotion.decision": decision["outcome"],
+            "promotion.reason": decision["reason"],
+            "registry.version": version,
+        }
+    )
+    run.log_files([promotion_path])
+    return decision
+
+
+def load_champion(root: Path | None = None):
+    """The registered model with the alias ``champion``, as an MLflow pyfunc model.
+
+    ``model.predict(frame)`` gives, per customer, the probabilities of staying and leaving.
+
+    Raises:
+        ChurnlabError: no store, no champion yet, or a model file that does not load
+            (changed or damaged after it was registered), naming the version and the file.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root = root or project_root()
+    settings = load_settings(root)
+    name = settings.registered_model
+    client = mlflow.MlflowClient(settings.uri)
+    try:
+        with store_lock(settings.uri):
+            version = client.get_model_version_by_alias(name, "champion").version
+    except MlflowException as exc:
+        raise ChurnlabError(
+            f"no champion of '{name}' in {display_uri(settings.uri)}: {first_line(exc)}"
+        ) from None
+    with _version_files(settings, client, version) as folder:
+        try:
+            return mlflow.pyfunc.load_model(str(folder))
+        except Exception as exc:  # skops, zip, YAML: whatever the damage, the same advice
+            raise _broken_version(client, name, version, exc) from None
