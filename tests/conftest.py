@@ -161,6 +161,16 @@ def user_project(tmp_path_factory, pipeline_project) -> Path:
     return copy
 
 
+def committed_copy(project: Path, target: Path) -> Path:
+    """A copy of a project after a run (its git history and DVC cache too), the run committed,
+    for tests that change it without disturbing the session's other tests."""
+    shutil.copytree(project, target, symlinks=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    run([*git, "add", "-A"], target)
+    run([*git, "commit", "-q", "--allow-empty", "-m", "pipeline run"], target)
+    return target
+
+
 def pipeline_model(project: Path):
     """The model file, its feature lists and the test split of a project after a run."""
     import pandas as pd

@@ -6,7 +6,6 @@ committed metrics files, and the page is opened in headless Chromium with no net
 """
 
 import json
-import shutil
 
 import pytest
 from browser import Browser
@@ -20,7 +19,7 @@ from churnlab.report.experiments import (
     render_page,
 )
 
-from conftest import run
+from conftest import committed_copy, run
 
 PARAMS = {"train.family", "train.cv_folds", "evaluate.threshold_rule", "report.smtp_password"}
 
@@ -137,11 +136,7 @@ def metric(content, dotted):
 @pytest.fixture(scope="module")
 def exps_project(pipeline_project, tmp_path_factory):
     """A copy of the pipeline's project (git history too), the run committed, two experiments."""
-    copy = tmp_path_factory.mktemp("exps") / "project"
-    shutil.copytree(pipeline_project, copy, symlinks=True)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    run([*git, "add", "-A"], copy)
-    run([*git, "commit", "-q", "--allow-empty", "-m", "pipeline run"], copy)
+    copy = committed_copy(pipeline_project, tmp_path_factory.mktemp("exps") / "project")
     for name, sets in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "-n", name, *(a for s in sets for a in ("-S", s))], copy)
         # each experiment starts from the commit, not from the last one's applied results

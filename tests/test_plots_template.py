@@ -6,7 +6,6 @@ every chart draws, no console error, no request leaves file://.
 """
 
 import re
-import shutil
 import zipfile
 
 import pytest
@@ -21,7 +20,7 @@ from churnlab.report.plots_template import (
     read_vega_libraries,
 )
 
-from conftest import run
+from conftest import committed_copy, run
 
 # Waits (up to 15 s) until every plot div holds a drawn chart, then describes each: an SVG's
 # marks, or a canvas's size and how many of its pixels are not transparent.
@@ -79,11 +78,7 @@ def test_the_pinned_wheel_holds_the_three_libraries_with_their_checksums():
 @pytest.fixture(scope="module")
 def plots_project(pipeline_project, tmp_path_factory):
     """A copy of the pipeline's project (its git history too) with the run committed."""
-    copy = tmp_path_factory.mktemp("plots") / "project"
-    shutil.copytree(pipeline_project, copy, symlinks=True)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    run([*git, "add", "-A"], copy)
-    run([*git, "commit", "-q", "--allow-empty", "-m", "pipeline run"], copy)
+    copy = committed_copy(pipeline_project, tmp_path_factory.mktemp("plots") / "project")
     run(["churnlab", "plots-template"], copy)
     return copy
 
