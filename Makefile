@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,8 +59,12 @@ server: setup ## start the team MLflow server on a local PostgreSQL (docs/tracki
 server-stop: setup ## stop the team MLflow server and its PostgreSQL
 	$(BIN)/churnlab server stop
 
+# Two workers (pytest-xdist), a test file each at a time; the one full pipeline run is shared.
 test: setup ## run every test: package, data, notebooks (nbval), model quality, end to end
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
+
+test-fast: setup ## the inner loop: every test but those that run the whole pipeline
+	$(BIN)/pytest -n 2 --dist loadfile -m "not pipeline"
 
 lab: setup ## JupyterLab on the whole project (Run All works in every notebook)
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)

@@ -17,6 +17,10 @@ from churnlab.fetch import TELCO_SHA256, fetch_raw
 from churnlab.pipeline import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two test workers on two cores: one OpenMP thread each. HistGradientBoosting's threads spin
+# when the other core is busy (a train stage then runs 20-30x slower); the saved model's bytes
+# do not depend on the thread count (churnlab.model), so results stay the same.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The shipped configuration (Telco data, every param at its default): the tests of the
 # package and of the default pipeline run on it in temporary copies, whatever data the
 # project itself is configured for (tests/defaults/README.md).
@@ -138,13 +142,48 @@ def switch_to_own_data(project: Path, relative: str, schema: dict) -> None:
     set_param(project, "params/report.yaml", "report.sensitive_columns", [])
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test run, even when pytest-xdist runs several workers.
+
+    Under xdist every worker has its own session; the first to arrive builds in a folder
+    shared by the run (named after the run's id), the others wait for it and use the result.
+    Tests must only read what it built (those that change it work on a ``committed_copy``).
+    """
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        folder = tmp_path_factory.mktemp(name) / "project"
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{run_id}"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name / "project", shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _default_pipeline(folder: Path) -> None:
+    copy_project(folder)
+    result = run(["dvc", "repro"], folder)
+    assert "Running stage 'report'" in result.stdout
+
+
+def _user_pipeline(folder: Path) -> None:
+    copy_project(folder, config="user")
+    run(["dvc", "repro"], folder)
+
+
 @pytest.fixture(scope="session")
 def pipeline_project(tmp_path_factory) -> Path:
-    """A fresh copy of the project after one full ``dvc repro`` of the default pipeline."""
-    copy = copy_project(tmp_path_factory.mktemp("e2e") / "project")
-    result = run(["dvc", "repro"], copy)
-    assert "Running stage 'report'" in result.stdout
-    return copy
+    """A fresh copy of the project after one full ``dvc repro`` of the default pipeline
+    (built once per test run; read it, change only a ``committed_copy``)."""
+    return built_once(tmp_path_factory, "e2e", _default_pipeline)
 
 
 @pytest.fixture(scope="session")
@@ -156,9 +195,7 @@ def user_project(tmp_path_factory, pipeline_project) -> Path:
     """
     if on_default_config():
         return pipeline_project
-    copy = copy_project(tmp_path_factory.mktemp("user") / "project", config="user")
-    run(["dvc", "repro"], copy)
-    return copy
+    return built_once(tmp_path_factory, "user", _user_pipeline)
 
 
 def committed_copy(project: Path, target: Path) -> Path:

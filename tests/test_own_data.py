@@ -14,16 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_project, run, set_param, switch_to_own_data
+from conftest import committed_copy, run, set_param, switch_to_own_data
 
 pytestmark = pytest.mark.pipeline
 
-# the small-data settings of the CI profile, so that the default run first is quick
-QUICK = {
-    "params/prepare.yaml": {"prepare.sample_rows": 2000},
-    "params/train.yaml": {"train.cv_folds": 3, "train.gradient_boosting.max_iter": 100},
-    "params/evaluate.yaml": {"evaluate.importance_repeats": 2},
-}
 TELCO_WORDS = re.compile(r"Telco|tenure|Contract|MonthlyCharges|SeniorCitizen|residential")
 
 
@@ -50,13 +44,10 @@ def own_table() -> tuple[pd.DataFrame, dict]:
 
 
 @pytest.fixture(scope="module")
-def switched(tmp_path_factory):
-    """A project that ran the default pipeline, then switched to its own table by params."""
-    project = copy_project(tmp_path_factory.mktemp("own") / "project")
-    for file_name, values in QUICK.items():
-        for key, value in values.items():
-            set_param(project, file_name, key, value)
-    run(["dvc", "repro"], project)
+def switched(pipeline_project, tmp_path_factory):
+    """A project that ran the default pipeline (the session's run, copied: registry champion,
+    raw data and pages all from Telco), then switched to its own table by params only."""
+    project = committed_copy(pipeline_project, tmp_path_factory.mktemp("own") / "project")
     table, schema = own_table()
     table.to_csv(project / "data" / "own" / "accounts.csv", index=False)
     switch_to_own_data(project, "data/own/accounts.csv", schema)

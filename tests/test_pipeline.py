@@ -32,6 +32,7 @@ from churnlab.tracking.settings import fluent_uri
 from conftest import (
     ROOT,
     assert_champion_scores_like_the_model_file,
+    committed_copy,
     free_port,
     pipeline_model,
     registered_model,
@@ -44,8 +45,9 @@ OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports")
 
 
 @pytest.fixture(scope="module")
-def project(pipeline_project):
-    return pipeline_project
+def project(pipeline_project, tmp_path_factory):
+    """The session's pipeline run, copied: these tests change it (and put it back)."""
+    return committed_copy(pipeline_project, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 def snapshot(project: Path) -> dict[str, str]:

@@ -94,7 +94,9 @@ def test_the_registry_scores_the_model_and_data_its_caller_hands_over(tmp_path):
     tracker = Tracker.open(tmp_path)
     models, decisions = [], []
     for strength in (1.0, 0.001):  # two challengers that score differently
-        blank = build_model(["usage"], ["plan"], "logistic_regression", {"C": strength}, 0)
+        blank = build_model(
+            ["usage"], ["plan"], "logistic_regression", 0, logistic_regression={"C": strength}
+        )
         models.append(fit_model(blank, train, ["usage"], ["plan"], TARGET_COLUMN))
         with tracker.stage_run("evaluate", {}, set()) as stage_run:
             decisions.append(
