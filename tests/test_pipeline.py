@@ -147,7 +147,8 @@ def tracked_runs(project: Path):
 STAGES = ["fetch", "explore", "prepare", "train", "evaluate", "report"]
 
 
-def test_the_pipeline_run_is_one_mlflow_run_with_a_run_per_stage(project):
+def test_the_pipeline_run_is_one_mlflow_run_with_a_run_per_stage(pipeline_project):
+    project = pipeline_project  # read only: the run's own commit
     client, found = tracked_runs(project)
     parent = found[0]
     assert "mlflow.parentRunId" not in parent.data.tags
