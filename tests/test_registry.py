@@ -47,6 +47,9 @@ from conftest import (
     unwritable,
 )
 
+# the registry tests run a small-data pipeline of their own
+pytestmark = pytest.mark.pipeline
+
 # --- the promotion rule ------------------------------------------------------------------
 
 
