@@ -111,6 +111,10 @@ def copy_project(target: Path, config: str = "default") -> Path:
     if config == "default":
         shutil.rmtree(target / "params")
         shutil.copytree(DEFAULTS / "params", target / "params")
+        # the user's own tables (their .dvc files are in git, the data is not): not used here
+        for path in (target / OWN_DATA).iterdir():
+            if path.name != "README.md":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     else:
         shutil.copytree(ROOT / OWN_DATA, target / OWN_DATA, dirs_exist_ok=True)
     workspace.commit_all(target, author="test", message="copy", env=tool_env())
