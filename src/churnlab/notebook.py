@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from churnlab.config import project_root
+from churnlab.config import get_key, project_root
 from churnlab.errors import ChurnlabError
 from churnlab.param_rules import check_params
 from churnlab.pipeline.stages import load_stage
@@ -43,20 +43,15 @@ def stage_params(stage: str, start: Path | None = None) -> Callable[[str], Any]:
     # JupyterLab starts the kernel in notebooks/; every path in params/ is relative to the
     # project root, as it is for the runner, which starts the kernel there.
     os.chdir(root)
-    values = load_stage(root, stage).values
+    loaded = load_stage(root, stage)
 
     def param(key: str) -> Any:
-        for declared, value in values.items():
+        for declared, value in loaded.values.items():
             if key == declared:
                 return copy.deepcopy(value)
             if key.startswith(f"{declared}.") and isinstance(value, dict):
-                node: Any = value
-                for part in key[len(declared) + 1 :].split("."):
-                    if not isinstance(node, dict) or part not in node:
-                        break
-                    node = node[part]
-                else:
-                    return copy.deepcopy(node)
+                where = f"{loaded.files[declared]} (notebook of stage '{stage}')"
+                return copy.deepcopy(get_key(value, key[len(declared) + 1 :], where))
         raise ChurnlabError(
             f"notebook of stage '{stage}': param '{key}' is not read by the stage "
             f"(add it to the stage's params in dvc.yaml, or fix the name)"
