@@ -206,15 +206,7 @@ def test_a_full_disk_is_one_line_and_keeps_every_output(small_disk):
 
 
 def test_a_killed_run_leaves_nothing_once_the_next_run_fails(tmp_path):
-    root = make_project(tmp_path, "ok.py")
-    run_stage("demo", root=root, progress=False)
-    good = outputs(root)
-    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
-    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
-    process = subprocess.Popen(
-        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.DEVNULL
-    )
-    wait_until_the_cell_runs(root, process)
+    root, good, process = start_a_slow_run(tmp_path, stderr=subprocess.DEVNULL)
     process.kill()
     process.wait(30)
     assert list((root / ".churnlab" / "running").glob("*.ipynb"))  # what a killed run leaves
@@ -223,6 +215,21 @@ def test_a_killed_run_leaves_nothing_once_the_next_run_fails(tmp_path):
     assert result.returncode == 1 and len(error_lines(result.stderr)) == 1
     assert outputs(root) == good  # put back from the killed run's backup
     assert leftovers(root) == []
+
+
+def start_a_slow_run(tmp_path: Path, stderr) -> tuple[Path, dict, subprocess.Popen]:
+    """A stage with good outputs, then `churnlab run` of a slow cell, waited for until the
+    cell has written half a result: the project, its good outputs, the running process."""
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    process = subprocess.Popen(
+        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=stderr, text=True
+    )
+    wait_until_the_cell_runs(root, process)
+    return root, good, process
 
 
 def wait_until_the_cell_runs(root: Path, process: subprocess.Popen) -> None:
@@ -246,15 +253,7 @@ def processes_in(folder: Path) -> list[int]:
 
 
 def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
-    root = make_project(tmp_path, "ok.py")
-    run_stage("demo", root=root, progress=False)
-    good = outputs(root)
-    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
-    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
-    process = subprocess.Popen(
-        ["churnlab", "run", "demo"], cwd=root, env=tool_env(), stderr=subprocess.PIPE, text=True
-    )
-    wait_until_the_cell_runs(root, process)
+    root, good, process = start_a_slow_run(tmp_path, stderr=subprocess.PIPE)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130
