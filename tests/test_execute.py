@@ -42,6 +42,21 @@ def test_a_good_run_writes_stable_outputs_and_a_script_free_report(tmp_path):
     assert outputs(root) == first  # same inputs, same bytes
 
 
+def test_the_kernel_is_warmed_with_the_notebooks_imports_and_its_namespace_stays_fresh(tmp_path):
+    """The runner starts the kernel first and has it import the notebook's modules silently:
+    the first cell finds them imported, but no name bound, no execution counted."""
+    root = make_project(tmp_path, "warm.py")
+    run_stage("demo", root=root, progress=False)
+    executed = json.loads((root / "reports" / "demo.ipynb").read_text())
+    code = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1))
+    printed = "".join("".join(o.get("text", [])) for c in code for o in c["outputs"])
+    assert "colorsys warmed: True" in printed  # imported only by a later cell of the notebook
+    names = set(eval(printed.split("names: ", 1)[1].splitlines()[0]))  # the printed list
+    ipython = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+    assert names == ipython | {"paths_result", "demo_n", "sys"}
+
+
 def test_a_failing_cell_names_notebook_cell_and_error_and_keeps_earlier_outputs(tmp_path):
     root = make_project(tmp_path, "ok.py")
     run_stage("demo", root=root, progress=False)

@@ -12,6 +12,12 @@ from churnlab.config import get_key, load_params, project_root
 from churnlab.errors import ChurnlabError
 from churnlab.files import os_error_message
 
+# jsonschema, imported by nbformat (so by papermill and nbconvert), builds 38 lark grammars
+# on import for its `iri` format checks when rfc3987_syntax is installed (JupyterLab's
+# jupyter-events brings it): 1.0 s of every stage's start-up. No notebook schema uses those
+# formats; without the module jsonschema leaves them unchecked.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+
 # Each command imports its own modules when it runs. A dispatcher is the one place where
 # imports stay inside functions: `churnlab --help` stays instant, a stage's process loads
 # only the code it runs, and tests/test_stage_deps.py reads each handler's imports as the

@@ -29,6 +29,7 @@ from churnlab.pipeline.binding import (
     scrub_notebook,
 )
 from churnlab.pipeline.guard import WORK_DIR, OutputGuard, write_text
+from churnlab.pipeline.kernel import StartedKernel
 from churnlab.pipeline.pages import to_html
 from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
 from churnlab.secrets import redact, redact_tree, secret_values
@@ -49,43 +50,21 @@ def _describe_failure(exc, notebook: Path, kept: Path) -> str:
 _STOP_WAIT = 10.0  # seconds a cell gets to stop after Ctrl-C before its kernel is killed
 
 
-def _recording_kernel_manager(pids: list[int]):
-    """A kernel manager class that notes the process id of each kernel it starts."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    class RecordingKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kwargs):
-            await super().start_kernel(**kwargs)
-            pids.append(self.provisioner.pid)
-
-    return RecordingKernelManager
-
-
-def _signal_kernels(pids: list[int], number: int) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, number)  # jupyter_client starts each kernel in its own session
-        except ProcessLookupError:
-            pass
-
-
-def _execute_interruptibly(execute, *args, **kwargs):
-    """``execute(*args, **kwargs)`` (papermill) in a worker thread, so Ctrl-C stops it cleanly.
+def _execute_interruptibly(kernel: StartedKernel, execute, *args, **kwargs):
+    """``execute(*args, **kwargs)`` (papermill, on ``kernel``) in a worker thread, so Ctrl-C
+    stops it cleanly.
 
     In the main thread nbclient takes SIGINT over and shuts the kernel down while a cell
     still runs, and the kernel then prints a ZMQError traceback. Here Ctrl-C interrupts the
-    cell (the kernel is killed if it has not stopped after ``_STOP_WAIT`` seconds), nbclient
-    shuts the idle kernel down as after any failing cell, and KeyboardInterrupt is raised.
+    cell (the kernel is killed if it has not stopped after ``_STOP_WAIT`` seconds), the cell
+    fails as any failing cell does, and KeyboardInterrupt is raised.
     """
-    pids: list[int] = []
     outcome: dict[str, Any] = {}
     done = threading.Event()  # not Thread.join: a join broken by Ctrl-C misreports the thread
 
     def work():
         try:
-            outcome["value"] = execute(
-                *args, kernel_manager_class=_recording_kernel_manager(pids), **kwargs
-            )
+            outcome["value"] = execute(*args, km=kernel.manager, **kwargs)
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
         finally:
@@ -98,9 +77,9 @@ def _execute_interruptibly(execute, *args, **kwargs):
     except KeyboardInterrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
         try:
-            _signal_kernels(pids, signal.SIGINT)
+            kernel.signal(signal.SIGINT)
             if not done.wait(_STOP_WAIT):
-                _signal_kernels(pids, signal.SIGKILL)
+                kernel.signal(signal.SIGKILL)
                 done.wait(_STOP_WAIT)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -110,16 +89,54 @@ def _execute_interruptibly(execute, *args, **kwargs):
     return outcome["value"]
 
 
+def _start_kernel(root: Path, name: str) -> StartedKernel | None:
+    """The stage's kernel, started before anything else so that its start and the
+    notebook's imports overlap the runner's own work; None when the stage cannot be read
+    (the checks that follow report why) or the kernel is not installed (reported where the
+    notebook would run)."""
+    from jupyter_client.kernelspec import NoSuchKernel
+
+    try:
+        notebook = load_stage(root, name, strict=False).notebook
+    except ChurnlabError:
+        return None
+    try:
+        return StartedKernel.start(KERNEL_NAME, root, root / notebook)
+    except NoSuchKernel:
+        return None
+
+
 def run_stage(
     name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
 ) -> Stage:
     """Run one notebook stage end to end; raise ChurnlabError on any failure."""
+    root = root or project_root()
+    kernel = _start_kernel(root, name)
+    try:
+        return _run_on_kernel(kernel, name, root, overrides, progress)
+    finally:
+        if kernel is not None:
+            kernel.shutdown()
+
+
+def _run_on_kernel(
+    kernel: StartedKernel | None,
+    name: str,
+    root: Path,
+    overrides: dict | None,
+    progress: bool | None,
+) -> Stage:
     import nbformat
     import papermill
-    from jupyter_client.kernelspec import NoSuchKernel
     from papermill.exceptions import PapermillExecutionError
 
-    root = root or project_root()
+    if kernel is None:  # the stage could not be read, or no kernel is installed
+        check_unread_params(root)
+        check_params(root, overrides)
+        load_stage(root, name, overrides)
+        raise ChurnlabError(
+            f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
+        )
     check_unread_params(root)
     check_params(root, overrides)
     stage = load_stage(root, name, overrides)
@@ -149,6 +166,7 @@ def run_stage(
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         try:
             executed = _execute_interruptibly(
+                kernel,
                 papermill.execute_notebook,
                 nb,
                 str(running),
@@ -173,10 +191,6 @@ def run_stage(
                 # papermill saving the notebook after a cell: the file it writes is ours
                 raise OSError(exc.errno, exc.strerror, str(running.relative_to(root))) from None
             raise
-        except NoSuchKernel:
-            raise ChurnlabError(
-                f"no Jupyter kernel named '{KERNEL_NAME}': run `make setup` to install it"
-            ) from None
         finally:  # the executed notebook is in memory now, or the run failed
             running.unlink(missing_ok=True)
         not_written = [

@@ -1,0 +1,103 @@
+"""The stage's kernel, started before the runner needs it and warmed with the notebook's imports.
+
+A stage's runner spends its first seconds importing its own modules and checking the params,
+while the kernel needs about a second to start and one or two more to import what the
+notebook imports (pandas, scikit-learn, matplotlib). The two can run at once on two cores, so
+the runner starts the kernel first and asks it, silently, to import the modules the notebook
+imports at its top level. A silent request binds no name, counts no execution and sends no
+output: the notebook still starts in a fresh namespace, with execution count 1, and writes the
+same bytes as in a kernel started cold (the end-to-end tests check the bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+# `import a.b, c` and `from a.b import c` at the start of a line: the notebook's top level
+_IMPORT = re.compile(r"^(?:import\s+([\w.]+(?:\s*,\s*[\w.]+)*)|from\s+([\w.]+)\s+import\b)", re.M)
+
+
+def top_level_imports(source: str) -> list[str]:
+    """The modules a notebook script imports at the start of a line, in order, once each.
+
+    Relative imports and ``import x as y`` aliases need nothing more: the module name is what
+    gets warmed, never a name in the notebook's namespace.
+    """
+    found: list[str] = []
+    for plain, origin in _IMPORT.findall(source):
+        for name in (origin,) if origin else re.split(r"\s*,\s*", plain):
+            if name and name not in found:
+                found.append(name)
+    return found
+
+
+def warm_up_code(modules: list[str]) -> str:
+    """Code that imports each module without binding a name; a failing import is left for
+    the notebook's own cell to report (with its traceback, in its cell)."""
+    lines = []
+    for module in modules:
+        lines += ["try:", f"    __import__({module!r})", "except Exception:", "    pass"]
+    return "\n".join(lines)
+
+
+class StartedKernel:
+    """A kernel process started for one stage, handed to papermill, shut down by the runner."""
+
+    def __init__(self, manager, pid: int):
+        self.manager = manager
+        self.pid = pid
+        self._client = None
+
+    @classmethod
+    def start(cls, kernel_name: str, cwd: Path, notebook: Path | None) -> StartedKernel:
+        """Start the kernel in ``cwd`` and send it the warm-up imports of ``notebook``.
+
+        Raises:
+            jupyter_client.kernelspec.NoSuchKernel: the kernel is not installed.
+        """
+        from jupyter_client.manager import AsyncKernelManager
+
+        manager = AsyncKernelManager(kernel_name=kernel_name)
+        asyncio.run(manager.start_kernel(cwd=str(cwd)))
+        kernel = cls(manager, manager.provisioner.pid)
+        if notebook is not None and notebook.is_file():
+            modules = top_level_imports(notebook.read_text(encoding="utf-8"))
+            if modules:
+                kernel._send_silently(warm_up_code(modules))
+        return kernel
+
+    def _send_silently(self, code: str) -> None:
+        """Queue ``code`` on the kernel's shell channel without waiting: ZeroMQ delivers it
+        when the kernel is up, before any request papermill sends later."""
+        from jupyter_client.blocking import BlockingKernelClient
+
+        client = BlockingKernelClient()
+        client.load_connection_info(self.manager.get_connection_info())
+        client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+        client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        self._client = client  # closing it now could drop the request before the kernel is up
+
+    def signal(self, number: int) -> None:
+        """Send a signal to the kernel's process group (jupyter_client starts each kernel in
+        its own session)."""
+        try:
+            os.killpg(self.pid, number)
+        except ProcessLookupError:
+            pass
+
+    def shutdown(self) -> None:
+        """Stop the kernel: every cell has returned, so whatever it wrote is written."""
+        if self._client is not None:
+            self._client.stop_channels()
+            self._client = None
+        if self.manager.has_kernel:
+            asyncio.run(self.manager.shutdown_kernel(now=True))
+
+    def kill(self) -> None:
+        """Kill the kernel at once (the runner is failing before or while it ran)."""
+        self.signal(signal.SIGKILL)
+        self.shutdown()
