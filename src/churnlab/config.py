@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,14 +29,24 @@ def project_root(start: Path | None = None) -> Path:
     raise ChurnlabError(f"no churnlab project (dvc.yaml and params/) at or above {here}")
 
 
+# libyaml's loader when PyYAML was built with it (the wheels are): the same safe subset of
+# YAML, parsed in C. A stage reads the params files some forty times (checks, stage, lineage)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a safe loader)
+
+
 def read_yaml(path: Path) -> Any:
-    """Read one YAML file, naming the file in any error."""
+    """Read one YAML file, naming the file in any error. Each call returns its own copy."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ChurnlabError(f"{path}: file not found") from None
     try:
-        return yaml.safe_load(text)
+        return copy.deepcopy(_parse(text))
     except yaml.YAMLError as exc:
         raise ChurnlabError(f"{path}: not valid YAML: {exc}") from None
 

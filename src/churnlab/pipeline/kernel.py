@@ -17,6 +17,8 @@ import re
 import signal
 from pathlib import Path
 
+_LOG_ERRORS_ONLY = "--IPKernelApp.log_level=ERROR"
+
 # `import a.b, c` and `from a.b import c` at the start of a line: the notebook's top level
 _IMPORT = re.compile(r"^(?:import\s+([\w.]+(?:\s*,\s*[\w.]+)*)|from\s+([\w.]+)\s+import\b)", re.M)
 
@@ -62,7 +64,9 @@ class StartedKernel:
         from jupyter_client.manager import AsyncKernelManager
 
         manager = AsyncKernelManager(kernel_name=kernel_name)
-        asyncio.run(manager.start_kernel(cwd=str(cwd)))
+        # its one warning (TCP on localhost without encryption) would precede every stage's
+        # output and the one line of a failing check: the kernel's own log shows errors only
+        asyncio.run(manager.start_kernel(cwd=str(cwd), extra_arguments=[_LOG_ERRORS_ONLY]))
         kernel = cls(manager, manager.provisioner.pid)
         if notebook is not None and notebook.is_file():
             modules = top_level_imports(notebook.read_text(encoding="utf-8"))
