@@ -8,7 +8,9 @@ back, and the executed notebook with its traceback is kept under ``.churnlab/fai
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib
 import logging
 import os
 import signal
@@ -89,6 +91,23 @@ def _execute_interruptibly(kernel: StartedKernel, execute, *args, **kwargs):
     return outcome["value"]
 
 
+# what writing the stage's page imports (nbconvert alone takes 0.5 s)
+_PAGE_MODULES = ("nbconvert", "nbconvert.preprocessors", "bleach", "bleach.css_sanitizer")
+
+
+def _import_in_background(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in a thread while the runner only waits for the kernel; whoever
+    imports one of them first waits for it to finish (Python's import lock), and an import
+    that fails here fails again, with its message, where the module is used."""
+
+    def work():
+        for module in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
+    threading.Thread(target=work, name="preload", daemon=True).start()
+
+
 def _start_kernel(root: Path, name: str) -> StartedKernel | None:
     """The stage's kernel, started before anything else so that its start and the
     notebook's imports overlap the runner's own work; None when the stage cannot be read
@@ -164,6 +183,7 @@ def _run_on_kernel(
     with OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracker) as run:
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
+        _import_in_background(_PAGE_MODULES)  # the notebook runs in the kernel meanwhile
         try:
             executed = _execute_interruptibly(
                 kernel,
