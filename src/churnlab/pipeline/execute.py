@@ -33,6 +33,7 @@ from churnlab.pipeline.binding import (
 from churnlab.pipeline.guard import WORK_DIR, OutputGuard, write_text
 from churnlab.pipeline.kernel import StartedKernel
 from churnlab.pipeline.pages import to_html
+from churnlab.pipeline.phases import PhaseClock
 from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
 from churnlab.secrets import redact, redact_tree, secret_values
 from churnlab.tracking.promotion import promotion_output, record_no_promotion
@@ -129,13 +130,18 @@ def run_stage(
     name: str, root: Path | None = None, overrides: dict | None = None, progress: bool | None = None
 ) -> Stage:
     """Run one notebook stage end to end; raise ChurnlabError on any failure."""
+    clock = PhaseClock(name)
+    clock.mark("runner start")
     root = root or project_root()
     kernel = _start_kernel(root, name)
+    clock.mark("kernel started")
     try:
-        return _run_on_kernel(kernel, name, root, overrides, progress)
+        return _run_on_kernel(kernel, name, root, overrides, progress, clock)
     finally:
         if kernel is not None:
             kernel.shutdown()
+        clock.mark("kernel stopped")
+        clock.write()
 
 
 def _run_on_kernel(
@@ -144,6 +150,7 @@ def _run_on_kernel(
     root: Path,
     overrides: dict | None,
     progress: bool | None,
+    clock: PhaseClock,
 ) -> Stage:
     import nbformat
     import papermill
@@ -164,6 +171,7 @@ def _run_on_kernel(
     missing_outs = [o for o in (stage.executed_path, stage.html_path) if o not in stage.outs]
     if missing_outs:
         raise ChurnlabError(f"dvc.yaml stage '{name}': outs must include {missing_outs}")
+    clock.mark("params checked")
     if progress is None:
         progress = sys.stderr.isatty() and not os.environ.get("CI")
     running = root / WORK_DIR / "running" / f"{name}.ipynb"
@@ -176,6 +184,7 @@ def _run_on_kernel(
     )
     tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
     promotion = promotion_output(root, stage)  # written by tracking, not by the notebook
+    clock.mark("tracking open")
     started = time.perf_counter()
     secrets = secret_values(stage.values)
     # The guard encloses the stage run, so a failure to record the stage, up to the very last
@@ -197,7 +206,9 @@ def _run_on_kernel(
                 start_timeout=120,
                 progress_bar={"desc": f"[{name}]", "disable": not progress, "leave": False},
                 request_save_on_cell_execute=True,
+                on_cell_start=lambda **_: "first cell" in clock.marks or clock.mark("first cell"),
             )
+            clock.mark("notebook done")
         except PapermillExecutionError as exc:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if running.exists():
@@ -227,10 +238,12 @@ def _run_on_kernel(
         clean = redact_tree(scrub_notebook(executed, parameters, stage.notebook), secrets)
         write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         write_text(root / stage.html_path, to_html(clean))
+        clock.mark("page written")
         if run is not None:  # inside the guard: a failure to record restores the outputs
             record_stage(run, root, stage, clean)
         if promotion and not (root / promotion).exists():  # so that the output always exists
             record_no_promotion(root, promotion, run is not None, name)
+    clock.mark("recorded")
     failed.unlink(missing_ok=True)
     print(
         f"[{name}] done in {time.perf_counter() - started:.1f} s: {stage.executed_path}, "
