@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
+import json
 import os
 import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 
 from churnlab.errors import ChurnlabError
+
+if TYPE_CHECKING:  # pandera is imported where a table is validated: not by every importer
+    import pandera.pandas as pa
 
 # the prepared tables name these two columns the same whatever the source
 ID_COLUMN = "customer_id"
 TARGET_COLUMN = "churned"  # 0/1
 # YAML 1.1 reads these words, unquoted, as booleans: `[yes, no]` is [True, False]
 YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "true", "false", "y", "n"})
+# Records of raw files that passed the schema (fetch writes them, explore and prepare read
+# them), one empty file per content and schema; git-ignored run state, never a DVC output.
+VALIDATED_DIR = ".churnlab/validated"
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,8 @@ def _to_number(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def build_schema(spec: TableSpec) -> pa.DataFrameSchema:
     """The pandera schema that the typed table must satisfy."""
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {
         spec.id_column: pa.Column(str, nullable=False, unique=True),
         spec.target: pa.Column(
@@ -231,11 +240,66 @@ def _describe_failures(cases: pd.DataFrame, where: str, max_examples: int = 3) -
     return f"{where}: the data does not match params/data.yaml schema:\n" + "\n".join(lines)
 
 
-def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame:
+def validation_key(schema: dict, data_sha256: str) -> str:
+    """The name of the record that a file with this SHA-256 passed this schema.
+
+    Besides the data and the ``schema`` params, the key holds everything the verdict depends
+    on: this module's code (the typing and the rules) and the pandas and pandera versions. A
+    change to any of them names another record, so an old record is never trusted.
+    """
+    from importlib.metadata import version
+
+    judged_by = json.dumps(
+        {
+            "schema": schema,
+            "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+            "pandas": pd.__version__,
+            "pandera": version("pandera"),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return f"{data_sha256}-{hashlib.sha256(judged_by.encode()).hexdigest()}"
+
+
+def record_validated(root: Path, schema: dict, data_sha256: str) -> None:
+    """Record that the raw file with this SHA-256 passed ``schema`` (after a full check)."""
+    folder = Path(root) / VALIDATED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / validation_key(schema, data_sha256)).touch()
+
+
+def validated_before(path: Path, schema: dict) -> bool:
+    """Whether the file at ``path``, as its bytes are now, passed ``schema`` before.
+
+    The record is looked for in the project that holds the file (so a notebook opened in
+    JupyterLab finds what ``churnlab fetch`` wrote); the file is hashed again each time, so a
+    changed file finds no record.
+    """
+    from churnlab.config import project_root
+
+    try:
+        root = project_root(Path(path).resolve().parent)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except (ChurnlabError, OSError):  # outside a project, or unreadable: check it in full
+        return False
+    return (root / VALIDATED_DIR / validation_key(schema, digest)).is_file()
+
+
+def validate_table(
+    raw: pd.DataFrame, spec: TableSpec, where: str, passed_before: bool = False
+) -> pd.DataFrame:
     """Type the raw text table by the spec and check it; return the typed table.
 
     All problems are reported at once: missing columns, values of the wrong type, values
     out of range or not allowed, duplicate ids, unknown labels.
+
+    Args:
+        raw: the table as text (:func:`read_table`).
+        spec: the data description.
+        where: the file, for messages.
+        passed_before: the same bytes passed the same schema (:func:`validated_before`):
+            the table is typed and its cheap checks run, the pandera pass is skipped.
 
     Raises:
         ChurnlabError: naming ``where`` and, per column and rule, the count and example rows
@@ -263,9 +327,13 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
                 )
         else:
             typed[name] = _as_text(raw[name])
+    if passed_before:
+        return _checked_types(typed, bad_type, spec, where)
+    from pandera.errors import SchemaErrors
+
     try:
         build_schema(spec).validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as errors:
+    except SchemaErrors as errors:
         cases = errors.failure_cases[["column", "check", "index", "failure_case"]]
         # a value that did not parse is reported as a type error, not again as missing
         unparsed = {(case["column"], case["index"]) for case in bad_type}
@@ -280,6 +348,13 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
         )
         hints = "".join(f"\n  {line}" for line in _boolean_word_hints(cases, spec))
         raise ChurnlabError(_describe_failures(cases, where) + hints) from None
+    return _checked_types(typed, bad_type, spec, where)
+
+
+def _checked_types(
+    typed: pd.DataFrame, bad_type: list[dict], spec: TableSpec, where: str
+) -> pd.DataFrame:
+    """The checks that come with typing: unparsed numbers, numeric columns with no value."""
     if bad_type:
         raise ChurnlabError(_describe_failures(pd.DataFrame(bad_type), where))
     blank = [name for name in spec.numeric if typed[name].isna().all()]
