@@ -163,6 +163,12 @@ def walls(command: list[str], root: Path, env: dict[str, str], repeats: int) -> 
     return _median_pair([timed_run(command, root, env) for _ in range(repeats)])
 
 
+def _has_module(name: str) -> str:
+    import importlib.util
+
+    return "yes" if importlib.util.find_spec(name) else "no (pip install ruamel.yaml.clib)"
+
+
 def build_project(target: Path, env: dict[str, str]) -> Path:
     """A copy of this project after one full ``dvc repro`` (minutes)."""
     from churnlab.pipeline.workspace import commit_all, copy_project
@@ -195,6 +201,7 @@ def main() -> None:
     root = root.resolve()
     load = os.getloadavg()[0]
     print(f"project {root}; medians of {args.repeats}; load average {load:.2f} at the start")
+    print(f"ruamel.yaml's C parser (DVC reads its YAML with it): {_has_module('_ruamel_yaml')}")
     for command in ("fetch", "report"):
         total = walls(["bin/churnlab", command], root, {**env, "DVC_STAGE": command}, args.repeats)
         measured = parts(command, root, env, args.repeats)

@@ -6,6 +6,7 @@ column name of its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -31,7 +32,7 @@ TARGET_COLUMN = "churned"  # 0/1
 # YAML 1.1 reads these words, unquoted, as booleans: `[yes, no]` is [True, False]
 YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "true", "false", "y", "n"})
 # Records of raw files that passed the schema (fetch writes them, explore and prepare read
-# them), one empty file per content and schema; git-ignored run state, never a DVC output.
+# them), one per file; git-ignored run state, never a DVC output.
 VALIDATED_DIR = ".churnlab/validated"
 
 
@@ -240,13 +241,9 @@ def _describe_failures(cases: pd.DataFrame, where: str, max_examples: int = 3) -
     return f"{where}: the data does not match params/data.yaml schema:\n" + "\n".join(lines)
 
 
-def validation_key(schema: dict, data_sha256: str) -> str:
-    """The name of the record that a file with this SHA-256 passed this schema.
-
-    Besides the data and the ``schema`` params, the key holds everything the verdict depends
-    on: this module's code (the typing and the rules) and the pandas and pandera versions. A
-    change to any of them names another record, so an old record is never trusted.
-    """
+def _judged_by(schema: dict) -> str:
+    """Everything a verdict on a table depends on besides its bytes: the ``schema`` params,
+    this module's code (the typing and the rules) and the pandas and pandera versions."""
     from importlib.metadata import version
 
     judged_by = json.dumps(
@@ -259,31 +256,70 @@ def validation_key(schema: dict, data_sha256: str) -> str:
         sort_keys=True,
         default=str,
     )
-    return f"{data_sha256}-{hashlib.sha256(judged_by.encode()).hexdigest()}"
+    return hashlib.sha256(judged_by.encode()).hexdigest()
 
 
-def record_validated(root: Path, schema: dict, data_sha256: str) -> None:
-    """Record that the raw file with this SHA-256 passed ``schema`` (after a full check)."""
-    folder = Path(root) / VALIDATED_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / validation_key(schema, data_sha256)).touch()
+def _file_identity(path: Path) -> list[int]:
+    """Size, inode, modification and change times (ns): any write changes the change time,
+    which no one can set back, so an equal identity means the same bytes (as for git)."""
+    info = path.stat()
+    return [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _record_path(root: Path, path: Path) -> Path:
+    relative = Path(path).resolve().relative_to(Path(root).resolve())
+    return Path(root) / VALIDATED_DIR / f"{relative.as_posix().replace('/', '%')}.json"
+
+
+def record_validated(root: Path, path: Path, schema: dict, data_sha256: str) -> None:
+    """Record that the raw file at ``path`` (inside ``root``), with these bytes, passed
+    ``schema`` in full."""
+    from churnlab.files import write_json
+
+    try:
+        record = _record_path(root, path)
+    except ValueError:  # a raw file outside the project: nothing to record it in
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        record,
+        {
+            "sha256": data_sha256,
+            "judged_by": _judged_by(schema),
+            "identity": _file_identity(Path(path)),
+        },
+    )
 
 
 def validated_before(path: Path, schema: dict) -> bool:
     """Whether the file at ``path``, as its bytes are now, passed ``schema`` before.
 
     The record is looked for in the project that holds the file (so a notebook opened in
-    JupyterLab finds what ``churnlab fetch`` wrote); the file is hashed again each time, so a
-    changed file finds no record.
+    JupyterLab finds what ``churnlab fetch`` wrote). It counts only for the same schema, code
+    and library versions, and for the same bytes: the file's identity (size, inode, times)
+    unchanged since the record, or else its SHA-256 computed again and equal. In that case
+    the record takes the file's new identity (DVC touches an output after its stage), so the
+    next stage does not hash the file again.
     """
     from churnlab.config import project_root
 
     try:
         root = project_root(Path(path).resolve().parent)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except (ChurnlabError, OSError):  # outside a project, or unreadable: check it in full
-        return False
-    return (root / VALIDATED_DIR / validation_key(schema, digest)).is_file()
+        record = json.loads(_record_path(root, path).read_text())
+        if record["judged_by"] != _judged_by(schema):
+            return False
+        identity = _file_identity(Path(path))
+        if record["identity"] == identity:
+            return True
+        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != record["sha256"]:
+            return False
+    except (ChurnlabError, OSError, ValueError, KeyError, TypeError):
+        return False  # outside a project, no record, an unreadable one: check in full
+    with contextlib.suppress(OSError):  # only a shortcut for the next reader
+        from churnlab.files import write_json
+
+        write_json(_record_path(root, path), {**record, "identity": identity})
+    return True
 
 
 def validate_table(

@@ -212,7 +212,7 @@ def fetch_raw(
     if schema is not None:  # explore and prepare then skip the pandera pass on these bytes
         from churnlab.data import record_validated
 
-        record_validated(root, schema, digest)
+        record_validated(root, target, schema, digest)
     return digest
 
 
