@@ -282,7 +282,9 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
     diff = diff.get("diff", diff)
     assert set(diff) == {"metrics/headline.json"} and "recall" in diff["metrics/headline.json"]
-    diff = run(["dvc", "metrics", "diff", "--json", "metrics/test.json"], project).stdout
+    diff = run(
+        ["dvc", "metrics", "diff", "--json", "--targets", "metrics/test.json"], project
+    ).stdout
     diff = json.loads(diff)
     diff = diff.get("diff", diff)
     assert (
