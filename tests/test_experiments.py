@@ -62,6 +62,14 @@ ROWS = [
 ]
 
 
+def test_every_metric_churnlab_exps_shows_is_in_the_one_file_dvc_reads():
+    from churnlab.evaluation import HEADLINE_METRICS as DVC_READS
+    from churnlab.report.experiments import HEADLINE_METRICS
+    from churnlab.tracking.settings import PROMOTION_METRICS
+
+    assert set(HEADLINE_METRICS) | set(PROMOTION_METRICS) <= set(DVC_READS)
+
+
 def test_experiments_are_sorted_best_first_by_the_promotion_metric_failed_ones_last():
     (comparison,) = compare(ROWS, PARAMS, "roc_auc")
     assert comparison.baseline.name == "main"  # the workspace row is not an experiment
