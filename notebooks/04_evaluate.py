@@ -26,6 +26,7 @@ paths_model: str = param("paths.model")  # fitted Pipeline (train stage)
 paths_features: str = param("paths.features")  # its feature lists (train stage)
 paths_oof_scores: str = param("paths.oof_scores")  # out-of-fold training scores (train)
 paths_test_metrics: str = param("paths.test_metrics")  # output: test metrics
+paths_headline_metrics: str = param("paths.headline_metrics")  # output: what DVC shows of them
 paths_test_scores: str = param("paths.test_scores")  # output: each test customer's score
 paths_plots: str = param("paths.plots")  # output: folder of plot data for `dvc plots`
 evaluate_threshold_rule: str = param("evaluate.threshold_rule")  # max_f1 or cost
@@ -49,6 +50,7 @@ from churnlab.evaluation import (
     choose_threshold,
     evaluate_scores,
     feature_importance,
+    headline_metrics,
     plot_tables,
 )
 from churnlab.files import write_csv, write_json, write_parquet
@@ -139,6 +141,7 @@ for name, table in tables.items():
     write_csv(plots / f"{name}.csv", table)
 write_csv(plots / "feature_importance.csv", importance)
 write_json(Path(paths_test_metrics), metrics)
+write_json(Path(paths_headline_metrics), headline_metrics(metrics))
 write_parquet(Path(paths_test_scores),
               pd.DataFrame({ID_COLUMN: test[ID_COLUMN], TARGET_COLUMN: labels, "score": scores}))
 

@@ -9,6 +9,7 @@ from churnlab.evaluation import (
     check_gates,
     choose_threshold,
     evaluate_scores,
+    headline_metrics,
     plot_tables,
     precision_recall_points,
     roc_points,
@@ -73,6 +74,22 @@ def test_metrics_against_baseline_and_gates():
     )
     with pytest.raises(ChurnlabError, match=r"unknown gate\(s\) \['min_auc'\]"):
         check_gates(metrics, {"min_auc": 0.5})
+
+
+def test_the_headline_metrics_are_the_evaluations_own_numbers_and_every_promotion_metric():
+    from churnlab.tracking.settings import PROMOTION_METRICS
+
+    metrics = evaluate_scores(LABELS, SCORES, LABELS, 0.5, 0.1, **COSTS)
+    headline = headline_metrics(metrics)
+    assert headline == {
+        "roc_auc": metrics["roc_auc"],
+        "pr_auc": metrics["pr_auc"],
+        "recall": metrics["recall"],
+        "precision": metrics["precision"],
+        "brier": metrics["brier"],
+        "cost": {"model": metrics["cost"]["model"]},
+    }
+    assert set(PROMOTION_METRICS) <= set(headline)  # `churnlab exps` sorts on one of them
 
 
 def test_plot_tables_have_the_columns_dvc_plots_reads():

@@ -6,6 +6,9 @@ committed metrics files, and the page is opened in headless Chromium with no net
 """
 
 import json
+import re
+import shlex
+import subprocess
 
 import pytest
 from browser import Browser
@@ -19,7 +22,7 @@ from churnlab.report.experiments import (
     render_page,
 )
 
-from conftest import committed_copy, run
+from conftest import committed_copy, run, tool_env
 
 PARAMS = {"train.family", "train.cv_folds", "evaluate.threshold_rule", "report.smtp_password"}
 
@@ -57,6 +60,14 @@ ROWS = [
     exp_row("better-one", "branch_commit", 0.8500, brier=0.15, **{"train.cv_folds": 3.0}),
     exp_row("failed-one", "branch_base", None, None, State="Failed", **{"train.cv_folds": 2.0}),
 ]
+
+
+def test_every_metric_churnlab_exps_shows_is_in_the_one_file_dvc_reads():
+    from churnlab.evaluation import HEADLINE_METRICS as DVC_READS
+    from churnlab.report.experiments import HEADLINE_METRICS
+    from churnlab.tracking.settings import PROMOTION_METRICS
+
+    assert set(HEADLINE_METRICS) | set(PROMOTION_METRICS) <= set(DVC_READS)
 
 
 def test_experiments_are_sorted_best_first_by_the_promotion_metric_failed_ones_last():
@@ -192,3 +203,92 @@ def test_the_experiments_page_opens_offline_shows_the_same_numbers_and_the_index
     assert "experiments.html" in index.local_links
     assert all((page.parent / link.split("#")[0]).is_file() for link in seen.local_links)
     assert run(["dvc", "status"], exps_project).stdout.strip().endswith("up to date.")
+
+
+# --- dvc exp show, as a person sees it -----------------------------------------------------
+
+# The columns DVC reads from metrics/headline.json, by their names in the file.
+HEADLINE_COLUMNS = ["brier", "cost.model", "pr_auc", "precision", "recall", "roc_auc"]
+
+
+def dvc_exp_show_in_a_terminal(project, *options, columns=WIDTH):
+    """The lines of ``dvc exp show`` run in a terminal ``columns`` wide.
+
+    DVC sees a terminal (a pty, through ``script``), draws its table and hands it to its
+    pager: ``less -S``, which shows each line's first ``columns`` characters and the rest when
+    scrolled right. ``DVC_PAGER=cat`` keeps the whole lines, so that both parts can be checked.
+    """
+    env = {**tool_env(), "COLUMNS": str(columns), "DVC_PAGER": "cat", "TERM": "xterm"}
+    result = subprocess.run(
+        ["script", "-qec", shlex.join(["dvc", "exp", "show", *options]), "/dev/null"],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r", "", result.stdout)
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def column_end(header, name):
+    """Where a right-justified (metric) column ends: its header's last character."""
+    (found,) = re.finditer(rf"(?<= ){re.escape(name)}(?= |$)", header)
+    return found.end()
+
+
+def table_rows(lines, names):
+    """The header line and each named row (an experiment as ``[name]``, a commit by name)."""
+    (header,) = [line for line in lines if line.split()[:2] == ["Experiment", "Created"]]
+    rows = {}
+    for name in names:
+        (rows[name],) = [line for line in lines if f"[{name}]" in line or line.split()[0] == name]
+    return header, rows
+
+
+@pytest.fixture(scope="module")
+def exps_revs(exps_project):
+    """Each experiment's git ref, and the commit they started from as its branch name."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], exps_project).stdout
+    revs = {r.rsplit("/", 1)[-1]: r for r in refs.split() if len(r.split("/")) == 5}
+    branch = run(["git", "branch", "--show-current"], exps_project).stdout.strip()
+    return {**revs, branch: "HEAD"}
+
+
+@pytest.mark.pipeline
+def test_dvc_exp_show_opens_on_the_headline_metrics_of_every_experiment(exps_project, exps_revs):
+    lines = dvc_exp_show_in_a_terminal(exps_project)
+    assert not any("…" in line for line in lines)  # no column squeezed to an ellipsis
+    header, rows = table_rows(lines, exps_revs)
+    shown = header[:WIDTH].split()  # what the terminal shows before scrolling right
+    assert shown[: 2 + len(HEADLINE_COLUMNS)] == ["Experiment", "Created", *HEADLINE_COLUMNS]
+    for name, rev in exps_revs.items():
+        headline = git_json(exps_project, rev, "metrics/headline.json")
+        for column in HEADLINE_COLUMNS:
+            end = column_end(header, column)
+            expected = f"{metric(headline, column):.5g}"  # DVC's 5 significant digits
+            cell = rows[name][: end + 1]
+            assert end <= WIDTH and cell.endswith(f" {expected} "), (name, column, cell)
+
+
+@pytest.mark.pipeline
+def test_dvc_exp_show_only_changed_adds_the_changed_params_after_the_headline(
+    exps_project, exps_revs
+):
+    lines = dvc_exp_show_in_a_terminal(exps_project, "--only-changed")
+    assert not any("…" in line for line in lines)
+    header, rows = table_rows(lines, exps_revs)
+    metrics_end = column_end(header, HEADLINE_COLUMNS[-1])
+    assert metrics_end <= WIDTH
+    rules = {"cost-rule": "cost"}
+    families = {"logistic": "logistic_regression"}
+    for name in exps_revs:
+        for param, value in (
+            ("evaluate.threshold_rule", rules.get(name, "max_f1")),
+            ("train.family", families.get(name, "gradient_boosting")),
+            ("evaluate.importance_repeats", "5" if name not in EXPERIMENTS else "1"),
+        ):
+            start = header.index(f" {param} ") + 1  # params are left-justified
+            assert start > metrics_end and rows[name][start:].split()[0] == value, (name, param)

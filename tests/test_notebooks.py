@@ -99,6 +99,7 @@ LAB_OUTPUTS = (
     "models/oof_scores.parquet",
     "metrics/cv.json",
     "metrics/test.json",
+    "metrics/headline.json",
     "models/test_scores.parquet",
     "plots/roc.csv",
 )

@@ -77,7 +77,7 @@ def restore(project):
 # --- reproducibility ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["prepare.json", "cv.json", "test.json"])
+@pytest.mark.parametrize("name", ["prepare.json", "cv.json", "test.json", "headline.json"])
 def test_metrics_equal_the_committed_ones_bit_for_bit(user_project, name):
     assert (user_project / "metrics" / name).read_bytes() == (ROOT / "metrics" / name).read_bytes()
 
@@ -278,7 +278,14 @@ def test_an_evaluation_param_reruns_evaluation_only_as_an_experiment(restore):
     assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert "cost-rule" in json.dumps(shown)
+    # DVC reads the headline file by itself; the threshold is in the details, named as target
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    diff = diff.get("diff", diff)
+    assert set(diff) == {"metrics/headline.json"} and "recall" in diff["metrics/headline.json"]
+    diff = run(
+        ["dvc", "metrics", "diff", "--json", "--targets", "metrics/test.json"], project
+    ).stdout
+    diff = json.loads(diff)
     diff = diff.get("diff", diff)
     assert (
         diff["metrics/test.json"]["threshold"]["new"]

@@ -1,6 +1,7 @@
 """The model of dvc.yaml: a stage's param keys, overrides, unread keys, unknown stages."""
 
 import pytest
+import yaml
 from demo_stage import make_project
 
 from churnlab.errors import ChurnlabError
@@ -37,3 +38,20 @@ def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
 def test_an_unknown_stage_is_named(tmp_path):
     with pytest.raises(ChurnlabError, match="dvc.yaml: no stage 'trian'"):
         load_stage(ROOT, "trian")
+
+
+def test_mlflow_records_dvcs_metrics_file_and_the_numbers_files_dvc_does_not_read():
+    """DVC reads only the headline file (`dvc exp show` stays narrow); MLflow still records
+    every JSON file a stage keeps in git, taken from dvc.yaml itself."""
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    paths = yaml.safe_load((ROOT / "params" / "paths.yaml").read_text())["paths"]
+    declared = [next(iter(m)) for s in pipeline.values() for m in s.get("metrics") or []]
+    assert declared == ["${paths.headline_metrics}"]
+    recorded = {
+        name: load_stage(ROOT, name, notebook=name not in ("fetch", "report")).metrics
+        for name in pipeline
+    }
+    assert recorded["prepare"] == [paths["prepare_summary"]]
+    assert recorded["train"] == [paths["cv_metrics"]]
+    assert recorded["evaluate"] == [paths["headline_metrics"], paths["test_metrics"]]
+    assert recorded["fetch"] == recorded["explore"] == recorded["report"] == []

@@ -12,6 +12,11 @@ from churnlab.errors import ChurnlabError
 # (tests/test_evaluation.py compares the two).
 
 THRESHOLD_RULES = ("max_f1", "cost")
+# The numbers a person compares experiments on, the only ones DVC reads (``dvc exp show``,
+# ``dvc metrics diff``): ranking, recall and precision at the chosen threshold, the expected
+# cost, and the Brier score because tracking may promote on it. Every other number stays in
+# the test metrics file, which DVC does not read, so the table fits a terminal.
+HEADLINE_METRICS = ("roc_auc", "pr_auc", "recall", "precision", "brier", "cost.model")
 
 
 def choose_threshold(
@@ -144,6 +149,18 @@ def evaluate_scores(
         },
         "baseline": baseline,
     }
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """The ``HEADLINE_METRICS`` of ``evaluate_scores``' result, nested as they are there."""
+    headline: dict = {}
+    for dotted in HEADLINE_METRICS:
+        *parents, last = dotted.split(".")
+        source, target = metrics, headline
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = source[last]
+    return headline
 
 
 GATES = {

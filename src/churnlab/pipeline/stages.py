@@ -32,7 +32,7 @@ class Stage:
     report_dir: str
     unread: list[str]  # override keys the stage does not read
     deps: list[str]
-    metrics: list[str]
+    metrics: list[str]  # files whose numbers MLflow records (DVC's metrics and the rest)
 
     @property
     def executed_path(self) -> str:
@@ -50,6 +50,14 @@ def parameter_name(key: str) -> str:
 
 def _out_path(entry: Any) -> str:
     return next(iter(entry)) if isinstance(entry, dict) else str(entry)
+
+
+def _is_numbers_file(entry: Any, merged: dict, where: str) -> bool:
+    """A JSON out kept in git (``cache: false``): numbers DVC does not read as metrics (only
+    the headline file is, to keep ``dvc exp show`` narrow), which MLflow records all the same."""
+    props = next(iter(entry.values())) if isinstance(entry, dict) else {}
+    path = interpolate(_out_path(entry), merged, where)
+    return path.endswith(".json") and (props or {}).get("cache") is False
 
 
 def _set_nested(tree: dict, dotted: str, value: Any, where: str) -> None:
@@ -137,7 +145,12 @@ def load_stage(
         for kind in ("outs", "metrics", "plots")
         for o in stages[name].get(kind) or []
     ]
-    metrics = [interpolate(_out_path(o), merged, where) for o in stages[name].get("metrics") or []]
+    metrics = [
+        interpolate(_out_path(o), merged, where)
+        for kind in ("metrics", "outs")
+        for o in stages[name].get(kind) or []
+        if kind == "metrics" or _is_numbers_file(o, merged, where)
+    ]
     report_dir = interpolate("${paths.reports}", merged, where)
     return Stage(
         name,
