@@ -960,7 +960,14 @@ def measure_iteration(
         log(f"tracking {state}: {run['wall']:.1f} s; other processes {load:.2f} cores")
         tracking[state] = {**run, "others": load}
     back_to_committed(root, env)
-    return {"experiments": experiments, "tracking": tracking}
+    import yaml
+
+    settings = yaml.safe_load((root / TRACKING_PARAMS).read_text())["tracking"]
+    return {
+        "experiments": experiments,
+        "tracking": tracking,
+        "register_stage": settings.get("register_stage"),
+    }
 
 
 def set_tracking(root: Path, enabled: bool) -> None:
@@ -1067,13 +1074,24 @@ def tracking_added(iteration: dict) -> dict[str, float]:
 
 
 def registry_phase(iteration: dict | None) -> float | None:
-    """The tracking phase of the stage that registers the model (the longest such phase
-    with tracking on): logging, registration and the promotion decision."""
+    """The tracking phase of the stage that registers the model, with tracking on: its
+    logging, the model's registration and the promotion decision."""
     if not iteration:
         return None
-    phases = [between(s, *TRACKING) for s in iteration["tracking"]["on"]["spans"].values()]
-    phases = [p for p in phases if p is not None]
-    return max(phases) if phases else None
+    span = iteration["tracking"]["on"]["spans"].get(iteration.get("register_stage"), {})
+    return between(span, *TRACKING)
+
+
+def stage_tracking(iteration: dict) -> dict[str, float]:
+    """Per stage except the registering one (its own target): what tracking costs it, the
+    larger of its span with tracking on minus off and its tracking phase."""
+    added = tracking_added(iteration)
+    on = iteration["tracking"]["on"]["spans"]
+    return {
+        name: max(value, between(on[name], *TRACKING) or value)
+        for name, value in added.items()
+        if name != iteration.get("register_stage")
+    }
 
 
 def targets(results: list[dict], iteration: dict | None) -> list[str]:
@@ -1115,27 +1133,30 @@ def targets(results: list[dict], iteration: dict | None) -> list[str]:
             )
             + _verdict(figure, target)
         )
-    added = tracking_added(iteration) if iteration else {}
-    worst = max(added.items(), key=lambda item: item[1]) if added else None
-    phases = {
-        name: between(span, *TRACKING)
-        for name, span in (iteration["tracking"]["on"]["spans"].items() if iteration else [])
-    }
-    longest = max((p for p in phases.values() if p is not None), default=None)
+    costs = stage_tracking(iteration) if iteration else {}
+    worst = max(costs.items(), key=lambda item: item[1]) if costs else None
     lines.append(
         f"- tracking ≤ {TARGET_TRACKING_S:g} s added to a stage's wall time: "
         + (
-            f"worst {worst[0]} {worst[1]:+.2f} s (on − off); the tracking phase inside a stage "
-            f"(page written → recorded) is at most {_s(longest)} s — "
+            f"worst {worst[0]} {worst[1]:+.2f} s (the larger of on − off and its tracking "
+            f"phase; the registering stage, {iteration.get('register_stage')}, under the next "
+            "target) — "
             if worst
             else ""
         )
-        + _verdict(max(worst[1], longest or 0.0) if worst else None, TARGET_TRACKING_S)
+        + _verdict(worst[1] if worst else None, TARGET_TRACKING_S)
     )
     registry = registry_phase(iteration)
+    added = tracking_added(iteration) if iteration else {}
+    register = iteration.get("register_stage") if iteration else None
     lines.append(
         f"- model logging + registration + promotion ≤ {TARGET_REGISTRY_S:g} s: "
-        + (f"{registry:.2f} s (the registering stage's tracking phase) — " if registry else "")
+        + (
+            f"{registry:.2f} s ({register}'s tracking phase; its span on − off "
+            f"{_s(added.get(register))} s) — "
+            if registry is not None
+            else ""
+        )
         + _verdict(registry, TARGET_REGISTRY_S)
     )
     return lines
