@@ -74,13 +74,15 @@ TARGET_EXP_TRAIN_S = 20.0
 TARGET_TRACKING_S = 0.5
 TARGET_REGISTRY_S = 2.0
 
-# The two experiments: one param changed each, from the committed default run.
+# The two experiments: one param changed each, from the committed default run; label,
+# setting, target, runs under --quick (the training one once: --quick stays a few minutes)
 EXPERIMENTS = (
-    ("evaluation only", "params/evaluate.yaml:evaluate.threshold_rule=cost", TARGET_EXP_EVAL_S),
+    ("evaluation only", "params/evaluate.yaml:evaluate.threshold_rule=cost", TARGET_EXP_EVAL_S, 3),
     (
         "training",
         "params/train.yaml:train.gradient_boosting.learning_rate=0.1",
         TARGET_EXP_TRAIN_S,
+        1,
     ),
 )
 TRACKING_PARAMS = "params/tracking.yaml"
@@ -915,19 +917,22 @@ def experiment(root: Path, env: dict[str, str], workdir: Path, setting: str) -> 
 
 
 def measure_iteration(
-    result: dict, workdir: Path, env: dict[str, str], repeats: int, max_wait: float
+    result: dict, workdir: Path, env: dict[str, str], repeats: int | None, max_wait: float
 ) -> dict:
-    """On the default run's copy, committed: each experiment ``repeats`` times from the
-    committed state, then every stage forced with tracking on and with it off."""
+    """On the default run's copy, committed: each experiment ``repeats`` times (None: its
+    own number for ``--quick``) from the committed state, then every stage forced with
+    tracking on and with it off."""
     root = Path(result["root"])
     git(root, env, "add", "-A")
     git(root, env, "commit", "-q", "--allow-empty", "-m", "benchmark: the default run")
     experiments = []
-    for label, setting, target in EXPERIMENTS:
+    for label, setting, target, quick_runs in EXPERIMENTS:
 
-        def repeated(label: str = label, setting: str = setting) -> list[dict]:
+        def repeated(
+            label: str = label, setting: str = setting, count: int = repeats or quick_runs
+        ) -> list[dict]:
             runs = []
-            for number in range(1, repeats + 1):
+            for number in range(1, count + 1):
                 back_to_committed(root, env)  # not timed: each run starts from the commit
                 log(f"experiment '{label}' ({setting}), run {number}")
                 runs.append(experiment(root, env, workdir, setting))
@@ -1118,7 +1123,7 @@ def targets(results: list[dict], iteration: dict | None) -> list[str]:
         + _verdict(default["noop"], TARGET_NOOP_S)
     )
     experiments = iteration["experiments"] if iteration else []
-    for label, setting, target in EXPERIMENTS:
+    for label, setting, target, _ in EXPERIMENTS:
         found = next((e for e in experiments if e["label"] == label), None)
         figure = found["median"]["total"] if found else None
         lines.append(
@@ -1594,10 +1599,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--exp-repeats",
         type=int,
-        default=REPEATS,
         metavar="N",
-        help=f"runs of each experiment, median reported (default {REPEATS}; 0: none, "
-        "and no tracking on/off runs either)",
+        help=f"runs of each experiment, median reported (default {REPEATS}; with --quick "
+        + ", ".join(f"{e[0]} {e[3]}" for e in EXPERIMENTS)
+        + "; 0: no experiments, and no tracking on/off runs either)",
     )
     parser.add_argument(
         "--attempts",
@@ -1665,8 +1670,11 @@ def main(argv: list[str]) -> int:
         # --quick keeps to a few minutes: the parts measured alone once each
         parts = measure_components(root, workdir, env, args.max_wait, 1 if args.quick else REPEATS)
         iteration = None
-        if args.exp_repeats > 0:
-            iteration = measure_iteration(results[0], workdir, env, args.exp_repeats, args.max_wait)
+        repeats = args.exp_repeats
+        if repeats is None and not args.quick:
+            repeats = REPEATS
+        if repeats != 0:
+            iteration = measure_iteration(results[0], workdir, env, repeats, args.max_wait)
         if sizes:
             from churnlab.data import read_table
 
