@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from churnlab.config import get_key, interpolate, load_params, project_root
+from churnlab.config import get_key, interpolate, load_params, project_root, read_yaml
 from churnlab.errors import ChurnlabError
 
 from conftest import ROOT
@@ -35,6 +36,29 @@ def test_invalid_yaml_names_the_file(tmp_path):
     (tmp_path / "params" / "a.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ChurnlabError, match="a.yaml: not valid YAML"):
         load_params(tmp_path)
+
+
+def test_a_yaml_file_read_twice_gives_fresh_values_and_a_changed_file_is_read_again(tmp_path):
+    # read_yaml parses each text once per process: what it returns must still be the file's
+    path = tmp_path / "a.yaml"
+    path.write_text("train: {seed: 1, folds: [1, 2]}\n")
+    first = read_yaml(path)
+    first["train"]["folds"].append(3)  # a caller changing what it got
+    assert (
+        read_yaml(path)
+        == yaml.safe_load(path.read_text())
+        == {"train": {"seed": 1, "folds": [1, 2]}}
+    )
+    path.write_text("train: {seed: 2, folds: [1, 2]}\n")  # same size, new content
+    assert read_yaml(path) == {"train": {"seed": 2, "folds": [1, 2]}}
+
+
+def test_every_yaml_file_of_the_project_reads_as_pyyaml_safe_load_reads_it():
+    # libyaml's parser when present: the same values, types included, as the pure loader
+    files = [*ROOT.glob("*.yaml"), *ROOT.glob("params/**/*.yaml"), *ROOT.glob("tests/**/*.yaml")]
+    assert len(files) >= 10
+    for path in files:
+        assert repr(read_yaml(path)) == repr(yaml.safe_load(path.read_text())), path
 
 
 def test_get_key_names_the_missing_part():

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -344,3 +345,33 @@ def test_no_customer_is_in_both_splits_of_the_real_data(telco_csv, schema, param
     assert len(train) + len(test) == 7043
     assert train.isna().sum().sum() == 0 and test.isna().sum().sum() == 0
     assert abs(train[TARGET_COLUMN].mean() - test[TARGET_COLUMN].mean()) < 0.01
+
+
+@pytest.mark.parametrize("test_size", [0.1, 0.15, 0.2, 0.25, 0.3, 0.5])
+@pytest.mark.parametrize("cv_folds", [2, 3, 5, 10])
+def test_what_rows_needed_promises_the_split_keeps(test_size, cv_folds):
+    # check_usable trusts rows_needed without splitting (fetch then needs no scikit-learn):
+    # that many of each class must give every fold both classes and a test split with both
+    plan = SplitPlan(test_size=test_size, seed=0, cv_folds=cv_folds)
+    needed = plan.rows_needed()
+    for leavers, stayers in [(needed, needed), (needed, 3 * needed + 1), (needed, 17 * needed)]:
+        for seed in range(3):
+            table = pd.DataFrame({TARGET_COLUMN: [1] * leavers + [0] * stayers})
+            train, test = split_customers(table, test_size, seed)
+            assert train[TARGET_COLUMN].value_counts().min() >= cv_folds, (leavers, stayers)
+            assert test[TARGET_COLUMN].nunique() == 2, (leavers, stayers)
+            check_usable(table[TARGET_COLUMN], replace(plan, seed=seed), ("y", "n"), "x")
+
+
+def test_reading_checking_and_splitting_the_table_import_no_model_code():
+    # `churnlab fetch` runs in a fresh process: scikit-learn and matplotlib are seconds of
+    # start-up it does not need (pandera comes only when a table is validated)
+    code = (
+        "import sys\n"
+        "import churnlab.data, churnlab.fetch, churnlab.split, churnlab.tracking.runs\n"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib', 'pandera') if m in "
+        "sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"

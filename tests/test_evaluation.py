@@ -1,13 +1,17 @@
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import f1_score, precision_recall_curve, roc_curve
 
 from churnlab.errors import ChurnlabError
 from churnlab.evaluation import (
+    calibration_points,
     check_gates,
     choose_threshold,
     evaluate_scores,
     plot_tables,
+    precision_recall_points,
+    roc_points,
     top_fraction_stats,
 )
 
@@ -77,3 +81,40 @@ def test_plot_tables_have_the_columns_dvc_plots_reads():
     assert list(tables["gains"].columns) == ["customers_contacted", "churners_captured", "random"]
     assert tables["gains"]["churners_captured"].iloc[-1] == 1.0
     assert len(tables["confusion"]) == len(LABELS)
+
+
+def _score_sets():
+    """Scores with many ties, without ties, few rows, a constant score, one class only."""
+    rng = np.random.default_rng(11)
+    for rows, rounding, rate in [(400, 3, 0.3), (400, 1, 0.3), (1409, 12, 0.27), (7, 2, 0.5)]:
+        labels = (rng.random(rows) < rate).astype(int)
+        labels[:2] = [0, 1]
+        scores = np.clip(labels * 0.25 + rng.random(rows) * 0.75, 0, 1).round(rounding)
+        yield labels, scores
+    yield np.array([0, 1, 0, 1, 1]), np.full(5, 0.4)
+    yield np.zeros(6, dtype=int), np.linspace(0, 1, 6)
+    yield np.ones(6, dtype=int), np.linspace(0, 1, 6)
+
+
+@pytest.mark.filterwarnings("ignore")  # scikit-learn warns about a class absent
+def test_the_curves_are_exactly_those_of_scikit_learn():
+    # the report draws them without importing scikit-learn: same floats, bit for bit, so
+    # the evaluate stage's plot files and the report's pages keep their bytes
+    for labels, scores in _score_sets():
+        for ours, theirs in [
+            (roc_points(labels, scores), roc_curve(labels, scores, drop_intermediate=True)[:2]),
+            (
+                precision_recall_points(labels, scores, drop_intermediate=True),
+                precision_recall_curve(labels, scores, drop_intermediate=True)[:2],
+            ),
+            (
+                precision_recall_points(labels, scores),
+                precision_recall_curve(labels, scores)[:2],
+            ),
+            (
+                calibration_points(labels, scores, 10),
+                calibration_curve(labels, scores, n_bins=10, strategy="quantile"),
+            ),
+        ]:
+            for mine, reference in zip(ours, theirs, strict=True):
+                np.testing.assert_array_equal(mine, reference)

@@ -1,8 +1,10 @@
 import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -198,3 +200,64 @@ def test_churnlab_fetch_names_what_a_bad_source_is(tmp_path):
             f"churnlab: error: params/data.yaml: data.source: {own / name}: {what}"
         ), proc.stderr
         assert len(proc.stderr.splitlines()) == 1
+
+
+def test_the_raw_table_is_validated_once_per_content_and_schema(tmp_path):
+    """fetch records that these bytes passed this schema; prepare and explore then skip the
+    pandera pass, and a changed file or schema finds no record and fails as before."""
+    from test_data import SCHEMA
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params").mkdir()
+    source = tmp_path / "own.csv"
+    rows = 40
+    source.write_text(
+        "cust,months,spend,plan,region,left\n"
+        + "".join(
+            f"c{i},{i},{i}.5,{'basic' if i % 2 else 'pro'},north,{'yes' if i < 10 else 'no'}\n"
+            for i in range(rows)
+        )
+    )
+    target = tmp_path / "data" / "raw" / "churn.csv"
+    fetch_raw(str(source), None, target, tmp_path, schema=SCHEMA)
+    prepare = {"seed": 1, "test_size": 0.25, "fill_missing": {}, "sample_rows": None}
+
+    def load_prepared_in_a_fresh_process(schema: dict) -> subprocess.CompletedProcess:
+        code = (
+            "import json, sys\n"
+            "from churnlab.split import load_prepared\n"
+            f"train, test, _ = load_prepared(sys.argv[1], json.loads(sys.argv[2]), {prepare!r})\n"
+            "print(len(train) + len(test), 'pandera' in sys.modules)\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code, str(target), json.dumps(schema)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+
+    unchanged = load_prepared_in_a_fresh_process(SCHEMA)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert unchanged.stdout.split() == [str(rows), "False"]  # the record matched: no pandera
+
+    good = target.read_bytes()
+    # a changed file of the same size: its bytes are not those the record names
+    target.write_bytes(good.replace(b",basic,", b",basix,", 1))
+    changed_file = load_prepared_in_a_fresh_process(SCHEMA)
+    assert changed_file.returncode != 0
+    assert "column 'plan', rule isin" in changed_file.stderr
+    assert "'basix'" in changed_file.stderr
+
+    target.write_bytes(good)
+    stricter = {**SCHEMA, "categorical": {**SCHEMA["categorical"], "plan": ["basic"]}}
+    changed_schema = load_prepared_in_a_fresh_process(stricter)  # same bytes, new schema
+    assert changed_schema.returncode != 0
+    assert "column 'plan', rule isin" in changed_schema.stderr
+    assert "'pro'" in changed_schema.stderr
+    # the good bytes written again (a new file for the file system): recognised by SHA-256,
+    # and the record takes the file's new identity so that the next stage need not hash it
+    assert load_prepared_in_a_fresh_process(SCHEMA).stdout.split() == [str(rows), "False"]
+    (record,) = (tmp_path / ".churnlab" / "validated").iterdir()
+    info = target.stat()
+    now = [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+    assert json.loads(record.read_text())["identity"] == now

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +13,11 @@ import yaml
 from churnlab.errors import ChurnlabError
 
 PARAMS_DIR = "params"
+# libyaml's parser when PyYAML has it: the same values as yaml.SafeLoader, ten times faster
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# One process reads the same few files many times (every params file, dvc.yaml): each text
+# is parsed once. Keyed on the text itself, so a file changed on disk is parsed again.
+_PARSED: dict[str, Any] = {}
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -29,26 +33,21 @@ def project_root(start: Path | None = None) -> Path:
     raise ChurnlabError(f"no churnlab project (dvc.yaml and params/) at or above {here}")
 
 
-# libyaml's loader when PyYAML was built with it (the wheels are): the same safe subset of
-# YAML, parsed in C. A stage reads the params files some forty times (checks, stage, lineage)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-@functools.lru_cache(maxsize=64)
-def _parse(text: str) -> Any:
-    return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a safe loader)
-
-
 def read_yaml(path: Path) -> Any:
-    """Read one YAML file, naming the file in any error. Each call returns its own copy."""
+    """Read one YAML file, naming the file in any error."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ChurnlabError(f"{path}: file not found") from None
-    try:
-        return copy.deepcopy(_parse(text))
-    except yaml.YAMLError as exc:
-        raise ChurnlabError(f"{path}: not valid YAML: {exc}") from None
+    if text not in _PARSED:
+        try:
+            parsed = yaml.load(text, Loader=_LOADER)
+        except yaml.YAMLError as exc:
+            raise ChurnlabError(f"{path}: not valid YAML: {exc}") from None
+        if len(_PARSED) >= 64:  # a long-lived kernel or test session sees many versions
+            _PARSED.clear()
+        _PARSED[text] = parsed
+    return copy.deepcopy(_PARSED[text])  # callers may change what they get
 
 
 def load_param_files(root: Path) -> dict[str, dict]:

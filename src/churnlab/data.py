@@ -6,26 +6,34 @@ column name of its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import hashlib
+import json
 import os
 import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 
 from churnlab.errors import ChurnlabError
+
+if TYPE_CHECKING:  # pandera is imported where a table is validated: not by every importer
+    import pandera.pandas as pa
 
 # the prepared tables name these two columns the same whatever the source
 ID_COLUMN = "customer_id"
 TARGET_COLUMN = "churned"  # 0/1
 # YAML 1.1 reads these words, unquoted, as booleans: `[yes, no]` is [True, False]
 YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "true", "false", "y", "n"})
+# Records of raw files that passed the schema (fetch writes them, explore and prepare read
+# them), one per file; git-ignored run state, never a DVC output.
+VALIDATED_DIR = ".churnlab/validated"
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,8 @@ def _to_number(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def build_schema(spec: TableSpec) -> pa.DataFrameSchema:
     """The pandera schema that the typed table must satisfy."""
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {
         spec.id_column: pa.Column(str, nullable=False, unique=True),
         spec.target: pa.Column(
@@ -231,11 +241,101 @@ def _describe_failures(cases: pd.DataFrame, where: str, max_examples: int = 3) -
     return f"{where}: the data does not match params/data.yaml schema:\n" + "\n".join(lines)
 
 
-def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame:
+def _judged_by(schema: dict) -> str:
+    """Everything a verdict on a table depends on besides its bytes: the ``schema`` params,
+    this module's code (the typing and the rules) and the pandas and pandera versions."""
+    from importlib.metadata import version
+
+    judged_by = json.dumps(
+        {
+            "schema": schema,
+            "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+            "pandas": pd.__version__,
+            "pandera": version("pandera"),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(judged_by.encode()).hexdigest()
+
+
+def _file_identity(path: Path) -> list[int]:
+    """Size, inode, modification and change times (ns): any write changes the change time,
+    which no one can set back, so an equal identity means the same bytes (as for git)."""
+    info = path.stat()
+    return [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _record_path(root: Path, path: Path) -> Path:
+    relative = Path(path).resolve().relative_to(Path(root).resolve())
+    return Path(root) / VALIDATED_DIR / f"{relative.as_posix().replace('/', '%')}.json"
+
+
+def record_validated(root: Path, path: Path, schema: dict, data_sha256: str) -> None:
+    """Record that the raw file at ``path`` (inside ``root``), with these bytes, passed
+    ``schema`` in full."""
+    from churnlab.files import write_json
+
+    try:
+        record = _record_path(root, path)
+    except ValueError:  # a raw file outside the project: nothing to record it in
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        record,
+        {
+            "sha256": data_sha256,
+            "judged_by": _judged_by(schema),
+            "identity": _file_identity(Path(path)),
+        },
+    )
+
+
+def validated_before(path: Path, schema: dict) -> bool:
+    """Whether the file at ``path``, as its bytes are now, passed ``schema`` before.
+
+    The record is looked for in the project that holds the file (so a notebook opened in
+    JupyterLab finds what ``churnlab fetch`` wrote). It counts only for the same schema, code
+    and library versions, and for the same bytes: the file's identity (size, inode, times)
+    unchanged since the record, or else its SHA-256 computed again and equal. In that case
+    the record takes the file's new identity (DVC touches an output after its stage), so the
+    next stage does not hash the file again.
+    """
+    from churnlab.config import project_root
+
+    try:
+        root = project_root(Path(path).resolve().parent)
+        record = json.loads(_record_path(root, path).read_text())
+        if record["judged_by"] != _judged_by(schema):
+            return False
+        identity = _file_identity(Path(path))
+        if record["identity"] == identity:
+            return True
+        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != record["sha256"]:
+            return False
+    except (ChurnlabError, OSError, ValueError, KeyError, TypeError):
+        return False  # outside a project, no record, an unreadable one: check in full
+    with contextlib.suppress(OSError):  # only a shortcut for the next reader
+        from churnlab.files import write_json
+
+        write_json(_record_path(root, path), {**record, "identity": identity})
+    return True
+
+
+def validate_table(
+    raw: pd.DataFrame, spec: TableSpec, where: str, passed_before: bool = False
+) -> pd.DataFrame:
     """Type the raw text table by the spec and check it; return the typed table.
 
     All problems are reported at once: missing columns, values of the wrong type, values
     out of range or not allowed, duplicate ids, unknown labels.
+
+    Args:
+        raw: the table as text (:func:`read_table`).
+        spec: the data description.
+        where: the file, for messages.
+        passed_before: the same bytes passed the same schema (:func:`validated_before`):
+            the table is typed and its cheap checks run, the pandera pass is skipped.
 
     Raises:
         ChurnlabError: naming ``where`` and, per column and rule, the count and example rows
@@ -263,9 +363,13 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
                 )
         else:
             typed[name] = _as_text(raw[name])
+    if passed_before:
+        return _checked_types(typed, bad_type, spec, where)
+    from pandera.errors import SchemaErrors
+
     try:
         build_schema(spec).validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as errors:
+    except SchemaErrors as errors:
         cases = errors.failure_cases[["column", "check", "index", "failure_case"]]
         # a value that did not parse is reported as a type error, not again as missing
         unparsed = {(case["column"], case["index"]) for case in bad_type}
@@ -280,6 +384,13 @@ def validate_table(raw: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFra
         )
         hints = "".join(f"\n  {line}" for line in _boolean_word_hints(cases, spec))
         raise ChurnlabError(_describe_failures(cases, where) + hints) from None
+    return _checked_types(typed, bad_type, spec, where)
+
+
+def _checked_types(
+    typed: pd.DataFrame, bad_type: list[dict], spec: TableSpec, where: str
+) -> pd.DataFrame:
+    """The checks that come with typing: unparsed numbers, numeric columns with no value."""
     if bad_type:
         raise ChurnlabError(_describe_failures(pd.DataFrame(bad_type), where))
     blank = [name for name in spec.numeric if typed[name].isna().all()]

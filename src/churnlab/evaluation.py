@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.calibration import calibration_curve
-from sklearn.inspection import permutation_importance
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from churnlab.errors import ChurnlabError
+
+# scikit-learn is imported inside the functions that score (a second of start-up): the report
+# stage only draws curves, computed here with numpy exactly as scikit-learn computes them
+# (tests/test_evaluation.py compares the two).
 
 THRESHOLD_RULES = ("max_f1", "cost")
 
@@ -79,6 +69,16 @@ def top_fraction_stats(labels: np.ndarray, scores: np.ndarray, fraction: float) 
 
 def classification_metrics(labels, scores, threshold: float, top_fraction: float) -> dict:
     """Every headline metric of one set of scores at one threshold."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     labels = np.asarray(labels)
     predicted = (scores >= threshold).astype(int)
     top = top_fraction_stats(labels, scores, top_fraction)
@@ -120,6 +120,8 @@ def evaluate_scores(
     cost_wasted_offer: float,
 ) -> dict:
     """Model and baseline metrics, the confusion matrix and expected costs, as one dict."""
+    from sklearn.metrics import confusion_matrix
+
     labels = np.asarray(labels)
     model = classification_metrics(labels, scores, threshold, top_fraction)
     baseline = baseline_metrics(train_labels, labels, top_fraction)
@@ -183,12 +185,71 @@ def _round(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.round(6)
 
 
+def _counts_at_thresholds(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positives when flagging scores >= each distinct score, highest first
+    (scikit-learn's ``confusion_matrix_at_thresholds``, without sample weights)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")  # order within ties changes no count below
+    ordered = scores[order]
+    last_of_each = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]
+    true_pos = np.cumsum((labels[order] == 1).astype(np.float64))[last_of_each]
+    false_pos = 1 + last_of_each.astype(np.float64) - true_pos
+    return false_pos, true_pos
+
+
+def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates, as ``sklearn.metrics.roc_curve`` (drop_intermediate)."""
+    false_pos, true_pos = _counts_at_thresholds(labels, scores)
+    if len(false_pos) > 2:  # keep the corners: where either count changes its slope
+        kept = np.flatnonzero(
+            np.r_[True, np.logical_or(np.diff(false_pos, 2), np.diff(true_pos, 2)), True]
+        )
+        false_pos, true_pos = false_pos[kept], true_pos[kept]
+    false_pos, true_pos = np.r_[0.0, false_pos], np.r_[0.0, true_pos]
+    return _rate(false_pos), _rate(true_pos)
+
+
+def _rate(counts: np.ndarray) -> np.ndarray:
+    """Counts as a share of the last; all NaN without one (a class absent, as scikit-learn)."""
+    return counts / counts[-1] if counts[-1] > 0 else np.full(counts.shape, np.nan)
+
+
+def precision_recall_points(
+    labels, scores, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall, as ``sklearn.metrics.precision_recall_curve`` gives them."""
+    false_pos, true_pos = _counts_at_thresholds(labels, scores)
+    if drop_intermediate and len(false_pos) > 2:  # first and last point of each recall
+        kept = np.flatnonzero(
+            np.r_[True, np.logical_or(np.diff(true_pos[:-1]), np.diff(true_pos[1:])), True]
+        )
+        false_pos, true_pos = false_pos[kept], true_pos[kept]
+    flagged = true_pos + false_pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(flagged != 0, np.divide(true_pos, flagged), 0.0)
+    recall = true_pos / true_pos[-1] if true_pos[-1] != 0 else np.ones(true_pos.shape)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
+
+
+def calibration_points(labels, scores, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Observed rate and mean score per quantile bin, as ``sklearn.calibration.
+    calibration_curve(strategy="quantile")``."""
+    labels, scores = np.asarray(labels) == 1, np.asarray(scores, dtype=float)
+    edges = np.percentile(scores, np.linspace(0, 1, bins + 1) * 100)
+    bin_of = np.searchsorted(edges[1:-1], scores)
+    score_sums = np.bincount(bin_of, weights=scores, minlength=bins)
+    leavers = np.bincount(bin_of, weights=labels, minlength=bins)
+    customers = np.bincount(bin_of, minlength=bins)
+    used = customers != 0
+    return leavers[used] / customers[used], score_sums[used] / customers[used]
+
+
 def plot_tables(labels, scores, threshold: float, bins: int = 10) -> dict[str, pd.DataFrame]:
     """Data for the plots ``dvc plots`` draws: ROC, PR, calibration, gains, confusion."""
     labels = np.asarray(labels)
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
-    precision, recall, _ = precision_recall_curve(labels, scores, drop_intermediate=True)
-    observed, predicted = calibration_curve(labels, scores, n_bins=bins, strategy="quantile")
+    fpr, tpr = roc_points(labels, scores)
+    precision, recall = precision_recall_points(labels, scores, drop_intermediate=True)
+    observed, predicted = calibration_points(labels, scores, bins)
     order = np.argsort(-scores, kind="stable")
     steps = np.linspace(0, 1, 101)
     counts = np.round(steps * len(labels)).astype(int)
@@ -217,6 +278,8 @@ def feature_importance(
     model, features: pd.DataFrame, labels, repeats: int, max_rows: int, seed: int
 ) -> pd.DataFrame:
     """Permutation importance (drop in ROC AUC) on at most ``max_rows`` seeded rows."""
+    from sklearn.inspection import permutation_importance
+
     if len(features) > max_rows:
         rows = np.random.default_rng(seed).choice(len(features), max_rows, replace=False)
         rows.sort()

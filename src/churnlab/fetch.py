@@ -209,6 +209,10 @@ def fetch_raw(
     if schema is not None:
         _check_data(data, target.suffix, schema, plan, what)
     write_atomic(target, data)
+    if schema is not None:  # explore and prepare then skip the pandera pass on these bytes
+        from churnlab.data import record_validated
+
+        record_validated(root, target, schema, digest)
     return digest
 
 

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic, write_json
 
+if TYPE_CHECKING:  # scikit-learn is imported where a model is built, fitted or scored:
+    # every stage checks its params against FAMILIES, and most never touch a model
+    from sklearn.pipeline import Pipeline
+
+# each family's estimator, as module and class, imported when a model is built
 FAMILIES = {
-    "logistic_regression": LogisticRegression,
-    "gradient_boosting": HistGradientBoostingClassifier,
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+    "gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
 }
 
 # The only types a saved model may contain; skops refuses anything else when loading.
@@ -78,7 +76,13 @@ def build_model(
             f"params/train.yaml train.family: '{family}' is not one of {sorted(FAMILIES)}"
         )
     hyperparams = hyperparams_by_family.get(family) or {}
-    estimator_class = FAMILIES[family]
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    module, name = FAMILIES[family].rsplit(".", 1)
+    estimator_class = getattr(importlib.import_module(module), name)
     known = estimator_class().get_params()
     unknown = sorted(set(hyperparams) - set(known))
     if unknown:
@@ -127,6 +131,10 @@ def cross_validate(
     seed: int,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities."""
+    from sklearn.base import clone
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
     if folds < 2:
         raise ChurnlabError(f"params/train.yaml train.cv_folds: expected 2 or more, found {folds}")
     features = model_input(train, numeric, categorical)
@@ -159,6 +167,8 @@ def fit_model(
     model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str], target: str
 ) -> Pipeline:
     """Fit a fresh copy of ``model`` on the whole training table."""
+    from sklearn.base import clone
+
     features = model_input(train, numeric, categorical)
     return clone(model).fit(features, train[target].to_numpy())
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from churnlab.data import (
     ID_COLUMN,
@@ -23,6 +22,7 @@ from churnlab.data import (
     clean_table,
     read_table,
     validate_table,
+    validated_before,
 )
 from churnlab.errors import ChurnlabError
 
@@ -33,6 +33,8 @@ def sample_rows(table: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFram
         return table
     if rows < 20:
         raise ChurnlabError(f"params/prepare.yaml prepare.sample_rows: {rows} is below 20")
+    from sklearn.model_selection import train_test_split  # only where a table is cut
+
     kept, _ = train_test_split(
         table, train_size=rows, stratify=table[TARGET_COLUMN], random_state=seed
     )
@@ -114,7 +116,10 @@ def check_usable(labels: pd.Series, plan: SplitPlan, names: tuple[str, str], whe
         )
     needed = plan.rows_needed()
     advice = "add customers, or lower train.cv_folds"
-    if plan.sample_rows is not None and 20 <= plan.sample_rows < len(table):
+    sampled = plan.sample_rows is not None and 20 <= plan.sample_rows < len(table)
+    if not sampled and min(leavers, stayers) >= needed:
+        return  # always enough (rows_needed): no split to make, and no scikit-learn to import
+    if sampled:
         table = sample_rows(table, plan.sample_rows, plan.seed)
         leavers = int(table[TARGET_COLUMN].sum())
         stayers = len(table) - leavers
@@ -160,6 +165,8 @@ def split_customers(
             f"{len(table)} rows keeps {in_test} for testing and {len(table) - in_test} for "
             f"training; each side needs a leaver and a stayer: add rows or change test_size"
         )
+    from sklearn.model_selection import train_test_split
+
     train, test = train_test_split(
         table, test_size=test_size, stratify=table[TARGET_COLUMN], random_state=seed
     )
@@ -169,9 +176,15 @@ def split_customers(
 def load_prepared(
     raw_path: Path, schema: dict, prepare: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, TableSpec]:
-    """Read, validate, clean, sample and split the raw file: what prepare and explore share."""
+    """Read, validate, clean, sample and split the raw file: what prepare and explore share.
+
+    The pandera pass runs once per content: skipped when ``churnlab fetch`` recorded that
+    these very bytes passed this schema (:func:`churnlab.data.validated_before`).
+    """
     spec = TableSpec.from_params(schema)
-    typed = validate_table(read_table(raw_path), spec, str(raw_path))
+    typed = validate_table(
+        read_table(raw_path), spec, str(raw_path), validated_before(raw_path, schema)
+    )
     table = clean_table(typed, spec, prepare.get("fill_missing") or {})
     table = sample_rows(table, prepare.get("sample_rows"), int(prepare["seed"]))
     train, test = split_customers(table, float(prepare["test_size"]), int(prepare["seed"]))

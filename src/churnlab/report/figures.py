@@ -40,7 +40,8 @@ def figures(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve
+
+    from churnlab.evaluation import precision_recall_points
 
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=float)
@@ -86,7 +87,7 @@ def figures(
     out["gains_lift"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    precision, recall, _ = precision_recall_curve(labels, scores)
+    precision, recall = precision_recall_points(labels, scores)
     ax.plot(recall, precision, color=_BLUE)
     ax.axhline(labels.mean(), color=_GREY, linestyle="--", linewidth=1, label="random")
     flagged = scores >= threshold

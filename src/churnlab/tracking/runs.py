@@ -25,9 +25,7 @@ from typing import Any
 import pandas as pd
 
 from churnlab.config import flatten, get_key, load_params
-from churnlab.data import ID_COLUMN
 from churnlab.errors import ChurnlabError
-from churnlab.model import load_model
 from churnlab.tracking.lineage import (
     file_lineage,
     git_state,
@@ -43,7 +41,6 @@ from churnlab.tracking.processes import (
     process_alive,
     process_start,
 )
-from churnlab.tracking.registry import log_and_promote
 from churnlab.tracking.settings import (
     ARTIFACT_DIR,
     SETTINGS_FILE,
@@ -350,6 +347,11 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     lineage["source"] = {"name": str(source.get("source")), "sha256": str(source.get("sha256"))}
     run.log_lineage(lineage)
     if stage.name == run.tracker.settings.register_stage:
+        # the model's code (scikit-learn) only for the stage that registers it
+        from churnlab.data import ID_COLUMN
+        from churnlab.model import load_model
+        from churnlab.tracking.registry import log_and_promote
+
         paths = get_key(params, "paths", "params/paths.yaml")
         model, features = load_model(root / paths["model"], root / paths["features"])
         decision = log_and_promote(
