@@ -77,7 +77,7 @@ format: setup ## let ruff fix what it can
 	$(BIN)/ruff check --fix src tests notebooks bench
 	$(BIN)/ruff format src tests bench
 
-bench: setup ## measure the pipeline against the plain computation (writes bench/RESULTS.md)
+bench: setup ## measure the pipeline, experiments and tracking against issue 10's targets (writes bench/RESULTS.md)
 	$(BIN)/python bench/run.py
 
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml

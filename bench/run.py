@@ -1,25 +1,34 @@
-"""Benchmark: the DVC pipeline against the same computation as plain function calls.
+"""Benchmark: the DVC pipeline against the same computation as plain function calls, and the
+data scientist's loop (an experiment, tracking) against issue 10's targets.
 
 For the default data (and, unless ``--quick``, for synthetic tables of ``--sizes`` customers
 made by :func:`synth.generate_customers` (bench/synth.py)) the script
 
 1. copies the project (git-tracked and untracked-but-not-ignored files) into a temporary
-   folder, makes it a git repository and runs the full ``dvc repro`` there, timing every
-   stage from DVC's and the runner's own progress lines;
-2. runs the no-op ``dvc repro`` three times (median);
+   folder, makes it a git repository and runs the full ``dvc repro`` there. Each stage's
+   span comes from DVC's ``Running stage`` lines; inside a notebook stage, the runner's own
+   phase marks (``CHURNLAB_TIMINGS``, :mod:`churnlab.pipeline.phases`) split it into its
+   phases, measured in the real run;
+2. runs the no-op ``dvc repro`` three times (median) beside ``dvc status`` (DVC's floor);
 3. runs the four notebooks' own code cells, with the parameters the runner binds, in one
    fresh Python process, timed per stage (the physical limit: no kernel, no papermill, no
    DVC, imports paid once);
-4. measures where the notebook-stage overhead goes: interpreter and CLI start-up, kernel
-   start-up (an empty notebook through papermill), the imports the notebooks make, the HTML
-   export and DVC's own work (hashing and caching outputs, the lock file);
+
+and on the default data only, in the same copy once its run is committed:
+
+4. an evaluation-only and a training experiment (``dvc exp run -S ...`` then ``dvc exp
+   show``), each from the committed state (median of ``--exp-repeats``);
+5. the same stages with tracking on and off (``dvc repro --force``, ``tracking.enabled``);
+6. a few parts on their own where they explain a phase: interpreter and CLI imports, the
+   kernel's start and warm-up per notebook, ``dvc --version`` and ``dvc status``;
 
 then prints the figures and writes them, with the machine they came from, to
-``bench/RESULTS.md``. Run it with the project's Python (``make bench``)::
+``bench/RESULTS.md`` (or ``--output``). Run it with the project's Python (``make bench``)::
 
     .venv/bin/python bench/run.py                  # default data, 100k and 1M customers
     .venv/bin/python bench/run.py --quick          # default data only
     .venv/bin/python bench/run.py --sizes 100000   # default data and 100k customers
+    .venv/bin/python bench/run.py --quick --output /tmp/bench.md   # a trial run
 
 The project's own workspace is never touched: everything runs in temporary copies.
 """
@@ -27,7 +36,6 @@ The project's own workspace is never touched: everything runs in temporary copie
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -52,11 +60,55 @@ PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (100_000, 1_000_000)
 DEFAULT_SEED = 20240601
 REPEATS = 3
-TARGET_NOOP_S = 1.0
-TARGET_OVERHEAD_S = 1.5
-TARGET_RATIO = 1.2
-TARGET_RATIO_ROWS = 1_000_000
 SYNTH_DIR = "synth"
+TIMINGS_ENV = "CHURNLAB_TIMINGS"  # churnlab.pipeline.phases.TIMINGS_ENV (kept in step by hand:
+# the benchmark must still read an older runner's marks, and a newer one's)
+
+# issue 10's targets
+TARGET_REPRO_S = 30.0
+TARGET_RATIO = 1.15
+TARGET_RATIO_ROWS = 1_000_000
+TARGET_NOOP_S = 1.0
+TARGET_EXP_EVAL_S = 8.0
+TARGET_EXP_TRAIN_S = 20.0
+TARGET_TRACKING_S = 0.5
+TARGET_REGISTRY_S = 2.0
+
+# The two experiments: one param changed each, from the committed default run; label,
+# setting, target, runs under --quick (the training one once: --quick stays a few minutes)
+EXPERIMENTS = (
+    ("evaluation only", "params/evaluate.yaml:evaluate.threshold_rule=cost", TARGET_EXP_EVAL_S, 3),
+    (
+        "training",
+        "params/train.yaml:train.gradient_boosting.learning_rate=0.1",
+        TARGET_EXP_TRAIN_S,
+        1,
+    ),
+)
+TRACKING_PARAMS = "params/tracking.yaml"
+
+# The runner's marks this script names (it reads all marks generically, in the order given;
+# a phase whose marks are missing is shown as "–").
+FIRST_CELL = "first cell"
+CELLS = ("first cell", "notebook done")
+PAGE = ("notebook done", "page written")
+TRACKING = ("page written", "recorded")
+RUNNER_START_MARK = "runner start"
+PHASE_NOTES = {
+    ("process start", "runner start"): "interpreter start and the CLI's imports",
+    ("runner start", "kernel started"): "launching the kernel and queueing its warm-up imports",
+    ("kernel started", "params checked"): "checking params, reading and binding the notebook",
+    ("params checked", "tracking open"): "opening the tracking store",
+    ("tracking open", "first cell"): "the stage's tracking run, the output guard, papermill's "
+    "set-up and waiting for the kernel's start and warm-up",
+    ("first cell", "notebook done"): "the notebook's cells",
+    ("notebook done", "page written"): "scrubbing and writing the executed notebook and page",
+    ("page written", "recorded"): "tracking: logging the stage, the model and the registry",
+    ("recorded", "kernel stopped"): "stopping the kernel",
+}
+BEFORE_PROCESS = "DVC → process start"  # DVC's `Running stage` line to the process's start
+AFTER_LAST = "→ DVC's next line"  # the last mark to DVC's next `Running stage` or the end
+
 QUIET_SHARE = 0.1  # the machine counts as quiet below this share of all CPUs busy
 QUIET_WINDOW_S = 5.0
 DISTURBED_CORES = 0.1  # other processes using more than this many cores disturb a phase
@@ -66,6 +118,7 @@ WATCH_TIMES = 2
 MUTED_LINES = ("Kernel is running over TCP without encryption",)
 VERSIONS = (
     "dvc",
+    "mlflow",
     "papermill",
     "nbconvert",
     "nbclient",
@@ -77,18 +130,7 @@ VERSIONS = (
     "matplotlib",
 )
 
-PART_NAMES = (
-    "CLI start-up",
-    "kernel start",
-    "kernel imports",
-    "papermill per cell",
-    "HTML export",
-    "DVC after the stage",
-)
-
 STAGE_START = re.compile(r"^Running stage '([^']+)'")
-RUNNER_START = re.compile(r"^\[([\w-]+)\] running ")
-RUNNER_DONE = re.compile(r"^\[([\w-]+)\] done in ([\d.]+) s")
 
 
 class Disturbed(Exception):
@@ -97,10 +139,12 @@ class Disturbed(Exception):
 
 @dataclass(frozen=True)
 class Run:
-    """One timed command: wall time and every output line with its time since the start."""
+    """One timed command: wall time, every output line with its time since the start, and
+    the start in seconds since the epoch (to put the runner's marks beside the lines)."""
 
     wall: float
     lines: list[tuple[float, str]]
+    started: float
 
 
 # --------------------------------------------------------------------------- helpers
@@ -135,6 +179,7 @@ def stream(
         Disturbed: ``watch`` is on and other processes loaded the CPUs (see :class:`Watchdog`).
         RuntimeError: a non-zero exit, with the last lines of output.
     """
+    epoch = time.time()
     started = time.perf_counter()
     lines: list[tuple[float, str]] = []
     with (
@@ -161,7 +206,7 @@ def stream(
     if proc.returncode != 0:
         tail = "\n".join(text for _, text in lines[-30:])
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}) in {cwd}:\n{tail}")
-    return Run(wall, lines)
+    return Run(wall, lines, epoch)
 
 
 def wall_seconds(command: list[str], cwd: Path, env: dict[str, str], repeats: int) -> float:
@@ -198,17 +243,6 @@ def import_seconds(
         for _ in range(repeats)
     ]
     return statistics.median(times)
-
-
-def notebook_imports(script: Path) -> list[str]:
-    """The top-level modules a notebook script imports (its ``import`` statements)."""
-    modules: list[str] = []
-    for node in ast.walk(ast.parse(script.read_text())):
-        if isinstance(node, ast.Import):
-            modules += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            modules.append(node.module)
-    return sorted(set(modules))
 
 
 def cpu_busy_share(window: float) -> float:
@@ -293,7 +327,12 @@ def timed_phase(action: Any, max_wait: float) -> tuple[Any, float, float]:
 
 
 def run_worker(
-    kind: str, root: Path, out: Path, env: dict[str, str], watch: bool = False, cells: int = 1
+    kind: str,
+    root: Path,
+    out: Path,
+    env: dict[str, str],
+    watch: bool = False,
+    repeats: int = REPEATS,
 ) -> dict:
     """Run one measurement in a fresh interpreter (this script with ``--worker``).
 
@@ -304,7 +343,7 @@ def run_worker(
     out.mkdir(parents=True, exist_ok=True)
     script = str(Path(__file__).resolve())
     command = [sys.executable, script, "--worker", kind, "--root", str(root), "--out", str(out)]
-    command += ["--cells", str(cells)]
+    command += ["--repeats", str(repeats)]
     with (
         subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as proc,
         Watchdog(proc.pid, watch) as dog,
@@ -402,17 +441,54 @@ def write_customers(root: Path, template: Any, rows: int, seed: int) -> str:
     return relative
 
 
-# --------------------------------------------------------------------------- parsing repro
+# --------------------------------------------------------------------------- parsing a run
 
 
-def stage_spans(run: Run) -> tuple[float, dict[str, dict]]:
-    """Split a ``dvc repro`` run into DVC start-up and one span per stage.
+def read_marks(path: Path) -> dict[str, dict[str, float]]:
+    """The runner's phase marks per stage from a ``CHURNLAB_TIMINGS`` file (the last line of a
+    stage wins); empty when no stage wrote any."""
+    marks: dict[str, dict[str, float]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                marks[entry["stage"]] = dict(entry["marks"])
+    return marks
+
+
+def phase_segments(marks: dict[str, float], begin: float, end: float) -> list[list]:
+    """A stage's span cut at its marks, in the order the runner gave them.
+
+    Args:
+        marks: phase name -> seconds since the epoch.
+        begin: DVC's ``Running stage`` line, seconds since the epoch.
+        end: DVC's next ``Running stage`` line (or the end of the run).
+
+    Returns:
+        ``[label, seconds]`` pairs that add up to ``end - begin``: DVC to the first mark,
+        each mark to the next, the last mark to DVC's next line.
+    """
+    names = list(marks)
+    segments = [
+        [
+            BEFORE_PROCESS if names[0] == "process start" else f"DVC → {names[0]}",
+            marks[names[0]] - begin,
+        ]
+    ]
+    segments += [
+        [f"{a} → {b}", marks[b] - marks[a]] for a, b in zip(names, names[1:], strict=False)
+    ]
+    segments.append([f"{names[-1]} {AFTER_LAST}", end - marks[names[-1]]])
+    return segments
+
+
+def stage_spans(run: Run, marks: dict[str, dict[str, float]]) -> tuple[float, dict[str, dict]]:
+    """Split a ``dvc repro`` (or ``dvc exp run``) run into DVC start-up and one span per stage.
 
     A stage's span runs from DVC's ``Running stage`` line to the next one (the last to the
-    end of the run), so the spans and the start-up add up to the wall time. Notebook stages
-    are split further by the runner's lines: ``cli`` (to ``[stage] running``: interpreter,
-    imports, reading the notebook), ``runner`` (papermill, kernel, HTML export, writes) and
-    ``after`` (process exit, then DVC hashing and caching the outputs, the lock file).
+    end of the run), so the spans and the start-up add up to the wall time. A stage with
+    phase marks also gets ``marks`` (seconds since its ``Running stage`` line, in the order
+    given) and ``segments`` (:func:`phase_segments`).
     """
     starts = [i for i, (_, text) in enumerate(run.lines) if STAGE_START.match(text)]
     if not starts:
@@ -423,14 +499,38 @@ def stage_spans(run: Run) -> tuple[float, dict[str, dict]]:
         begin = run.lines[first][0]
         end = run.lines[last][0] if last < len(run.lines) else run.wall
         name = STAGE_START.match(run.lines[first][1]).group(1)
-        span = {"span": end - begin}
-        segment = run.lines[first:last]
-        running = next((t for t, text in segment if RUNNER_START.match(text)), None)
-        done = next((t for t, text in segment if RUNNER_DONE.match(text)), None)
-        if running is not None and done is not None:
-            span.update({"cli": running - begin, "runner": done - running, "after": end - done})
+        span: dict[str, Any] = {"span": end - begin}
+        if marks.get(name):
+            at = run.started + begin
+            span["marks"] = {phase: t - at for phase, t in marks[name].items()}
+            span["segments"] = phase_segments(marks[name], at, run.started + end)
         spans[name] = span
     return run.lines[starts[0]][0], spans
+
+
+def between(span: dict, first: str, second: str) -> float | None:
+    """Seconds from one mark to another within a stage, or None when either is missing."""
+    marks = span.get("marks") or {}
+    if first in marks and second in marks:
+        return marks[second] - marks[first]
+    return None
+
+
+def runner_preparation(span: dict) -> tuple[float, float] | None:
+    """``(preparation, wait)``: from the runner's start to its last mark before the first
+    cell (its own work while the kernel starts), and from there to the first cell (the
+    tracking run, papermill's set-up, and waiting for the kernel); None without marks."""
+    marks = span.get("marks") or {}
+    names = list(marks)
+    if RUNNER_START_MARK not in marks or FIRST_CELL not in marks:
+        return None
+    before = names[names.index(FIRST_CELL) - 1]
+    return marks[before] - marks[RUNNER_START_MARK], marks[FIRST_CELL] - marks[before]
+
+
+def notebook_spans(result: dict) -> dict[str, dict]:
+    """The stages of a run that have phase marks (the notebook stages)."""
+    return {name: span for name, span in result["spans"].items() if "segments" in span}
 
 
 # --------------------------------------------------------------------------- workers
@@ -564,87 +664,36 @@ def plain_pipeline(root: Path, out: Path) -> dict:
     return {"import": imported, "stages": times, "results": results}
 
 
-def kernel_startup(out: Path, cells: int) -> dict:
-    """Import papermill, then run empty notebooks on the project's kernel (medians).
-
-    One notebook has one cell, the other ``cells`` cells; both are saved after every cell
-    as the runner does, so the difference is papermill's cost per cell.
-    """
-    started = time.perf_counter()
-    import nbformat
-    import papermill
+def kernel_ready(root: Path, repeats: int) -> dict:
+    """Per notebook stage: seconds from starting its kernel as the runner does (warm-up
+    imports queued) to the kernel answering a request queued after them (median of
+    ``repeats``): the kernel's side of the overlap with the runner's preparation."""
+    from jupyter_client.blocking import BlockingKernelClient
 
     from churnlab.pipeline.binding import KERNEL_NAME
-
-    imported = time.perf_counter() - started
-
-    def empty(count: int) -> Any:
-        nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell("pass") for _ in range(count)]
-        for cell in nb.cells:
-            cell.metadata["tags"] = []
-        nb.metadata["kernelspec"] = {
-            "name": KERNEL_NAME,
-            "display_name": KERNEL_NAME,
-            "language": "python",
-        }
-        return nb
-
-    medians = {}
-    for count in (1, cells):
-        times = []
-        for number in range(REPEATS):
-            begin = time.perf_counter()
-            papermill.execute_notebook(
-                empty(count),
-                str(out / f"empty-{count}-{number}.ipynb"),
-                kernel_name=KERNEL_NAME,
-                language="python",
-                cwd=str(out),
-                progress_bar=False,
-                request_save_on_cell_execute=True,
-            )
-            times.append(time.perf_counter() - begin)
-        medians[count] = statistics.median(times)
-    return {
-        "papermill_import": imported,
-        "empty_notebook": medians[1],
-        "cells": cells,
-        "per_cell": (medians[cells] - medians[1]) / max(cells - 1, 1),
-    }
-
-
-def html_export(root: Path) -> dict:
-    """Time the runner's HTML export of each executed notebook of the copy.
-
-    Like the runner process, papermill is imported first; then nbconvert's import, the
-    first export in the process (template set-up) and each stage's export are timed.
-    """
-    import nbformat
-    import papermill  # noqa: F401
-
+    from churnlab.pipeline.kernel import StartedKernel
     from churnlab.pipeline.stages import load_stage, notebook_stages
 
-    started = time.perf_counter()
-    import nbconvert  # noqa: F401
-
-    from churnlab.pipeline.pages import to_html
-
-    imported = time.perf_counter() - started
-    stages = notebook_stages(root)
-    notebooks = {
-        name: nbformat.read(root / load_stage(root, name).executed_path, as_version=4)
-        for name in stages
-    }
-    begin = time.perf_counter()
-    to_html(notebooks[stages[0]])
-    first = time.perf_counter() - begin
-    times = {}
-    for name, nb in notebooks.items():
-        begin = time.perf_counter()
-        to_html(nb)
-        times[name] = time.perf_counter() - begin
-    return {"nbconvert_import": imported, "first_setup": first - times[stages[0]], "export": times}
+    ready = {}
+    for name in notebook_stages(root):
+        notebook = root / load_stage(root, name).notebook
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            kernel = StartedKernel.start(KERNEL_NAME, root, notebook)
+            client = BlockingKernelClient()
+            client.load_connection_info(kernel.manager.get_connection_info())
+            client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+            try:
+                asked = client.execute("pass", silent=True, store_history=False)
+                while client.get_shell_msg(timeout=120)["parent_header"].get("msg_id") != asked:
+                    pass
+                times.append(time.perf_counter() - begin)
+            finally:
+                client.stop_channels()
+                kernel.kill()
+        ready[name] = statistics.median(times)
+    return ready
 
 
 # --------------------------------------------------------------------------- measuring
@@ -668,6 +717,44 @@ def fresh_copy(root: Path, rows: int | None, template: Any, seed: int, env: dict
     return source
 
 
+def timings_file(workdir: Path) -> Path:
+    """A fresh file for the runner's marks of one command."""
+    handle, name = tempfile.mkstemp(prefix="timings-", suffix=".jsonl", dir=workdir)
+    os.close(handle)
+    return Path(name)
+
+
+def marked_run(
+    command: list[str], root: Path, env: dict[str, str], workdir: Path, **options: Any
+) -> dict:
+    """Run a ``dvc`` command with the runner's marks on; its wall time, DVC's start-up
+    and the stage spans (:func:`stage_spans`)."""
+    path = timings_file(workdir)
+    run = stream(command, root, {**env, TIMINGS_ENV: str(path)}, **options)
+    startup, spans = stage_spans(run, read_marks(path))
+    path.unlink(missing_ok=True)
+    return {"wall": run.wall, "startup": startup, "spans": spans}
+
+
+def git(root: Path, env: dict[str, str], *args: str) -> None:
+    """A git command in a project copy, quietly, with no user configuration."""
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "-c",
+         "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
+        cwd=root, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def back_to_committed(root: Path, env: dict[str, str]) -> None:
+    """Put a copy back to its last commit: params and dvc.lock from git, the outputs from
+    DVC's cache, no experiments."""
+    git(root, env, "reset", "--hard", "-q")
+    git(root, env, "clean", "-fdq")  # not -x: the outputs and the tracking store stay
+    subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=root, env=env, check=True)
+    # fails when there is no experiment to remove: nothing to do then
+    subprocess.run(["dvc", "exp", "remove", "-A", "-q"], cwd=root, env=env, capture_output=True)
+
+
 def measure_data(
     label: str,
     rows: int | None,
@@ -678,7 +765,8 @@ def measure_data(
     attempts: int,
     max_wait: float,
 ) -> dict:
-    """Full repro, no-op repro and the plain computation for one data set.
+    """Full repro, no-op repro (beside ``dvc status``) and the plain computation for one
+    data set.
 
     Each phase starts on a quiet machine. A full repro or plain run is ended when other
     processes start to use the CPUs (:class:`Watchdog`), or repeated when they used more
@@ -695,8 +783,8 @@ def measure_data(
         log(f"{label}: full dvc repro (attempt {attempt})")
         try:
             full, _, others = timed_phase(
-                lambda root=root, watch=attempt < attempts: stream(
-                    ["dvc", "repro"], root, env, watch=watch
+                lambda root=root, watch=attempt < attempts: marked_run(
+                    ["dvc", "repro"], root, env, workdir, watch=watch
                 ),
                 max_wait,
             )
@@ -704,10 +792,11 @@ def measure_data(
             log(f"{label}: {exc}")
             shutil.rmtree(root, ignore_errors=True)
             continue
-        startup, spans = stage_spans(full)
-        if sorted(spans) != sorted(expected):
-            raise RuntimeError(f"{label}: dvc repro ran {sorted(spans)}, expected {expected}")
-        log(f"{label}: full repro {full.wall:.1f} s; other processes used {others:.2f} cores")
+        if sorted(full["spans"]) != sorted(expected):
+            raise RuntimeError(
+                f"{label}: dvc repro ran {sorted(full['spans'])}, expected {expected}"
+            )
+        log(f"{label}: full repro {full['wall']:.1f} s; other processes used {others:.2f} cores")
         if best is None or others < best[3]:
             if best is not None:
                 shutil.rmtree(best[0], ignore_errors=True)
@@ -716,21 +805,23 @@ def measure_data(
             shutil.rmtree(root, ignore_errors=True)
         if others <= DISTURBED_CORES:
             break
+    if best is None:
+        raise RuntimeError(f"{label}: every full repro was disturbed by other processes")
     root, source, full, repro_others = best
-    startup, spans = stage_spans(full)
 
-    def noop_runs() -> list[float]:
-        walls = []
+    def noop_runs() -> dict[str, list[float]]:
+        walls, status = [], []
         for _ in range(REPEATS):
             noop = stream(["dvc", "repro"], root, env, echo=False)
             if any(STAGE_START.match(text) for _, text in noop.lines):
                 raise RuntimeError(f"{label}: the second dvc repro ran a stage")
             walls.append(noop.wall)
-        return walls
+            status.append(stream(["dvc", "status"], root, env, echo=False).wall)
+        return {"noop": walls, "status": status}
 
-    log(f"{label}: no-op dvc repro x{REPEATS}")
+    log(f"{label}: no-op dvc repro and dvc status x{REPEATS}")
     noops, _, noop_others = timed_phase(noop_runs, max_wait)
-    log(f"{label}: no-op {statistics.median(noops):.2f} s; plain computation")
+    log(f"{label}: no-op {statistics.median(noops['noop']):.2f} s; plain computation")
     plain = None
     for attempt in range(1, attempts + 1):
         out = workdir / f"plain-{label}-{attempt}"
@@ -754,6 +845,8 @@ def measure_data(
             plain = {**run, "wall": wall, "others": others}
         if others <= DISTURBED_CORES:
             break
+    if plain is None:
+        raise RuntimeError(f"{label}: every plain run was disturbed by other processes")
     test = json.loads((root / "metrics" / "test.json").read_text())
     cv = json.loads((root / "metrics" / "cv.json").read_text())
     same = (
@@ -765,11 +858,12 @@ def measure_data(
         "label": label,
         "rows": rows,
         "source": source,
-        "repro": full.wall,
-        "dvc_startup": startup,
-        "spans": spans,
-        "noop": statistics.median(noops),
-        "noops": noops,
+        "repro": full["wall"],
+        "dvc_startup": full["startup"],
+        "spans": full["spans"],
+        "noop": statistics.median(noops["noop"]),
+        "noops": noops["noop"],
+        "status": statistics.median(noops["status"]),
         "plain": plain,
         "same_metrics": same,
         "test_roc_auc": test["roc_auc"],
@@ -779,48 +873,141 @@ def measure_data(
     }
 
 
-def measure_components(root: Path, workdir: Path, env: dict[str, str], max_wait: float) -> dict:
-    """Where a notebook stage's overhead goes, each part measured on its own."""
-    parts, _, others = timed_phase(lambda: component_parts(root, workdir, env), max_wait)
+def shows_result(show: Any, setting: str) -> bool:
+    """Whether ``dvc exp show --json`` lists an experiment (not the workspace) whose params
+    have the setting's value and which has metrics."""
+    path, assignment = setting.split(":", 1)
+    key, value = assignment.split("=", 1)
+
+    def matches(entry: dict) -> bool:
+        data = entry.get("data")
+        if not isinstance(data, dict) or entry.get("rev") == "workspace":
+            return False
+        found: Any = ((data.get("params") or {}).get(path) or {}).get("data")
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        return found is not None and str(found) == value and bool(data.get("metrics"))
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            return matches(node) or any(walk(child) for child in node.values())
+        if isinstance(node, list):
+            return any(walk(child) for child in node)
+        return False
+
+    return walk(show)
+
+
+def experiment(root: Path, env: dict[str, str], workdir: Path, setting: str) -> dict:
+    """``dvc exp run -S setting`` then ``dvc exp show``, timed together and apart.
+
+    Raises:
+        RuntimeError: ``dvc exp show`` does not list the experiment with its result.
+    """
+    begin = time.perf_counter()
+    run = marked_run(["dvc", "exp", "run", "-S", setting], root, env, workdir, echo=False)
+    shown = time.perf_counter()
+    show = subprocess.run(
+        ["dvc", "exp", "show", "--json"], cwd=root, env=env, check=True, capture_output=True
+    )
+    end = time.perf_counter()
+    if not shows_result(json.loads(show.stdout), setting):
+        raise RuntimeError(f"dvc exp show does not list the experiment {setting} with metrics")
+    return {**run, "total": end - begin, "run": shown - begin, "show": end - shown}
+
+
+def measure_iteration(
+    result: dict, workdir: Path, env: dict[str, str], repeats: int | None, max_wait: float
+) -> dict:
+    """On the default run's copy, committed: each experiment ``repeats`` times (None: its
+    own number for ``--quick``) from the committed state, then every stage forced with
+    tracking on and with it off."""
+    root = Path(result["root"])
+    git(root, env, "add", "-A")
+    git(root, env, "commit", "-q", "--allow-empty", "-m", "benchmark: the default run")
+    experiments = []
+    for label, setting, target, quick_runs in EXPERIMENTS:
+
+        def repeated(
+            label: str = label, setting: str = setting, count: int = repeats or quick_runs
+        ) -> list[dict]:
+            runs = []
+            for number in range(1, count + 1):
+                back_to_committed(root, env)  # not timed: each run starts from the commit
+                log(f"experiment '{label}' ({setting}), run {number}")
+                runs.append(experiment(root, env, workdir, setting))
+                log(f"experiment '{label}': {runs[-1]['total']:.1f} s")
+            return runs
+
+        runs, _, load = timed_phase(repeated, max_wait)
+        log(f"experiment '{label}': other processes used {load:.2f} cores")
+        experiments.append(
+            {
+                "label": label,
+                "setting": setting,
+                "target": target,
+                "totals": [r["total"] for r in runs],
+                "median": sorted(runs, key=lambda r: r["total"])[len(runs) // 2],
+                "others": load,
+            }
+        )
+    tracking = {}
+    for enabled in (True, False):
+        back_to_committed(root, env)
+        if not enabled:
+            set_tracking(root, False)
+        state = "on" if enabled else "off"
+        log(f"dvc repro --force, tracking {state}")
+        run, _, load = timed_phase(
+            lambda: marked_run(["dvc", "repro", "--force"], root, env, workdir, echo=False),
+            max_wait,
+        )
+        log(f"tracking {state}: {run['wall']:.1f} s; other processes {load:.2f} cores")
+        tracking[state] = {**run, "others": load}
+    back_to_committed(root, env)
+    import yaml
+
+    settings = yaml.safe_load((root / TRACKING_PARAMS).read_text())["tracking"]
+    return {
+        "experiments": experiments,
+        "tracking": tracking,
+        "register_stage": settings.get("register_stage"),
+    }
+
+
+def set_tracking(root: Path, enabled: bool) -> None:
+    """Set ``tracking.enabled`` in a copy's tracking params (not a stage input)."""
+    import yaml
+
+    path = root / TRACKING_PARAMS
+    params = yaml.safe_load(path.read_text())
+    params["tracking"]["enabled"] = enabled
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+
+
+def measure_components(
+    root: Path, workdir: Path, env: dict[str, str], max_wait: float, repeats: int
+) -> dict:
+    """The parts measured on their own that explain a phase of the run (medians of
+    ``repeats``)."""
+    parts, _, others = timed_phase(lambda: component_parts(root, workdir, env, repeats), max_wait)
     log(f"components measured; other processes used {others:.2f} cores")
-    return {**parts, "others": others}
+    return {**parts, "others": others, "repeats": repeats}
 
 
-def component_parts(root: Path, workdir: Path, env: dict[str, str]) -> dict:
+def component_parts(root: Path, workdir: Path, env: dict[str, str], repeats: int) -> dict:
     """The measurements of :func:`measure_components`."""
-    from churnlab.pipeline.binding import read_notebook
-    from churnlab.pipeline.stages import load_stage, notebook_stages
-
     python = sys.executable
-    log("components: interpreter start, imports, kernel start, HTML export, DVC start-up")
-    parts: dict[str, Any] = {
-        "python_start": wall_seconds([python, "-c", "pass"], root, env, REPEATS),
+    log("components: interpreter start, the CLI's imports, kernel start and warm-up, dvc")
+    return {
+        "python_start": wall_seconds([python, "-c", "pass"], root, env, repeats),
+        # what `churnlab run` imports before the runner's first mark
         "cli_imports": import_seconds(
-            python, ["churnlab.pipeline.execute", "papermill", "jupytext"], root, env, REPEATS
+            python, ["churnlab.cli", "churnlab.pipeline.execute"], root, env, repeats
         ),
-        "dvc_version": wall_seconds(["dvc", "--version"], root, env, REPEATS),
-        "dvc_status": wall_seconds(["dvc", "status"], root, env, REPEATS),
-        "pandas_sklearn_import": import_seconds(python, ["pandas", "sklearn"], root, env, REPEATS),
-        "jsonschema_import": import_seconds(python, ["jsonschema"], root, env, REPEATS),
-        "data_import": import_seconds(python, ["churnlab.data"], root, env, REPEATS),
-        "skops_import": import_seconds(
-            python, ["skops.io"], root, env, REPEATS, preload=("pandas", "sklearn")
-        ),
+        "dvc_version": wall_seconds(["dvc", "--version"], root, env, repeats),
+        "kernel_ready": run_worker("kernel", root, workdir / "kernel", env, repeats=repeats),
     }
-    parts["kernel_imports"] = {}
-    parts["kernel_import_modules"] = {}
-    for name in notebook_stages(root):
-        modules = notebook_imports(root / load_stage(root, name).notebook)
-        parts["kernel_import_modules"][name] = modules
-        parts["kernel_imports"][name] = import_seconds(python, modules, root, env, REPEATS)
-    parts["notebook_cells"] = {
-        name: len(read_notebook(root / load_stage(root, name).notebook).cells)
-        for name in notebook_stages(root)
-    }
-    cells = max(parts["notebook_cells"].values())
-    parts.update(run_worker("kernel", root, workdir / "kernel", env, cells=cells))
-    parts["html"] = run_worker("html", root, workdir / "html", env)
-    return parts
 
 
 # --------------------------------------------------------------------------- reporting
@@ -873,6 +1060,132 @@ def _s(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "not measured in this run"
+    return "**met**" if value <= target else "**missed**"
+
+
+def ratio(result: dict) -> float:
+    """Full repro time over the plain computation (with its one-off imports)."""
+    plain = result["plain"]
+    return result["repro"] / (sum(plain["stages"].values()) + plain["import"])
+
+
+def tracking_added(iteration: dict) -> dict[str, float]:
+    """Per stage: wall time with tracking on minus with it off (forced runs)."""
+    on, off = iteration["tracking"]["on"]["spans"], iteration["tracking"]["off"]["spans"]
+    return {name: on[name]["span"] - off[name]["span"] for name in on if name in off}
+
+
+def registry_phase(iteration: dict | None) -> float | None:
+    """The tracking phase of the stage that registers the model, with tracking on: its
+    logging, the model's registration and the promotion decision."""
+    if not iteration:
+        return None
+    span = iteration["tracking"]["on"]["spans"].get(iteration.get("register_stage"), {})
+    return between(span, *TRACKING)
+
+
+def stage_tracking(iteration: dict) -> dict[str, float]:
+    """Per stage except the registering one (its own target): what tracking costs it, the
+    larger of its span with tracking on minus off and its tracking phase."""
+    added = tracking_added(iteration)
+    on = iteration["tracking"]["on"]["spans"]
+    return {
+        name: max(value, between(on[name], *TRACKING) or value)
+        for name, value in added.items()
+        if name != iteration.get("register_stage")
+    }
+
+
+def targets(results: list[dict], iteration: dict | None) -> list[str]:
+    """One line per target of issue 10: the figure, and met or missed."""
+    default = results[0]
+    lines = [
+        f"- full default `dvc repro` ≤ {TARGET_REPRO_S:g} s: {default['repro']:.1f} s — "
+        + _verdict(default["repro"], TARGET_REPRO_S)
+    ]
+    big = [r for r in results if r["rows"] == TARGET_RATIO_ROWS]
+    value = ratio(big[0]) if big else None
+    lines.append(
+        f"- repro / plain ≤ {TARGET_RATIO:g} at {TARGET_RATIO_ROWS:,} customers: "
+        + (f"{value:.2f} — " if value is not None else "")
+        + _verdict(value, TARGET_RATIO)
+    )
+    lines.append(
+        f"- no-op `dvc repro` ≤ {TARGET_NOOP_S:g} s: "
+        + ", ".join(
+            f"{r['label']} {r['noop']:.2f} s (`dvc status`, the floor: {r['status']:.2f} s)"
+            for r in results
+        )
+        + " — "
+        + _verdict(default["noop"], TARGET_NOOP_S)
+    )
+    experiments = iteration["experiments"] if iteration else []
+    for label, setting, target, _ in EXPERIMENTS:
+        found = next((e for e in experiments if e["label"] == label), None)
+        figure = found["median"]["total"] if found else None
+        lines.append(
+            f"- {label} experiment (`dvc exp run -S '{setting}'`, then `dvc exp show`) ≤ "
+            f"{target:g} s: "
+            + (
+                f"{figure:.1f} s (median of {len(found['totals'])}: "
+                + ", ".join(f"{t:.1f}" for t in found["totals"])
+                + ") — "
+                if found
+                else ""
+            )
+            + _verdict(figure, target)
+        )
+    costs = stage_tracking(iteration) if iteration else {}
+    worst = max(costs.items(), key=lambda item: item[1]) if costs else None
+    lines.append(
+        f"- tracking ≤ {TARGET_TRACKING_S:g} s added to a stage's wall time: "
+        + (
+            f"worst {worst[0]} {worst[1]:+.2f} s (the larger of on − off and its tracking "
+            f"phase; the registering stage, {iteration.get('register_stage')}, under the next "
+            "target) — "
+            if worst
+            else ""
+        )
+        + _verdict(worst[1] if worst else None, TARGET_TRACKING_S)
+    )
+    registry = registry_phase(iteration)
+    added = tracking_added(iteration) if iteration else {}
+    register = iteration.get("register_stage") if iteration else None
+    lines.append(
+        f"- model logging + registration + promotion ≤ {TARGET_REGISTRY_S:g} s: "
+        + (
+            f"{registry:.2f} s ({register}'s tracking phase; its span on − off "
+            f"{_s(added.get(register))} s) — "
+            if registry is not None
+            else ""
+        )
+        + _verdict(registry, TARGET_REGISTRY_S)
+    )
+    return lines
+
+
+def summary_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| data | customers | full repro (s) | plain (s) | plain incl. imports (s) | "
+        "repro / plain | no-op repro (s) | `dvc status` (s) | same metrics | other load: "
+        "repro / no-op / plain (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        plain = sum(r["plain"]["stages"].values())
+        lines.append(
+            f"| {r['label']} | {r['customers']:,} | {r['repro']:.1f} | {plain:.1f} | "
+            f"{plain + r['plain']['import']:.1f} | {ratio(r):.2f} | {r['noop']:.2f} | "
+            f"{r['status']:.2f} | {'yes' if r['same_metrics'] else 'NO'} | "
+            + " / ".join(f"{r['others'][k]:.2f}" for k in ("repro", "noop", "plain"))
+            + " |"
+        )
+    return lines
+
+
 def size_table(result: dict) -> list[str]:
     """Per stage: repro span, plain time and the difference (the overhead)."""
     plain = result["plain"]["stages"]
@@ -882,10 +1195,11 @@ def size_table(result: dict) -> list[str]:
         f"| dvc start-up | {_s(result['dvc_startup'])} | – | {_s(result['dvc_startup'])} | – |",
     ]
     for name, span in result["spans"].items():
-        cost = plain[name]
+        cost = plain.get(name)
         lines.append(
-            f"| {name} | {_s(span['span'])} | {_s(cost)} | {_s(span['span'] - cost)} "
-            f"| {span['span'] / cost:.1f} |"
+            f"| {name} | {_s(span['span'])} | {_s(cost)} | "
+            f"{_s(span['span'] - cost if cost is not None else None)} | "
+            + (f"{span['span'] / cost:.1f} |" if cost else "– |")
         )
     total_plain = sum(plain.values())
     with_imports = total_plain + result["plain"]["import"]
@@ -897,188 +1211,253 @@ def size_table(result: dict) -> list[str]:
     return lines
 
 
-def stage_parts(name: str, span: dict, parts: dict) -> dict[str, float]:
-    """The measured parts of one notebook stage's overhead (seconds)."""
-    html = parts["html"]
-    values = (
-        span["cli"],
-        parts["empty_notebook"],
-        parts["kernel_imports"][name],
-        max(parts["per_cell"], 0.0) * parts["notebook_cells"][name],
-        html["nbconvert_import"] + html["first_setup"] + html["export"][name],
-        span["after"],
-    )
-    return dict(zip(PART_NAMES, values, strict=True))
+def segment_labels(spans: dict[str, dict]) -> list[str]:
+    """Every phase label of these stages, in the order the runner gave them."""
+    labels: list[str] = []
+    for span in spans.values():
+        for label, _ in span.get("segments", []):
+            if label not in labels:
+                labels.append(label)
+    return labels
 
 
-def rests(result: dict, parts: dict) -> dict[str, float]:
-    """Per notebook stage: the overhead that the measured parts do not explain."""
-    return {
-        name: span["span"]
-        - result["plain"]["stages"][name]
-        - sum(stage_parts(name, span, parts).values())
-        for name, span in result["spans"].items()
-        if "cli" in span
-    }
-
-
-def breakdown_table(result: dict, parts: dict) -> list[str]:
-    """Each notebook stage's overhead split into measured parts."""
-    names = PART_NAMES
+def phase_table(spans: dict[str, dict]) -> list[str]:
+    """Each marked stage's span cut at the runner's marks (they add up to the span)."""
+    marked = {name: span for name, span in spans.items() if "segments" in span}
+    if not marked:
+        return ["(no phase marks: the runner wrote none to `CHURNLAB_TIMINGS`)"]
+    labels = segment_labels(marked)
     lines = [
-        "| stage | overhead | " + " | ".join(names) + " | rest |",
-        "|---|" + "---:|" * (len(names) + 2),
+        "| stage | span | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * (len(labels) + 1),
     ]
-    rest = rests(result, parts)
-    for name, span in result["spans"].items():
-        if "cli" not in span:
-            continue
-        overhead = span["span"] - result["plain"]["stages"][name]
-        values = stage_parts(name, span, parts).values()
+    for name, span in marked.items():
+        values = dict(span["segments"])
         lines.append(
-            f"| {name} | {_s(overhead)} | "
-            + " | ".join(_s(v) for v in values)
-            + f" | {_s(rest[name])} |"
+            f"| {name} | {_s(span['span'])} | "
+            + " | ".join(_s(values.get(label)) for label in labels)
+            + " |"
         )
     return lines
 
 
-def fixed_cost(result: dict, parts: dict) -> float:
-    """Mean cost of a notebook stage that does not depend on its computation."""
-    return statistics.mean(
-        sum(stage_parts(name, span, parts).values())
-        for name, span in result["spans"].items()
-        if "cli" in span
-    )
+def critical_path(span: dict, kernel: float | None) -> str:
+    """Which side of the overlap the first cell waited for: the runner's preparation or
+    the kernel's start and warm-up (measured alone)."""
+    prepared = runner_preparation(span)
+    if prepared is None or kernel is None:
+        return "–"
+    return "kernel" if kernel > prepared[0] else "runner"
 
 
-def overheads(result: dict) -> dict[str, float]:
-    """Overhead per notebook stage: repro span minus plain time."""
-    return {
-        name: span["span"] - result["plain"]["stages"][name]
-        for name, span in result["spans"].items()
-        if "cli" in span
-    }
-
-
-def ratio(result: dict) -> float:
-    """Full repro time over the plain computation (with its one-off imports)."""
-    plain = result["plain"]
-    return result["repro"] / (sum(plain["stages"].values()) + plain["import"])
-
-
-def targets(results: list[dict]) -> list[str]:
-    """One line per target: the figure, and met or missed."""
-    default = results[0]
-    worst = max(max(overheads(r).values()) for r in results)
+def overlap_table(result: dict, parts: dict | None) -> list[str]:
+    """The runner's preparation against the kernel's start, and the cells against plain."""
+    kernels = (parts or {}).get("kernel_ready") or {}
+    plain = result["plain"]["stages"]
     lines = [
-        f"- no-op `dvc repro` ≤ {TARGET_NOOP_S:g} s: "
-        + ", ".join(f"{r['label']} {r['noop']:.2f} s" for r in results)
-        + f" — **{'met' if default['noop'] <= TARGET_NOOP_S else 'missed'}**",
-        f"- overhead ≤ {TARGET_OVERHEAD_S:g} s per notebook stage: worst "
-        f"{worst:.2f} s — **{'met' if worst <= TARGET_OVERHEAD_S else 'missed'}**",
+        "| stage | runner's preparation | wait at the first cell | kernel start + warm-up "
+        "(alone) | critical path | cells | plain | cells − plain | page | tracking | "
+        "exit + DVC after |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    big = [r for r in results if r["rows"] == TARGET_RATIO_ROWS]
-    if big:
-        value = ratio(big[0])
+    for name, span in notebook_spans(result).items():
+        prepared = runner_preparation(span) or (None, None)
+        cells = between(span, *CELLS)
+        after = span["segments"][-1][1]
         lines.append(
-            f"- repro / plain ≤ {TARGET_RATIO:g} at {TARGET_RATIO_ROWS:,} customers: "
-            f"{value:.2f} — **{'met' if value <= TARGET_RATIO else 'missed'}**"
-        )
-    else:
-        lines.append(
-            f"- repro / plain ≤ {TARGET_RATIO:g} at {TARGET_RATIO_ROWS:,} customers: "
-            "not measured in this run"
+            f"| {name} | {_s(prepared[0])} | {_s(prepared[1])} | {_s(kernels.get(name))} | "
+            f"{critical_path(span, kernels.get(name))} | {_s(cells)} | {_s(plain.get(name))} | "
+            f"{_s(cells - plain[name] if cells is not None and name in plain else None)} | "
+            f"{_s(between(span, *PAGE))} | {_s(between(span, *TRACKING))} | {_s(after)} |"
         )
     return lines
 
 
-def where_time_goes(results: list[dict], parts: dict) -> list[str]:
-    """The measured explanation of the overhead, in sentences with numbers."""
-    default = results[0]
-    html = parts["html"]
-    spans = [s for s in default["spans"].values() if "cli" in s]
-    cli = statistics.mean(s["cli"] for s in spans)
-    after = statistics.mean(s["after"] for s in spans)
-    imports = parts["kernel_imports"]
+def experiments_table(iteration: dict) -> list[str]:
+    """The median run of each experiment, split into DVC's start-up, its stages, DVC's own
+    work after the last one (in the last span) and ``dvc exp show``."""
     lines = [
-        f"- **No-op repro ({default['noop']:.2f} s)**: starting the `dvc` CLI alone "
-        f"(`dvc --version`) takes {parts['dvc_version']:.2f} s and `dvc status` (the same "
-        f"dependency and params checks, nothing run) {parts['dvc_status']:.2f} s, so the "
-        "no-op time is DVC's own start-up and checking, not churnlab code.",
-        f"- **CLI start-up ({cli:.2f} s per stage on average)**: from DVC's `Running stage` to "
-        f"the runner's first line. A fresh interpreter starts in {parts['python_start']:.2f} s; "
-        f"importing `churnlab.pipeline.execute`, `papermill` and `jupytext` takes "
-        f"{parts['cli_imports']:.2f} s (papermill imports nbformat → jsonschema, and "
-        f"`import jsonschema` alone takes {parts['jsonschema_import']:.2f} s).",
-        f"- **Kernel start-up ({parts['empty_notebook']:.2f} s)**: an empty notebook run "
-        f"through papermill on the `churnlab` kernel, papermill already imported.",
-        "- **Imports inside the kernel** (each notebook's import statements, fresh "
-        "interpreter): "
-        + ", ".join(f"{n} {v:.2f} s" for n, v in imports.items())
-        + f"; `import pandas, sklearn` alone takes {parts['pandas_sklearn_import']:.2f} s. "
-        "The plain run pays this once "
-        f"({default['plain']['import']:.2f} s), the pipeline once per notebook stage.",
-        f"- **HTML export**: importing nbconvert after papermill {html['nbconvert_import']:.2f} s, "
-        f"setting up the exporter (first export in a process) {html['first_setup']:.2f} s, "
-        "exporting: " + ", ".join(f"{n} {v:.2f} s" for n, v in html["export"].items()) + ".",
-        f"- **DVC after each stage ({after:.2f} s on average on the default data)**: the "
-        "runner process exiting, then DVC hashing the outputs, copying them into its cache "
-        "and writing `dvc.lock`. By data size: "
-        + "; ".join(
-            f"{r['label']} "
-            + ", ".join(f"{n} {s['after']:.2f} s" for n, s in r["spans"].items() if "after" in s)
-            for r in results
-        )
-        + ".",
-        f"- **Papermill per cell ({parts['per_cell'] * 1000:.0f} ms)**: an empty notebook of "
-        f"{parts['cells']} cells against one of 1 cell, saved after every cell as the runner "
-        "does; times the notebook's number of cells"
-        + (
-            " (counted as 0: too small to tell from the spread of kernel start-up)."
-            if parts["per_cell"] <= 0
-            else "."
-        ),
-        "- **rest**: what the parts measured on their own do not explain: imports a notebook "
-        "makes later, inside package functions (`import skops.io` after pandas and sklearn: "
-        f"{parts['skops_import']:.2f} s, in train and evaluate), rendering the displayed "
-        "tables and figures into the notebook, papermill injecting the parameters, "
-        "scrubbing and writing the executed notebook, the spread of kernel start-up; and "
-        "what grows with the data in a fresh kernel process and not in the one plain "
-        "process (memory taken anew, caches cold). It can be negative: parts measured on "
-        "their own do not add up exactly.",
-        f"- **fetch**: `churnlab fetch` validates the data against the schema before "
-        f"writing it, so it imports `churnlab.data` (pandas, pandera, scikit-learn: "
-        f"{parts['data_import']:.2f} s in a fresh interpreter) besides the runner: "
-        + "; ".join(
-            f"{r['label']} {r['spans']['fetch']['span']:.2f} s against "
-            f"{r['plain']['stages']['fetch']:.2f} s plain"
-            for r in results
-            if "fetch" in r["spans"] and "fetch" in r["plain"]["stages"]
-        )
-        + ".",
-        f"- **In sum**: a notebook stage costs about {fixed_cost(default, parts):.1f} s on "
-        "top of its computation before anything scales with the data (the parts above "
-        "without *rest*, default data), which is "
-        f"{fixed_cost(default, parts) / TARGET_OVERHEAD_S:.0f} times the "
-        f"{TARGET_OVERHEAD_S:g} s target; the largest parts are the imports paid again in "
-        "every kernel and the CLI's own imports.",
+        "| experiment | total (s) | runs (s) | DVC start-up | stages (the last one with DVC's "
+        "work after it) | `dvc exp show` | other load (cores) |",
+        "|---|---:|---|---:|---|---:|---:|",
     ]
+    for found in iteration["experiments"]:
+        run = found["median"]
+        lines.append(
+            f"| {found['label']} | {run['total']:.2f} | "
+            + ", ".join(f"{t:.1f}" for t in found["totals"])
+            + f" | {run['startup']:.2f} | "
+            + ", ".join(f"{n} {s['span']:.2f}" for n, s in run["spans"].items())
+            + f" | {run['show']:.2f} | "
+            f"{found['others']:.2f} |"
+        )
+    return lines
+
+
+def tracking_table(iteration: dict) -> list[str]:
+    """Each stage forced with tracking on and off, and its tracking phase from the marks."""
+    on, off = iteration["tracking"]["on"], iteration["tracking"]["off"]
+    added = tracking_added(iteration)
+    lines = [
+        "| stage | tracking on (s) | tracking off (s) | added (s) | tracking phase on (s) | "
+        "tracking phase off (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, span in on["spans"].items():
+        other = off["spans"].get(name, {})
+        lines.append(
+            f"| {name} | {_s(span['span'])} | {_s(other.get('span'))} | "
+            f"{_s(added.get(name))} | {_s(between(span, *TRACKING))} | "
+            f"{_s(between(other, *TRACKING))} |"
+        )
+    lines.append(
+        f"| **whole repro** | **{on['wall']:.2f}** | **{off['wall']:.2f}** | "
+        f"**{on['wall'] - off['wall']:.2f}** | | |"
+    )
+    return lines
+
+
+def phase_totals(spans: dict[str, dict]) -> list[tuple[str, float]]:
+    """Each phase summed over the marked stages, largest first."""
+    totals: dict[str, float] = {}
+    for span in spans.values():
+        for label, seconds in span.get("segments", []):
+            totals[label] = totals.get(label, 0.0) + seconds
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
+def describe(label: str) -> str:
+    """A phase label with what happens in it, when known."""
+    first, _, second = label.partition(" → ")
+    note = PHASE_NOTES.get((first, second))
+    if label == BEFORE_PROCESS:
+        note = "DVC checking the stage and spawning its command"
+    elif label.endswith(AFTER_LAST):
+        note = "the process exiting, DVC hashing and caching the outputs, writing dvc.lock"
+    return f"*{label}*" + (f" ({note})" if note else "")
+
+
+def where_time_goes(results: list[dict], parts: dict | None, iteration: dict | None) -> list[str]:
+    """The figures above, read: where each target's time goes, in sentences."""
+    default = results[0]
+    spans = default["spans"]
+    marked = notebook_spans(default)
+    unmarked = {n: s for n, s in spans.items() if n not in marked}
+    plain = default["plain"]["stages"]
+    lines = [
+        f"- **Full default repro ({default['repro']:.1f} s, target {TARGET_REPRO_S:g} s)**: "
+        f"DVC's start-up {default['dvc_startup']:.2f} s; notebook stages "
+        f"{sum(s['span'] for s in marked.values()):.1f} s "
+        f"(their cells {sum(between(s, *CELLS) or 0 for s in marked.values()):.1f} s, plain "
+        f"{sum(plain.get(n, 0) for n in marked):.1f} s); "
+        + "; ".join(
+            f"{n} {s['span']:.2f} s (plain {_s(plain.get(n))} s)" for n, s in unmarked.items()
+        )
+        + ".",
+    ]
+    totals = phase_totals(marked)
+    if totals:
+        whole = sum(seconds for _, seconds in totals)
+        lines.append(
+            "- **The notebook stages' phases, summed over the stages, largest first**: "
+            + "; ".join(
+                f"{describe(label)} {seconds:.2f} s ({seconds / whole:.0%})"
+                for label, seconds in totals
+            )
+            + "."
+        )
+    kernels = (parts or {}).get("kernel_ready") or {}
+    if marked and kernels:
+        paths = []
+        for name, span in marked.items():
+            prepared = runner_preparation(span)
+            if prepared is None or name not in kernels:
+                continue
+            paths.append(
+                f"{name}: runner {prepared[0]:.2f} s, kernel {kernels[name]:.2f} s → "
+                f"{critical_path(span, kernels[name])} (then {prepared[1]:.2f} s to the first cell)"
+            )
+        if paths:
+            lines.append(
+                "- **Before the first cell, the runner's preparation and the kernel's start + "
+                "warm-up overlap**; the longer is on the critical path: " + "; ".join(paths) + "."
+            )
+    if parts:
+        lines.append(
+            f"- **Process start → runner start**: a fresh interpreter starts in "
+            f"{parts['python_start']:.2f} s and imports what `churnlab run` needs before its "
+            f"first mark (`churnlab.cli`, `churnlab.pipeline.execute`) in "
+            f"{parts['cli_imports']:.2f} s (measured alone)."
+        )
+    lines.append(
+        f"- **No-op repro ({default['noop']:.2f} s, target {TARGET_NOOP_S:g} s)**: DVC's own "
+        f"`dvc status` (the same dependency and params checks, nothing run) takes "
+        f"{default['status']:.2f} s"
+        + (f" and `dvc --version` {parts['dvc_version']:.2f} s" if parts else "")
+        + f"; the no-op repro is {default['noop'] - default['status']:+.2f} s from that floor."
+    )
+    if iteration:
+        for found in iteration["experiments"]:
+            run = found["median"]
+            biggest = phase_totals(notebook_spans(run))[:3]
+            lines.append(
+                f"- **{found['label'].capitalize()} experiment ({run['total']:.1f} s, target "
+                f"{found['target']:g} s)**: DVC's start-up {run['startup']:.2f} s, stages "
+                + ", ".join(f"{n} {s['span']:.2f} s" for n, s in run["spans"].items())
+                + f" (the last with DVC's work after it), `dvc exp show` {run['show']:.2f} s"
+                + (
+                    "; its notebook stages' largest phases: "
+                    + ", ".join(f"{describe(label)} {seconds:.2f} s" for label, seconds in biggest)
+                    if biggest
+                    else ""
+                )
+                + "."
+            )
+        added = tracking_added(iteration)
+        registry = registry_phase(iteration)
+        whole_on = iteration["tracking"]["on"]["wall"]
+        whole_off = iteration["tracking"]["off"]["wall"]
+        lines.append(
+            f"- **Tracking (target {TARGET_TRACKING_S:g} s per stage)**: forced runs, on − "
+            "off: "
+            + ", ".join(f"{n} {v:+.2f} s" for n, v in added.items())
+            + f"; whole repro {whole_on - whole_off:+.2f} s. "
+            f"The model's logging, registration and promotion (the registering stage's tracking "
+            f"phase): {_s(registry)} s (target {TARGET_REGISTRY_S:g} s)."
+        )
     for r in results[1:]:
         extra = r["repro"] - sum(r["plain"]["stages"].values()) - r["plain"]["import"]
+        r_marked = notebook_spans(r)
+        cells = sum(between(s, *CELLS) or 0 for s in r_marked.values())
+        r_plain = sum(r["plain"]["stages"].get(n, 0) for n in r_marked)
+        biggest = phase_totals(r_marked)[:4]
         lines.append(
             f"- **{r['label']}**: the pipeline takes {extra:.0f} s more than the plain run "
-            f"(ratio {ratio(r):.2f}); the *rest* of the notebook stages adds up to "
-            f"{sum(rests(r, parts).values()):.1f} s of it (default data: "
-            f"{sum(rests(default, parts).values()):.1f} s)."
+            f"(ratio {ratio(r):.2f}, target {TARGET_RATIO:g} at {TARGET_RATIO_ROWS:,}); the "
+            f"notebook stages' cells take {cells:.1f} s against {r_plain:.1f} s plain "
+            f"({cells - r_plain:+.1f} s); their largest phases: "
+            + ", ".join(f"{describe(label)} {seconds:.2f} s" for label, seconds in biggest)
+            + "; "
+            + ", ".join(
+                f"{n} {s['span']:.2f} s (plain {_s(r['plain']['stages'].get(n))} s)"
+                for n, s in r["spans"].items()
+                if n not in r_marked
+            )
+            + "."
         )
     return lines
 
 
-def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[str]) -> str:
+def report(
+    results: list[dict],
+    parts: dict | None,
+    iteration: dict | None,
+    info: dict[str, str],
+    argv: list[str],
+) -> str:
     """The whole report as Markdown."""
     out = [
-        "# Benchmark: `dvc repro` against the plain computation",
+        "# Benchmark: `dvc repro` against the plain computation, and the experiment loop",
         "",
         f"Made by `{' '.join(['python', 'bench/run.py', *argv])}`.",
         "",
@@ -1086,28 +1465,8 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
         "",
     ]
     out += [f"- {key}: {value}" for key, value in info.items()]
-    out += [
-        "",
-        "## Targets",
-        "",
-        *targets(results),
-        "",
-        "## Summary",
-        "",
-        "| data | customers | full repro (s) | plain (s) | plain incl. imports (s) | "
-        "repro / plain | no-op repro (s) | same metrics | other load: repro / no-op / plain "
-        "(cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in results:
-        plain = sum(r["plain"]["stages"].values())
-        out.append(
-            f"| {r['label']} | {r['customers']:,} | {r['repro']:.1f} | {plain:.1f} | "
-            f"{plain + r['plain']['import']:.1f} | {ratio(r):.2f} | {r['noop']:.2f} | "
-            f"{'yes' if r['same_metrics'] else 'NO'} | "
-            + " / ".join(f"{r['others'][k]:.2f}" for k in ("repro", "noop", "plain"))
-            + " |"
-        )
+    out += ["", "## Targets", "", *targets(results, iteration), "", "## Summary", ""]
+    out += summary_table(results)
     for r in results:
         out += [
             "",
@@ -1119,15 +1478,38 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
             "",
             *size_table(r),
             "",
-            "Overhead of each notebook stage, split into measured parts (seconds):",
+            "Each notebook stage's span cut at the runner's phase marks, in the real run "
+            "(seconds; the phases add up to the span):",
             "",
-            *breakdown_table(r, parts),
+            *phase_table(r["spans"]),
+            "",
+            "Before the first cell, and after it (seconds; *cells* against the notebook's "
+            "plain computation):",
+            "",
+            *overlap_table(r, parts if r is results[0] else None),
+        ]
+    if iteration:
+        out += [
+            "",
+            "## Experiments (default data)",
+            "",
+            *experiments_table(iteration),
+            "",
+            "Phases of the median run's notebook stages (seconds):",
+        ]
+        for found in iteration["experiments"]:
+            out += ["", f"*{found['label']}*:", "", *phase_table(found["median"]["spans"])]
+        out += [
+            "",
+            "## Tracking on and off (default data, `dvc repro --force`)",
+            "",
+            *tracking_table(iteration),
         ]
     out += [
         "",
         "## Where the time goes",
         "",
-        *where_time_goes(results, parts),
+        *where_time_goes(results, parts, iteration),
         "",
         "## Method",
         "",
@@ -1135,29 +1517,57 @@ def report(results: list[dict], parts: dict, info: dict[str, str], argv: list[st
         "untracked-but-not-ignored files, then `git init` and a commit); the project's "
         "own workspace is not touched. The package itself is the one installed in the "
         "venv (editable: the working tree's `src/`).",
-        "- Stage times of `dvc repro` come from timestamping its output lines: a stage "
-        "runs from DVC's `Running stage` line to the next one, so start-up and stages "
-        "add up to the wall time. *CLI start-up* ends at the runner's `[stage] running` "
-        "line, *DVC after the stage* starts at its `[stage] done` line.",
-        "- *plain* runs the churnlab calls each notebook makes (including its figures, "
-        "drawn to PNG as the inline backend does) in one fresh process; its imports are "
-        "timed once and shown apart. *overhead* = repro span − plain time of the stage. "
-        "*repro / plain* = full repro ÷ (plain stages + imports).",
+        "- Stage spans come from timestamping DVC's output lines: a stage runs from DVC's "
+        "`Running stage` line to the next one, so start-up and stages add up to the wall "
+        f"time. With `{TIMINGS_ENV}` set, each `churnlab run STAGE` process appends its phase "
+        "marks (wall-clock, in the order they happen; the first is the process's start, from "
+        "`/proc`); the benchmark cuts the stage's span at them: *DVC → process start* is DVC "
+        "spawning the command, the last mark → DVC's next line is the process exiting and "
+        "DVC's work after the stage (hashing, caching, `dvc.lock`).",
+        "- *runner's preparation*: the runner's start to its last mark before the first cell; "
+        "*wait at the first cell*: from there to the first cell (the tracking run, the output "
+        "guard, papermill's set-up, and waiting for the kernel). *kernel start + warm-up "
+        "(alone)*: the kernel started as the runner starts it (its notebook's top-level "
+        "imports queued) until it answers a request queued after them, measured on its own; "
+        "the *critical path* is the kernel when that is longer than the runner's "
+        "preparation.",
+        "- *plain* runs each notebook's own code cells (with the parameters the runner binds, "
+        "its figures drawn to PNG as the inline backend does) in one fresh process, `fetch_raw` "
+        "and the report's computation; its imports are timed once and shown apart. *cells* "
+        "(first cell → notebook done) is compared with it. *repro / plain* = full repro ÷ "
+        "(plain stages + imports).",
+        "- Experiments: the default run's copy is committed (its `dvc.lock` and metrics); each "
+        "experiment run starts from that commit (`git reset --hard`, `git clean`, `dvc checkout "
+        "--force`, `dvc exp remove -A`, not timed) and is timed from the start of `dvc exp run "
+        "-S ...` until `dvc exp show --json` has returned and lists it with the set value and "
+        "metrics. Every stage has `persist` outputs, which DVC's run-cache skips, so a "
+        "repeat re-runs its stages.",
+        "- Tracking: the same copy, every stage forced (`dvc repro --force`) with "
+        f"`{TRACKING_PARAMS}` as committed, then with `tracking.enabled: false` (not a stage "
+        "input); *added* is the difference of a stage's spans. The *tracking phase* is the "
+        "runner's *page written → recorded*.",
         "- Synthetic customers: `bench/synth.py generate_customers` (rows of the real "
         "table drawn with replacement, stratified on the target, numeric columns "
         "jittered within the schema ranges, fresh ids), written as CSV into the copy, "
         "with `data.source` pointing at it and `data.sha256: null`.",
-        "- Each phase (full repro, no-op repros, plain run, component measurements) "
-        f"starts once the CPUs are quiet (under {QUIET_SHARE:.0%} busy over "
-        f"{QUIET_WINDOW_S:g} s). *other load* is the CPU time that processes outside the "
+        "- Each phase (full repro, no-op repros, plain run, each experiment's runs, each "
+        "tracking run, "
+        f"component measurements) starts once the CPUs are quiet (under {QUIET_SHARE:.0%} busy "
+        f"over {QUIET_WINDOW_S:g} s). *other load* is the CPU time that processes outside the "
         "benchmark used during the phase, divided by its wall time. A full repro or plain "
         f"run is ended and repeated when other processes use more than {WATCH_CORES:g} "
         f"cores for {WATCH_TIMES * WATCH_S:g} s, or repeated when it had more than "
         f"{DISTURBED_CORES:g} cores of other load (the last attempt is not ended; the "
-        "least disturbed run is kept). Component measurements: "
-        f"{parts['others']:.2f} cores of other load.",
-        f"- Medians of {REPEATS} runs: no-op repro, interpreter start, import times, "
-        "empty-notebook kernel runs, `dvc --version`, `dvc status`.",
+        "least disturbed run is kept)."
+        + (f" Component measurements: {parts['others']:.2f} cores of other load." if parts else ""),
+        f"- Medians of {REPEATS} runs: no-op repro, `dvc status`"
+        + (
+            f"; of {parts.get('repeats', REPEATS)}: interpreter start, import times, kernel "
+            "start + warm-up, `dvc --version`"
+            if parts
+            else ""
+        )
+        + ". Tracking on and off: one forced run each.",
         "",
     ]
     return "\n".join(out)
@@ -1187,6 +1597,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="where the report goes (default bench/RESULTS.md)",
     )
     parser.add_argument(
+        "--exp-repeats",
+        type=int,
+        metavar="N",
+        help=f"runs of each experiment, median reported (default {REPEATS}; with --quick "
+        + ", ".join(f"{e[0]} {e[3]}" for e in EXPERIMENTS)
+        + "; 0: no experiments, and no tracking on/off runs either)",
+    )
+    parser.add_argument(
         "--attempts",
         type=int,
         default=3,
@@ -1209,10 +1627,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only write the report from measurements saved with --raw",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
-    parser.add_argument("--worker", choices=["plain", "kernel", "html"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["plain", "kernel"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--cells", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -1221,14 +1639,19 @@ def main(argv: list[str]) -> int:
     if args.worker:
         worker = {
             "plain": lambda: plain_pipeline(args.root, args.out),
-            "kernel": lambda: kernel_startup(args.out, args.cells),
-            "html": lambda: html_export(args.root),
+            "kernel": lambda: kernel_ready(args.root, args.repeats),
         }[args.worker]
         print(json.dumps(worker()))
         return 0
     if args.report_only:
         saved = json.loads(args.report_only.read_text())
-        text = report(saved["results"], saved["parts"], saved["machine"], saved["argv"])
+        text = report(
+            saved["results"],
+            saved["parts"],
+            saved.get("iteration"),
+            saved["machine"],
+            saved["argv"],
+        )
         args.output.write_text(text)
         print(text)
         return 0
@@ -1243,10 +1666,19 @@ def main(argv: list[str]) -> int:
                 "default", None, None, args.seed, workdir, env, args.attempts, args.max_wait
             )
         ]
-        parts = measure_components(Path(results[0]["root"]), workdir, env, args.max_wait)
-        from churnlab.data import read_table
+        root = Path(results[0]["root"])
+        # --quick keeps to a few minutes: the parts measured alone once each
+        parts = measure_components(root, workdir, env, args.max_wait, 1 if args.quick else REPEATS)
+        iteration = None
+        repeats = args.exp_repeats
+        if repeats is None and not args.quick:
+            repeats = REPEATS
+        if repeats != 0:
+            iteration = measure_iteration(results[0], workdir, env, repeats, args.max_wait)
+        if sizes:
+            from churnlab.data import read_table
 
-        template = read_table(Path(results[0]["root"]) / "data" / "raw" / "churn.csv")
+            template = read_table(root / "data" / "raw" / "churn.csv")
         for rows in sizes:
             label = f"{rows // 1000}k" if rows < 1_000_000 else f"{rows / 1e6:g}M"
             results.append(
@@ -1260,13 +1692,21 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     info = machine()
+    info["benchmark's own run"] = f"{time.perf_counter() - started:.0f} s"
     if args.raw:
         args.raw.write_text(
             json.dumps(
-                {"results": results, "parts": parts, "machine": info, "argv": argv}, indent=1
+                {
+                    "results": results,
+                    "parts": parts,
+                    "iteration": iteration,
+                    "machine": info,
+                    "argv": argv,
+                },
+                indent=1,
             )
         )
-    text = report(results, parts, info, argv)
+    text = report(results, parts, iteration, info, argv)
     args.output.write_text(text)
     print(text)
     log(f"wrote {args.output} ({time.perf_counter() - started:.0f} s in all)")
