@@ -154,7 +154,7 @@ def _simulate(args) -> None:
 
 def _monitor(args) -> None:
     from churnlab.monitoring.months import batch_months, check_month
-    from churnlab.monitoring.verdict import Monitor, MonitorParams, monitor_month
+    from churnlab.monitoring.verdict import Monitor, MonitorParams, locate_month, monitor_month
     from churnlab.param_rules import check_params
 
     root = project_root()
@@ -171,6 +171,8 @@ def _monitor(args) -> None:
         raise ChurnlabError("MONTH: name a month (YYYY-MM), or --all for every month")
     else:
         months = [check_month(m) for m in args.months]
+        for month in months:  # what can be told without the champion, before loading it
+            locate_month(root, settings, month)
     monitor = Monitor.open(root)
     failed = []
     for month in months:

@@ -436,6 +436,28 @@ def verdict_path(root: Path, params: MonitorParams, month: str) -> Path:
     return root / params.verdicts / f"{month}.json"
 
 
+def locate_month(root: Path, params: MonitorParams, month: str) -> Path:
+    """The batch file of ``month``.
+
+    Raises:
+        ChurnlabError: a bad month name, a month not after the reference, no batch file.
+    """
+    check_month(month)
+    if month <= params.reference_month:
+        raise ChurnlabError(
+            f"{MONITOR_FILE}: monitor.reference_month: month {month} is not after the "
+            f"reference ({params.reference_month}, the last month of the champion's training "
+            "data): only later months can be compared with it"
+        )
+    batch_path = month_file(root / params.batches, month, "the batch")
+    if batch_path is None:
+        raise ChurnlabError(
+            f"{params.batches}/{month}.parquet: file not found: expected the batch of {month} "
+            f"as {params.batches}/{month}.csv or .parquet (monitor.batches in {MONITOR_FILE})"
+        )
+    return batch_path
+
+
 def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
     """Read a month's batch (and labels, when they are there), judge it, write its verdict.
 
@@ -446,19 +468,7 @@ def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
             reference, a missing, empty or unreadable batch, bad labels.
     """
     root, p = monitor.root, monitor.params
-    check_month(month)
-    if month <= p.reference_month:
-        raise ChurnlabError(
-            f"{MONITOR_FILE}: monitor.reference_month: month {month} is not after the "
-            f"reference ({p.reference_month}, the last month of the champion's training data): "
-            "only later months can be compared with it"
-        )
-    batch_path = month_file(root / p.batches, month, "the batch")
-    if batch_path is None:
-        raise ChurnlabError(
-            f"{p.batches}/{month}.parquet: file not found: expected the batch of {month} as "
-            f"{p.batches}/{month}.csv or .parquet (monitor.batches in {MONITOR_FILE})"
-        )
+    batch_path = locate_month(root, p, month)
     raw = read_table(batch_path)
     labels_path = month_file(root / p.labels, month, "the labels")
     labels = None
