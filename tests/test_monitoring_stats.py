@@ -186,3 +186,20 @@ def test_quality_counts_violations_by_column_and_rule_without_raising():
     clean = raw.assign(months="5", plan="pro", cust=["a", "b", "c", "d"], region="north")
     clean["spend"] = "1"
     assert check_quality(clean, spec) == {"passed": True, "violations": [], "missing_columns": []}
+
+
+def test_the_batched_calibration_statistics_equal_scipys():
+    """Calibration computes hundreds of draws at once; each equals scipy's own value."""
+    from scipy.stats import chi2_contingency, wasserstein_distance
+
+    rng = np.random.default_rng(7)
+    support = np.sort(rng.choice(np.arange(1000) / 7, 30, replace=False))
+    a, b = rng.integers(0, 20, (5, 30)), rng.integers(0, 20, (5, 30))
+    b[:, 3] = a[:, 3] = 0  # a category (or value) empty on both sides
+    batched = drift.wasserstein_on_support(support, a, b)
+    chi2 = drift.chi2_statistics(a, b)
+    for i in range(5):
+        assert batched[i] == pytest.approx(wasserstein_distance(support, support, a[i], b[i]))
+        seen = (a[i] + b[i]) > 0
+        table = np.vstack([a[i][seen], b[i][seen]])
+        assert chi2[i] == pytest.approx(chi2_contingency(table, correction=False).statistic)

@@ -127,6 +127,32 @@ def _quantile(values: list[float] | np.ndarray, q: float) -> float:
     return float(np.quantile(np.asarray(values, dtype=float), q))
 
 
+def wasserstein_on_support(support: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Wasserstein distances between rows of counts ``a`` and ``b`` over one sorted support.
+
+    The same value as ``scipy.stats.wasserstein_distance(support, support, a_i, b_i)`` (the
+    area between the two distribution functions), for many draws at once: calibration
+    needs hundreds of them per column.
+    """
+    cdf_a = np.cumsum(a, axis=-1) / np.sum(a, axis=-1, keepdims=True)
+    cdf_b = np.cumsum(b, axis=-1) / np.sum(b, axis=-1, keepdims=True)
+    return np.sum(np.abs(cdf_a - cdf_b)[..., :-1] * np.diff(support), axis=-1)
+
+
+def chi2_statistics(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Chi-square statistics of the 2 x k tables ``[a_i, b_i]`` (rows of counts).
+
+    The statistic ``scipy.stats.chi2_contingency(..., correction=False)`` gives, for many
+    tables at once; a category empty in both rows adds nothing.
+    """
+    table = np.stack([a, b], axis=-2).astype(float)
+    total = table.sum(axis=(-2, -1), keepdims=True)
+    expected = table.sum(axis=-1, keepdims=True) * table.sum(axis=-2, keepdims=True) / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cells = np.where(expected > 0, (table - expected) ** 2 / expected, 0.0)
+    return cells.sum(axis=(-2, -1))
+
+
 def calibrate_numeric(
     reference: NumericReference, n: int, chunks: int, q: float, rng: np.random.Generator
 ) -> dict[str, float]:
@@ -138,10 +164,7 @@ def calibrate_numeric(
         p = reference.counts / reference.counts.sum()
         present = int(round(n * reference.counts.sum() / m))
         month, again = _draws(rng, max(present, 1), int(reference.counts.sum()), p, chunks)
-        values = [
-            wasserstein_distance(reference.support, reference.support, a, b)
-            for a, b in zip(month, again, strict=True)
-        ]
+        values = wasserstein_on_support(reference.support, month, again)
         thresholds["wasserstein"] = _quantile(values, q) / _scale(reference.sd)
     p_bins = reference.bins / reference.bins.sum()
     month, again = _draws(rng, n, m, p_bins, chunks)
@@ -157,15 +180,7 @@ def calibrate_categorical(
     m = int(r.sum())
     month, again = _draws(rng, n, m, r / m, chunks)
     js = jensenshannon(again / m, month / n, axis=1, base=2)
-    chi2 = []
-    for a, b in zip(month, again, strict=True):
-        seen = (a + b) > 0  # a category neither draw has adds nothing (and would divide by 0)
-        chi2.append(
-            chi2_contingency(np.vstack([a[seen], b[seen]]), correction=False).statistic
-            if seen.sum() > 1
-            else 0.0
-        )
-    return {"jensen_shannon": _quantile(js, q), "chi2": _quantile(chi2, q)}
+    return {"jensen_shannon": _quantile(js, q), "chi2": _quantile(chi2_statistics(month, again), q)}
 
 
 def calibrate_share(share: float, m: int, n: int, chunks: int, q: float, rng) -> float:
