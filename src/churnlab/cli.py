@@ -159,6 +159,8 @@ def _monitor(args) -> None:
 
     root = project_root()
     check_params(root)
+    # MLflow draws a progress bar per downloaded artifact: noise around the verdict lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = MonitorParams.from_params(load_params(root))
     if args.all:
         months = [m for m in batch_months(root / settings.batches) if m > settings.reference_month]
@@ -174,12 +176,25 @@ def _monitor(args) -> None:
         for month in months:  # what can be told without the champion, before loading it
             locate_month(root, settings, month)
     monitor = Monitor.open(root)
-    failed = []
+    failed, unjudged = [], []
     for month in months:
-        verdict, target = monitor_month(monitor, month)
+        try:
+            verdict, target = monitor_month(monitor, month)
+        except ChurnlabError as exc:
+            if not args.all:
+                raise
+            # the batch job goes on with the other months and fails at the end
+            print(f"churnlab: error: {exc}", file=sys.stderr)
+            unjudged.append(month)
+            continue
         print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
         if not verdict["quality"]["passed"]:
             failed.append(verdict)
+    if unjudged:
+        raise ChurnlabError(
+            f"{settings.batches}: {len(unjudged)} of {len(months)} months could not be judged "
+            f"({', '.join(unjudged)}; above); the others have their verdicts"
+        )
     if failed and not args.all:
         first = failed[0]
         problem = first["quality"]["violations"][0]
