@@ -385,14 +385,23 @@ def _percent(share: float) -> str:
     return f"{100 * share:.0f}%"
 
 
+def describe_violation(violation: dict) -> str:
+    """One violation in words: ``column 'x': 12 rows break the rule ... (e.g. 'a', 'b')``."""
+    where = f"column '{violation['column']}'"
+    if violation["rule"] == "column present":
+        return f"{where}: missing from the file (params/data.yaml schema names it)"
+    examples = ", ".join(repr(e) for e in violation["examples"])
+    return (
+        f"{where}: {violation['count']} rows break the rule {violation['rule']} (e.g. {examples})"
+    )
+
+
 def summary_sentence(verdict: dict) -> str:
     """The verdict in one sentence, for people."""
     month = verdict["month"]
     quality = verdict["quality"]
     if not quality["passed"]:
-        problems = "; ".join(
-            f"{v['column']}: {v['rule']} ({v['count']} rows)" for v in quality["violations"][:3]
-        )
+        problems = "; ".join(describe_violation(v) for v in quality["violations"][:3])
         more = len(quality["violations"]) - 3
         tail = f" and {more} more" if more > 0 else ""
         return f"{month}: failed data quality ({problems}{tail}); never to be used for training."
@@ -469,7 +478,10 @@ def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
     """
     root, p = monitor.root, monitor.params
     batch_path = locate_month(root, p, month)
-    raw = read_table(batch_path)
+    try:
+        raw = read_table(batch_path)
+    except ChurnlabError as exc:  # named as the user names it: relative to the project
+        raise ChurnlabError(str(exc).replace(f"{root}/", "")) from None
     labels_path = month_file(root / p.labels, month, "the labels")
     labels = None
     if labels_path is not None:
