@@ -480,13 +480,15 @@ def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
     batch_path = locate_month(root, p, month)
     try:
         raw = read_table(batch_path)
-    except ChurnlabError as exc:  # named as the user names it: relative to the project
+        labels_path = month_file(root / p.labels, month, "the labels")
+        labels = None
+        if labels_path is not None:
+            ids = type_month(raw, monitor.spec).get(
+                monitor.spec.id_column, pd.Series([], dtype=str)
+            )
+            labels = read_labels(labels_path, monitor.spec, ids)
+    except ChurnlabError as exc:  # files named as the user names them: from the project
         raise ChurnlabError(str(exc).replace(f"{root}/", "")) from None
-    labels_path = month_file(root / p.labels, month, "the labels")
-    labels = None
-    if labels_path is not None:
-        ids = type_month(raw, monitor.spec).get(monitor.spec.id_column, pd.Series([], dtype=str))
-        labels = read_labels(labels_path, monitor.spec, ids)
     verdict = monitor.judge(month, raw, labels)
     verdict["batch"] = _file_record(root, batch_path, len(raw))
     verdict["labels"] = (
