@@ -347,18 +347,24 @@ class Monitor:
             rows = position.reindex(labels.ids).to_numpy()
             realised = realised_performance(labels.churned, scores[rows], threshold)
         gate = self.gate_recall
+        interval = estimated["recall_interval"]
+        recall = realised["recall"] if realised is not None else None
+        # the model does worse than its own probabilities promise: customers churn
+        # differently (concept drift), which no feature drift shows
+        below_estimate = recall is not None and interval is not None and recall < interval[0]
         if gate is None:
-            alert = False
-        elif realised is not None and realised["recall"] is not None:
-            alert = realised["recall"] < gate
+            below_gate = False
+        elif recall is not None:
+            below_gate = recall < gate
         else:
-            interval = estimated["recall_interval"]
-            alert = interval is not None and interval[1] < gate
+            below_gate = interval is not None and interval[1] < gate
         return {
             "gate": {"metric": "recall", "value": gate},
             "estimated": estimated,
             "realised": realised,
-            "alert": alert,
+            "below_gate": below_gate,
+            "below_estimate": below_estimate,
+            "alert": below_gate or below_estimate,
         }
 
 
@@ -435,6 +441,12 @@ def summary_sentence(verdict: dict) -> str:
             return f"{month}: {text}; no customer is flagged, so recall cannot be estimated."
         recall = f"estimated recall {estimated['recall']:.2f} ({low:.2f}-{high:.2f})"
         value = estimated["recall"]
+    if performance["below_estimate"]:
+        low, high = performance["estimated"]["recall_interval"]
+        recall += (
+            f", below the {low:.2f}-{high:.2f} its scores promise (customers leave differently "
+            "than the model expects: concept drift?)"
+        )
     if gate is None:
         return f"{month}: {text}; {recall}."
     side = "still above" if value >= gate else "below"
