@@ -108,7 +108,7 @@ def _fails(project: Path, month: str, *names: str) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("churnlab: error:")]
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert str(project) not in errors[0]  # files named from the project, as the user does
+    assert f"{project}/data" not in errors[0]  # files named from the project, as the user does
     for name in names:
         assert name in errors[0], errors[0]
     after = _digests(project / "monitoring")
