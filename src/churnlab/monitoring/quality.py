@@ -39,24 +39,28 @@ def type_month(raw: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return typed
 
 
-def check_quality(raw: pd.DataFrame, spec: TableSpec) -> dict:
+def check_quality(raw: pd.DataFrame, spec: TableSpec, typed: pd.DataFrame | None = None) -> dict:
     """The quality section of a verdict: ``passed``, ``violations``, ``missing_columns``.
 
     Args:
         raw: the month as read (text columns).
         spec: the data description; its target column is not expected in a month.
+        typed: ``type_month(raw, spec)`` when the caller has it already (a large month is
+            typed once).
     """
     expected = [spec.id_column, *spec.features]
     missing = [c for c in expected if c not in raw.columns]
     violations = [
         {"column": c, "rule": "column present", "count": 1, "examples": []} for c in missing
     ]
+    typed = typed if typed is not None else type_month(raw, spec)
+    unparsed = {}
     for name in spec.numeric:
         if name in raw.columns:
-            _, unparsed = _to_number(raw[name])
-            if unparsed.any():
-                violations.append(_violation(name, "is a number", list(raw.loc[unparsed, name])))
-    typed = type_month(raw, spec)
+            unparsed[name] = _to_number(raw[name])[1]
+            if unparsed[name].any():
+                bad = list(raw.loc[unparsed[name], name])
+                violations.append(_violation(name, "is a number", bad))
     schema = build_schema(spec).remove_columns([spec.target, *missing])
     try:
         schema.validate(typed, lazy=True)
@@ -65,8 +69,7 @@ def check_quality(raw: pd.DataFrame, spec: TableSpec) -> dict:
         for (column, check), group in cases.groupby(["column", "check"], sort=True, dropna=False):
             if check == "not_nullable" and column in spec.numeric:
                 # a value that did not parse is already counted as not a number
-                _, unparsed = _to_number(raw[column])
-                group = group[~group["index"].isin(raw.index[unparsed])]
+                group = group[~group["index"].isin(raw.index[unparsed[column]])]
                 if group.empty:
                     continue
             violations.append(_violation(str(column), str(check), list(group["failure_case"])))

@@ -253,7 +253,8 @@ class Monitor:
     def judge(self, month: str, raw: pd.DataFrame, labels: Labels | None) -> dict:
         """The verdict of a month (without the file records), from its tables."""
         champion, p = self.champion, self.params
-        quality = check_quality(raw, self.spec)
+        typed = type_month(raw, self.spec)
+        quality = check_quality(raw, self.spec, typed)
         verdict: dict[str, Any] = {
             "format": FORMAT,
             "month": month,
@@ -279,7 +280,6 @@ class Monitor:
         }
         scored = not quality["missing_columns"]
         if scored:
-            typed = type_month(raw, self.spec)
             for name, value in self.fill_missing.items():
                 if name in typed.columns:
                     typed[name] = typed[name].fillna(float(value))
