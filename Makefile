@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -91,3 +91,6 @@ clean: ## remove run state, caches and failed-run leftovers (keeps data, models,
 
 distclean: clean ## clean, and remove .venv too
 	rm -rf $(VENV)
+
+monitor: setup ## judge every month in data/batches against the champion (monitoring/; docs/monitoring.md)
+	$(BIN)/churnlab monitor --all

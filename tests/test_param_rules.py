@@ -114,12 +114,48 @@ def test_the_projects_own_params_pass():
             {"Contract": 0},
             "params/prepare.yaml: prepare.fill_missing.Contract: expected a numeric column",
         ),
+        (
+            "params/monitor.yaml",
+            "monitor.threshold_quantile",
+            1.5,
+            "params/monitor.yaml: monitor.threshold_quantile: expected a number of at least 0.5 "
+            "and below 1, found 1.5",
+        ),
+        (
+            "params/monitor.yaml",
+            "monitor.reference_month",
+            "2025-13",
+            "params/monitor.yaml: monitor.reference_month: expected a month as YYYY-MM, found "
+            "'2025-13'",
+        ),
+        (
+            "params/monitor.yaml",
+            "monitor.simulate.format",
+            "xlsx",
+            "params/monitor.yaml: monitor.simulate.format: expected one of 'parquet', 'csv', "
+            "found 'xlsx'",
+        ),
     ],
 )
 def test_a_wrong_param_names_file_key_expected_and_found(file_name, key, value, message):
     errors, _ = param_problems(changed(file_name, key, value), STAGES)
     assert len(errors) == 1, errors
     assert errors[0].startswith(message), errors[0]
+
+
+def test_a_simulated_scenario_kind_is_checked_but_not_its_column():
+    """The scenario's columns are Telco defaults: a user's own schema must not stop the
+    pipeline over them (churnlab simulate checks them: tests/test_monitoring_simulate.py)."""
+    files = shipped()
+    scenarios = files["params/monitor.yaml"]["monitor"]["simulate"]["scenarios"]
+    scenarios[1]["column"] = "no-such-column"
+    scenarios[0]["kind"] = "price_war"
+    errors, _ = param_problems(files, STAGES)
+    assert errors == [
+        "params/monitor.yaml: monitor.simulate.scenarios[0].kind: expected one of "
+        "'category_mix', 'numeric_shift', 'concept_drift', 'missing_column', 'blank_column', "
+        "'new_category', found 'price_war'",
+    ]
 
 
 def test_a_numeric_segment_is_named_as_numeric():

@@ -128,6 +128,99 @@ def _exps(args) -> None:
     print(f"open file://{page}", file=sys.stderr)
 
 
+def _simulate(args) -> None:
+    from churnlab.data import TableSpec, read_table, validate_table
+    from churnlab.monitoring.months import MONITOR_FILE
+    from churnlab.monitoring.simulate import simulate_year, write_year
+    from churnlab.param_rules import check_params
+
+    root = project_root()
+    check_params(root)
+    params = load_params(root)
+    spec = TableSpec.from_params(get_key(params, "schema", "params/data.yaml"))
+    settings = get_key(params, "monitor.simulate", MONITOR_FILE)
+    source = root / get_key(params, "paths.raw", "params/paths.yaml")
+    if not source.exists():
+        raise ChurnlabError(
+            f"{source.relative_to(root)}: file not found: months are drawn from the raw data; "
+            "run `make repro` (or `churnlab fetch`) first"
+        )
+    raw = read_table(source)
+    typed = validate_table(raw, spec, str(source.relative_to(root)))
+    months, truth = simulate_year(raw, typed, spec, settings)
+    batches = root / get_key(params, "monitor.batches", MONITOR_FILE)
+    labels = root / get_key(params, "monitor.labels", MONITOR_FILE)
+    written = write_year(months, truth, batches, labels, f".{settings['format']}")
+    print(
+        f"[simulate] {len(months)} months of {settings['customers']} customers in "
+        f"{batches.relative_to(root)}/ and their labels in {labels.relative_to(root)}/; ground "
+        f"truth {written[-1].relative_to(root)} (version them: dvc add "
+        f"{batches.relative_to(root)} {labels.relative_to(root)})",
+        file=sys.stderr,
+    )
+
+
+def _monitor(args) -> None:
+    from churnlab.monitoring.months import batch_months, check_month
+    from churnlab.monitoring.verdict import (
+        Monitor,
+        MonitorParams,
+        describe_violation,
+        locate_month,
+        monitor_month,
+    )
+    from churnlab.param_rules import check_params
+
+    root = project_root()
+    check_params(root)
+    # MLflow draws a progress bar per downloaded artifact: noise around the verdict lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = MonitorParams.from_params(load_params(root))
+    if args.all:
+        months = [m for m in batch_months(root / settings.batches) if m > settings.reference_month]
+        if not months:
+            raise ChurnlabError(
+                f"{settings.batches}: no month after {settings.reference_month} "
+                "(YYYY-MM.csv or .parquet): put batches there, or run `churnlab simulate`"
+            )
+    elif not args.months:
+        raise ChurnlabError("MONTH: name a month (YYYY-MM), or --all for every month")
+    else:
+        months = [check_month(m) for m in args.months]
+        for month in months:  # what can be told without the champion, before loading it
+            locate_month(root, settings, month)
+    monitor = Monitor.open(root)
+    failed, unjudged = [], []
+    for month in months:
+        try:
+            verdict, target = monitor_month(monitor, month)
+        except ChurnlabError as exc:
+            if not args.all:
+                raise
+            # the batch job goes on with the other months and fails at the end
+            print(f"churnlab: error: {exc}", file=sys.stderr)
+            unjudged.append(month)
+            continue
+        print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
+        if not verdict["quality"]["passed"]:
+            failed.append(verdict)
+    if unjudged:
+        raise ChurnlabError(
+            f"{settings.batches}: {len(unjudged)} of {len(months)} months could not be judged "
+            f"({', '.join(unjudged)}; above); the others have their verdicts"
+        )
+    if failed and not args.all:
+        first = failed[0]
+        violations = first["quality"]["violations"]
+        more = f" (and {len(violations) - 1} more problems)" if len(violations) > 1 else ""
+        raise ChurnlabError(
+            f"{first['batch']['path']}: {describe_violation(violations[0])}{more}: the month "
+            f"failed data quality; its verdict {settings.verdicts}/{first['month']}.json "
+            "records it (never to be used for "
+            "training): fix the month's file and run again"
+        )
+
+
 def _server(args) -> None:
     from churnlab.tracking import server
 
@@ -202,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the DVC experiments with their baseline (terminal, reports/experiments.html)",
     )
     exps.set_defaults(handler=_exps)
+    simulate = commands.add_parser(
+        "simulate",
+        help="write a seeded year of monthly batches with drift scenarios (params/monitor.yaml)",
+    )
+    simulate.set_defaults(handler=_simulate)
+    monitor = commands.add_parser(
+        "monitor", help="judge months of new customers against the champion (monitoring/)"
+    )
+    monitor.add_argument("months", nargs="*", metavar="MONTH", help="a month, YYYY-MM")
+    monitor.add_argument(
+        "--all", action="store_true", help="every month in the batch folder (monitor.batches)"
+    )
+    monitor.set_defaults(handler=_monitor)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

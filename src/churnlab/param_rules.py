@@ -39,6 +39,17 @@ from churnlab.param_types import (
 from churnlab.tracking.settings import PROMOTION_METRICS
 from churnlab.tracking.settings import SETTINGS_FILE as TRACKING_FILE
 
+# the kinds of simulated month (churnlab.monitoring.simulate; docs/monitoring.md)
+SCENARIO_KINDS = (
+    "category_mix",
+    "numeric_shift",
+    "concept_drift",
+    "missing_column",
+    "blank_column",
+    "new_category",
+)
+MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
+
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
 # folds once ran for 812 s); 20 folds already hold out 5% each.
 MAX_CV_FOLDS = 20
@@ -179,6 +190,43 @@ def rules() -> dict[str, Rule]:
         ),
         # where stages read and write: dvc.yaml interpolates them
         "paths": OpenMapping(Text()),
+        "monitor": Section(
+            {
+                "batches": Text(hint="a folder of the project"),
+                "labels": Text(hint="a folder of the project"),
+                "verdicts": Text(hint="a folder of the project"),
+                "reference_month": MONTH,
+                "chunks": Integer(20, 100_000, hint="fewer draws make the thresholds noisy"),
+                "threshold_quantile": Number(0.5, 1, high_open=True),
+                "alert_importance": SHARE,
+                "confidence": FRACTION,
+                "importance_repeats": Integer(1, 100),
+                "importance_max_rows": Integer(10),
+                "seed": SEED,
+                "simulate": Section(
+                    {
+                        "seed": SEED,
+                        "start": MONTH,
+                        "months": Integer(1, 600),
+                        "customers": Integer(1, 10_000_000),
+                        "format": Text(("parquet", "csv")),
+                        "scenarios": ListOf(
+                            Section(
+                                {
+                                    "kind": Text(SCENARIO_KINDS),
+                                    "start": MONTH,
+                                    "months": Nullable(Integer(1)),
+                                    "column": Text(),
+                                    "category": Scalar(),
+                                    "size": Number(),
+                                },
+                                optional=frozenset({"months", "category", "size"}),
+                            )
+                        ),
+                    }
+                ),
+            }
+        ),
     }
 
 
@@ -253,6 +301,7 @@ def _join_problems(params: Mapping[str, Any], stage_names: list[str]) -> Iterato
                     column,
                     "point the report at your own columns, or [] for none",
                 )
+    yield from _monitor_problems(params.get("monitor"))
     tracking = params.get("tracking")
     if isinstance(tracking, dict) and stage_names:
         stage = tracking.get("register_stage")
@@ -263,6 +312,25 @@ def _join_problems(params: Mapping[str, Any], stage_names: list[str]) -> Iterato
                 stage,
                 "no model would ever be logged or registered",
             )
+
+
+def _monitor_problems(monitor: Any) -> Iterator[Problem]:
+    """Months are written as YYYY-MM. (The columns of the simulated scenarios are checked by
+    `churnlab simulate` itself: a user's own schema must not stop the pipeline over them.)"""
+    import re
+
+    if not isinstance(monitor, dict):
+        return
+    simulate = monitor.get("simulate") if isinstance(monitor.get("simulate"), dict) else {}
+    months = [("monitor.reference_month", monitor.get("reference_month"))]
+    months.append(("monitor.simulate.start", simulate.get("start")))
+    scenarios = simulate.get("scenarios") if isinstance(simulate.get("scenarios"), list) else []
+    for index, item in enumerate(scenarios):
+        if isinstance(item, dict):
+            months.append((f"monitor.simulate.scenarios[{index}].start", item.get("start")))
+    for key, value in months:
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+            yield Problem(key, "a month as YYYY-MM", value)
 
 
 def param_problems(

@@ -1,0 +1,189 @@
+"""The model a month is judged against: the registry's ``champion``, its operating
+threshold, the customers it was trained on (the reference) and its feature importance.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnlab.data import ID_COLUMN, TARGET_COLUMN
+from churnlab.errors import ChurnlabError
+from churnlab.files import write_json
+from churnlab.model import TRUSTED_TYPES, model_input
+from churnlab.tracking.registry import MODEL_FILE, TRAINING_IDS
+from churnlab.tracking.settings import (
+    display_uri,
+    first_line,
+    fluent_uri,
+    load_settings,
+    store_lock,
+)
+
+THRESHOLD_METRIC = "test.threshold"  # logged by the register stage from metrics/test.json
+CACHE = ".churnlab/monitor"  # per champion version: its permutation importance
+
+
+@dataclass
+class Champion:
+    """The champion model with what judging a month needs."""
+
+    name: str
+    version: int
+    run_id: str
+    threshold: float
+    model: object  # the fitted scikit-learn Pipeline
+    numeric: list[str]
+    categorical: list[str]
+    training_ids: np.ndarray
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray:
+        inputs = model_input(frame, self.numeric, self.categorical)
+        return self.model.predict_proba(inputs)[:, 1]
+
+
+def _input_columns(model) -> tuple[list[str], list[str]]:
+    """The numeric and categorical columns of a model built by churnlab.model.build_model."""
+    columns = {name: list(cols) for name, _, cols in model.named_steps["preprocess"].transformers_}
+    return columns.get("numeric", []), columns.get("categorical", [])
+
+
+def load_champion(root: Path) -> Champion:
+    """The ``champion`` of the registered model, with its threshold and training ids.
+
+    Raises:
+        ChurnlabError: no champion yet (say what to run), or a champion without the
+            records a judgement needs.
+    """
+    import mlflow
+    import skops.io
+    from mlflow.exceptions import MlflowException
+
+    settings = load_settings(root)
+    name = settings.registered_model
+    client = mlflow.MlflowClient(settings.uri)
+    try:
+        with store_lock(settings.uri):
+            version = client.get_model_version_by_alias(name, "champion")
+    except MlflowException as exc:
+        raise ChurnlabError(
+            f"params/tracking.yaml: tracking.registered_model: no champion of '{name}' in "
+            f"{display_uri(settings.uri)} yet ({first_line(exc)}): run `make repro` first; its "
+            "evaluate stage registers the first model as champion"
+        ) from None
+    where = f"{name} version {version.version}"
+    with tempfile.TemporaryDirectory() as folder, store_lock(settings.uri):
+        with fluent_uri(settings.uri):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}", dst_path=f"{folder}/model"
+            )
+            try:
+                ids_file = mlflow.artifacts.download_artifacts(
+                    run_id=version.run_id, artifact_path=TRAINING_IDS, dst_path=f"{folder}/ids"
+                )
+            except MlflowException:
+                raise ChurnlabError(
+                    f"{where}: no {TRAINING_IDS} in its run: the customers it was trained on "
+                    "are unknown, so there is no reference to compare months with; register a "
+                    "new model (`dvc repro -f evaluate`)"
+                ) from None
+        try:
+            model = skops.io.load(Path(local) / MODEL_FILE, trusted=TRUSTED_TYPES)
+        except Exception as exc:  # skops, zip: whatever the damage, the same advice
+            raise ChurnlabError(
+                f"{where}: the model file cannot be loaded ({first_line(exc)}): register a new "
+                "model (`dvc repro -f evaluate`)"
+            ) from None
+        training_ids = pd.read_parquet(ids_file).iloc[:, 0].astype(str).to_numpy()
+        metrics = client.get_run(version.run_id).data.metrics
+    if THRESHOLD_METRIC not in metrics:
+        raise ChurnlabError(
+            f"{where}: its run has no metric {THRESHOLD_METRIC} (the operating threshold): "
+            "register a new model (`dvc repro -f evaluate`)"
+        )
+    numeric, categorical = _input_columns(model)
+    return Champion(
+        name,
+        int(version.version),
+        version.run_id,
+        float(metrics[THRESHOLD_METRIC]),
+        model,
+        numeric,
+        categorical,
+        training_ids,
+    )
+
+
+def reference_table(champion: Champion, prepared: list[Path]) -> pd.DataFrame:
+    """The champion's training customers, from the prepared tables that hold them.
+
+    Raises:
+        ChurnlabError: when some of them are in none of the tables.
+    """
+    tables = [pd.read_parquet(path) for path in prepared if path.is_file()]
+    if not tables:
+        raise ChurnlabError(
+            f"{prepared[0]}: file not found: the reference is the prepared data the champion "
+            "was trained on; run `make repro`"
+        )
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(ID_COLUMN)
+    wanted = set(champion.training_ids)
+    reference = table[table[ID_COLUMN].astype(str).isin(wanted)].reset_index(drop=True)
+    if len(reference) < len(wanted):
+        shown = ", ".join(str(p) for p in prepared)
+        raise ChurnlabError(
+            f"{shown}: {len(wanted) - len(reference)} of the {len(wanted)} customers "
+            f"{champion.name} version {champion.version} (champion) was trained on are not in "
+            "the prepared data: the data changed since it was trained; run `make repro` so that "
+            "a model of this data becomes champion"
+        )
+    missing = [c for c in champion.columns if c not in reference.columns]
+    if missing:
+        raise ChurnlabError(
+            f"{prepared[0]}: columns {missing} the champion takes are not "
+            "in the prepared data: run `make repro`"
+        )
+    return reference
+
+
+def feature_importance(
+    root: Path, champion: Champion, reference: pd.DataFrame, repeats: int, max_rows: int, seed: int
+) -> dict[str, float]:
+    """Each input column's share of the champion's permutation importance (ROC AUC drop).
+
+    Computed once per champion version and kept in ``.churnlab/monitor/``; negative
+    importances count as 0; equal shares when no column matters.
+    """
+    from sklearn.inspection import permutation_importance
+
+    cache = root / CACHE / f"importance-{champion.name}-v{champion.version}.json"
+    key = {"run_id": champion.run_id, "repeats": repeats, "max_rows": max_rows, "seed": seed}
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["importance"]
+    sample = reference
+    if len(sample) > max_rows:
+        sample = sample.sample(n=max_rows, random_state=seed)
+    result = permutation_importance(
+        champion.model,
+        model_input(sample, champion.numeric, champion.categorical),
+        sample[TARGET_COLUMN].to_numpy(),
+        scoring="roc_auc",
+        n_repeats=repeats,
+        random_state=seed,
+    )
+    raw = np.maximum(result.importances_mean, 0.0)
+    shares = raw / raw.sum() if raw.sum() > 0 else np.full(len(raw), 1 / len(raw))
+    importance = {c: float(s) for c, s in zip(champion.columns, shares, strict=True)}
+    write_json(cache, {"key": key, "importance": importance})
+    return importance
