@@ -190,6 +190,11 @@ def _monitor(args) -> None:
         print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
         if not verdict["quality"]["passed"]:
             failed.append(verdict)
+    if args.all:
+        from churnlab.monitoring.page import write_monitoring_outputs
+
+        for path in write_monitoring_outputs(root):
+            print(f"[monitor] {path.relative_to(root)}", file=sys.stderr)
     if unjudged:
         raise ChurnlabError(
             f"{settings.batches}: {len(unjudged)} of {len(months)} months could not be judged "
