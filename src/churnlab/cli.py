@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     monitor.add_argument("months", nargs="*", metavar="MONTH", help="a month, YYYY-MM")
     monitor.add_argument(
-        "--all", action="store_true", help="every month in the batch folder (monitor.batches)"
+        "--all",
+        action="store_true",
+        help="every month in the batch folder (monitor.batches), then the page "
+        "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
     serve = commands.add_parser(
