@@ -114,12 +114,49 @@ def test_the_projects_own_params_pass():
             {"Contract": 0},
             "params/prepare.yaml: prepare.fill_missing.Contract: expected a numeric column",
         ),
+        (
+            "params/monitor.yaml",
+            "monitor.threshold_quantile",
+            1.5,
+            "params/monitor.yaml: monitor.threshold_quantile: expected a number of at least 0.5 "
+            "and below 1, found 1.5",
+        ),
+        (
+            "params/monitor.yaml",
+            "monitor.reference_month",
+            "2025-13",
+            "params/monitor.yaml: monitor.reference_month: expected a month as YYYY-MM, found "
+            "'2025-13'",
+        ),
+        (
+            "params/monitor.yaml",
+            "monitor.simulate.format",
+            "xlsx",
+            "params/monitor.yaml: monitor.simulate.format: expected one of 'parquet', 'csv', "
+            "found 'xlsx'",
+        ),
     ],
 )
 def test_a_wrong_param_names_file_key_expected_and_found(file_name, key, value, message):
     errors, _ = param_problems(changed(file_name, key, value), STAGES)
     assert len(errors) == 1, errors
     assert errors[0].startswith(message), errors[0]
+
+
+def test_a_simulated_scenario_names_columns_of_the_schema():
+    files = shipped()
+    scenarios = files["params/monitor.yaml"]["monitor"]["simulate"]["scenarios"]
+    scenarios[1]["column"] = "Contract"  # numeric_shift on a categorical column
+    scenarios[0]["kind"] = "price_war"
+    errors, _ = param_problems(files, STAGES)
+    assert errors == [
+        "params/monitor.yaml: monitor.simulate.scenarios[0].kind: expected one of "
+        "'category_mix', 'numeric_shift', 'concept_drift', 'missing_column', 'blank_column', "
+        "'new_category', found 'price_war'",
+        "params/monitor.yaml: monitor.simulate.scenarios[1].column: expected a numeric column "
+        "of params/data.yaml schema, found 'Contract' (the columns to shift are params: point "
+        "them at your own columns)",
+    ]
 
 
 def test_a_numeric_segment_is_named_as_numeric():
