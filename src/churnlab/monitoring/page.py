@@ -422,7 +422,7 @@ def score_figure(verdicts: list[dict]) -> str | None:
     stats += [box(v["prediction"]["month"], v["month"]) for v in scored]
     fig, (dist_ax, flag_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     dist_ax.bxp(stats, showmeans=True, patch_artist=True, boxprops={"facecolor": "#dbe7f3"})
-    dist_ax.set_title("Churn scores (box 25-75%, whiskers 10-90%)")
+    dist_ax.set_title("Scores (box 25-75%, whiskers 10-90%)")
     dist_ax.tick_params(axis="x", labelrotation=45)
     threshold = _value(scored[-1], "champion", "threshold")
     if threshold is not None:
