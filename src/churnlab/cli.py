@@ -154,7 +154,13 @@ def _simulate(args) -> None:
 
 def _monitor(args) -> None:
     from churnlab.monitoring.months import batch_months, check_month
-    from churnlab.monitoring.verdict import Monitor, MonitorParams, locate_month, monitor_month
+    from churnlab.monitoring.verdict import (
+        Monitor,
+        MonitorParams,
+        describe_violation,
+        locate_month,
+        monitor_month,
+    )
     from churnlab.param_rules import check_params
 
     root = project_root()
@@ -202,11 +208,12 @@ def _monitor(args) -> None:
         )
     if failed and not args.all:
         first = failed[0]
-        problem = first["quality"]["violations"][0]
+        violations = first["quality"]["violations"]
+        more = f" (and {len(violations) - 1} more problems)" if len(violations) > 1 else ""
         raise ChurnlabError(
-            f"{first['batch']['path']}: column '{problem['column']}': {problem['rule']} "
-            f"({problem['count']} rows): the month failed data quality; its verdict "
-            f"{settings.verdicts}/{first['month']}.json records it (never to be used for "
+            f"{first['batch']['path']}: {describe_violation(violations[0])}{more}: the month "
+            f"failed data quality; its verdict {settings.verdicts}/{first['month']}.json "
+            "records it (never to be used for "
             "training): fix the month's file and run again"
         )
 

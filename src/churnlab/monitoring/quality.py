@@ -24,7 +24,8 @@ def _violation(column: str, rule: str, values: list) -> dict:
         "column": column,
         "rule": rule,
         "count": len(values),
-        "examples": [_example(v) for v in values[:MAX_EXAMPLES]],
+        # distinct values: three copies of the same bad value show less than one
+        "examples": list(dict.fromkeys(_example(v) for v in values))[:MAX_EXAMPLES],
     }
 
 

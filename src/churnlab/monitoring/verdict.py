@@ -347,18 +347,24 @@ class Monitor:
             rows = position.reindex(labels.ids).to_numpy()
             realised = realised_performance(labels.churned, scores[rows], threshold)
         gate = self.gate_recall
+        interval = estimated["recall_interval"]
+        recall = realised["recall"] if realised is not None else None
+        # the model does worse than its own probabilities promise: customers churn
+        # differently (concept drift), which no feature drift shows
+        below_estimate = recall is not None and interval is not None and recall < interval[0]
         if gate is None:
-            alert = False
-        elif realised is not None and realised["recall"] is not None:
-            alert = realised["recall"] < gate
+            below_gate = False
+        elif recall is not None:
+            below_gate = recall < gate
         else:
-            interval = estimated["recall_interval"]
-            alert = interval is not None and interval[1] < gate
+            below_gate = interval is not None and interval[1] < gate
         return {
             "gate": {"metric": "recall", "value": gate},
             "estimated": estimated,
             "realised": realised,
-            "alert": alert,
+            "below_gate": below_gate,
+            "below_estimate": below_estimate,
+            "alert": below_gate or below_estimate,
         }
 
 
@@ -385,14 +391,23 @@ def _percent(share: float) -> str:
     return f"{100 * share:.0f}%"
 
 
+def describe_violation(violation: dict) -> str:
+    """One violation in words: ``column 'x': 12 rows break the rule ... (e.g. 'a', 'b')``."""
+    where = f"column '{violation['column']}'"
+    if violation["rule"] == "column present":
+        return f"{where}: missing from the file (params/data.yaml schema names it)"
+    examples = ", ".join(repr(e) for e in violation["examples"])
+    return (
+        f"{where}: {violation['count']} rows break the rule {violation['rule']} (e.g. {examples})"
+    )
+
+
 def summary_sentence(verdict: dict) -> str:
     """The verdict in one sentence, for people."""
     month = verdict["month"]
     quality = verdict["quality"]
     if not quality["passed"]:
-        problems = "; ".join(
-            f"{v['column']}: {v['rule']} ({v['count']} rows)" for v in quality["violations"][:3]
-        )
+        problems = "; ".join(describe_violation(v) for v in quality["violations"][:3])
         more = len(quality["violations"]) - 3
         tail = f" and {more} more" if more > 0 else ""
         return f"{month}: failed data quality ({problems}{tail}); never to be used for training."
@@ -426,6 +441,12 @@ def summary_sentence(verdict: dict) -> str:
             return f"{month}: {text}; no customer is flagged, so recall cannot be estimated."
         recall = f"estimated recall {estimated['recall']:.2f} ({low:.2f}-{high:.2f})"
         value = estimated["recall"]
+    if performance["below_estimate"]:
+        low, high = performance["estimated"]["recall_interval"]
+        recall += (
+            f", below the {low:.2f}-{high:.2f} its scores promise (customers leave differently "
+            "than the model expects: concept drift?)"
+        )
     if gate is None:
         return f"{month}: {text}; {recall}."
     side = "still above" if value >= gate else "below"
@@ -469,12 +490,17 @@ def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
     """
     root, p = monitor.root, monitor.params
     batch_path = locate_month(root, p, month)
-    raw = read_table(batch_path)
-    labels_path = month_file(root / p.labels, month, "the labels")
-    labels = None
-    if labels_path is not None:
-        ids = type_month(raw, monitor.spec).get(monitor.spec.id_column, pd.Series([], dtype=str))
-        labels = read_labels(labels_path, monitor.spec, ids)
+    try:
+        raw = read_table(batch_path)
+        labels_path = month_file(root / p.labels, month, "the labels")
+        labels = None
+        if labels_path is not None:
+            ids = type_month(raw, monitor.spec).get(
+                monitor.spec.id_column, pd.Series([], dtype=str)
+            )
+            labels = read_labels(labels_path, monitor.spec, ids)
+    except ChurnlabError as exc:  # files named as the user names them: from the project
+        raise ChurnlabError(str(exc).replace(f"{root}/", "")) from None
     verdict = monitor.judge(month, raw, labels)
     verdict["batch"] = _file_record(root, batch_path, len(raw))
     verdict["labels"] = (
