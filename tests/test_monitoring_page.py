@@ -39,6 +39,10 @@ def _verdicts() -> list[dict]:
     return read_verdicts(FIXTURES, "tests/fixtures/monitoring")
 
 
+def _month(month: str) -> dict:
+    return next(v for v in _verdicts() if v["month"] == month)
+
+
 def _project(tmp_path: Path, verdicts: list[dict]) -> Path:
     """A folder with the default params and the given verdicts in monitoring/."""
     shutil.copytree(DEFAULTS / "params", tmp_path / "params")
@@ -107,6 +111,9 @@ def assert_prometheus_matches(text: str, verdicts: list[dict]) -> None:
         assert flagged == verdict["prediction"]["month"]["flagged_share"]
         drift = verdict["drift"]["score"]
         assert samples[_key("churnlab_drift_score", month=month)] == drift
+        for reason in ("below_gate", "below_estimate"):
+            flag = samples[_key(f"churnlab_performance_{reason}", month=month)]
+            assert flag == float(performance[reason])
 
 
 # --- quick: the fixture verdicts ----------------------------------------------------------
@@ -114,15 +121,15 @@ def assert_prometheus_matches(text: str, verdicts: list[dict]) -> None:
 
 def test_the_prometheus_file_parses_and_equals_the_verdicts():
     verdicts = _verdicts()
-    assert [v["month"] for v in verdicts] == ["2026-01", "2026-04", "2026-10", "2026-11"]
+    assert [v["month"] for v in verdicts] == ["2026-01", "2026-04", "2026-08", "2026-10", "2026-11"]
     assert_prometheus_matches(prometheus_text(verdicts), verdicts)
 
 
 def test_prometheus_label_values_are_escaped_and_read_back_unchanged():
     verdicts = copy.deepcopy(_verdicts())
     odd = 'a "quoted" back\\slash\nnew line ' + PAYLOAD
-    verdicts[1]["features"][0]["column"] = odd
-    verdicts[2]["quality"]["violations"][0]["rule"] = odd
+    verdicts[1]["features"][0]["column"] = odd  # April
+    verdicts[3]["quality"]["violations"][0]["rule"] = odd  # October
     text = prometheus_text(verdicts)
     assert "\nnew line" not in text  # a raw newline would cut the sample in two
     samples = _samples(text)
@@ -133,7 +140,7 @@ def test_prometheus_label_values_are_escaped_and_read_back_unchanged():
 
 
 def test_the_sentence_comes_from_the_verdict_fields_not_from_column_names():
-    verdict = copy.deepcopy(_verdicts()[1])  # April: a category's share moved
+    verdict = _month("2026-04")  # a category's share moved
     first = verdict["features"][0]
     change = first["largest_change"]
     sentence = month_sentence(verdict)
@@ -153,7 +160,11 @@ def test_the_sentence_comes_from_the_verdict_fields_not_from_column_names():
     assert f"still above the gate {gate:g}" in sentence
     verdict["performance"]["estimated"]["recall_interval"] = [low, gate - 0.01]
     assert f"below the gate {gate:g}" in month_sentence(verdict)
-    quality_failed = _verdicts()[3]
+    concept = _month("2026-08")  # the same customers churn differently
+    assert concept["performance"]["below_estimate"]
+    low, high = concept["performance"]["estimated"]["recall_interval"]
+    assert f"below the {low:.2f}-{high:.2f} its scores promise" in month_sentence(concept)
+    quality_failed = _month("2026-11")
     violation = quality_failed["quality"]["violations"][0]
     assert f"{violation['column']}: {violation['rule']}" in month_sentence(quality_failed)
     assert "never to be used for training" in month_sentence(quality_failed)
@@ -166,12 +177,12 @@ def test_the_heat_map_puts_the_worst_columns_first():
     drifted = [row["drifted_months"] for row in heat["rows"]]
     assert drifted == sorted(drifted, reverse=True)
     top = heat["rows"][0]
-    april = verdicts[1]["features"][0]
-    assert top["column"] in {april["column"], verdicts[2]["features"][0]["column"]}
+    april, october = _month("2026-04")["features"][0], _month("2026-10")["features"][0]
+    assert top["column"] in {april["column"], october["column"]}
     worst = max(s["value"] / s["threshold"] for s in april["statistics"])
     row = next(r for r in heat["rows"] if r["column"] == april["column"])
     assert row["cells"][1]["severity"] == pytest.approx(worst)
-    assert row["cells"][3] is None  # November could not be scored
+    assert row["cells"][4] is None  # November could not be scored
 
 
 def test_same_verdicts_give_the_same_bytes(tmp_path):
@@ -221,7 +232,7 @@ def test_the_page_opens_offline_and_shows_a_payload_as_text(tmp_path, browser):
     verdicts = copy.deepcopy(_verdicts())
     verdicts[1]["features"][0]["column"] = PAYLOAD
     verdicts[1]["summary"] = PAYLOAD
-    verdicts[2]["quality"]["violations"][0]["examples"] = [PAYLOAD]
+    verdicts[3]["quality"]["violations"][0]["examples"] = [PAYLOAD]
     root = _project(tmp_path, verdicts)
     set_param(root, "params/report.yaml", "report.title", PAYLOAD)
     page, _ = write_monitoring_outputs(root)

@@ -33,7 +33,7 @@ VERDICT_FILE = re.compile(r"^(\d{4}-\d{2})\.json$")
 STATUS_LABELS = {
     "ok": "OK",
     "drift": "drift",
-    "performance": "below the gate",
+    "performance": "performance",
     "quality_failed": "failed quality",
 }
 # heat-map bands of a column's worst statistic over its threshold (1 = at the threshold)
@@ -131,10 +131,16 @@ def _performance_words(performance: dict) -> str:
     span = f"{interval[0]:.2f}-{interval[1]:.2f}" if interval is not None else None
     if realised.get("recall") is not None:
         words = f"realised recall {realised['recall']:.2f}"
+        if performance.get("below_estimate"):
+            # worse than its own probabilities promise: what feature drift cannot show
+            words += (
+                f", below the {span} its scores promise (customers leave differently than "
+                "the model expects: concept drift?)"
+            )
+        elif recall is not None:
+            words += f" (estimated {recall:.2f}" + (f", {span})" if span else ")")
         if gate is not None:
             words += f", {_side(realised['recall'], gate)}"
-        if recall is not None:
-            words += f" (estimated {recall:.2f}" + (f", {span})" if span else ")")
         return words
     if recall is None:
         return "no customer is flagged, so recall cannot be estimated"
@@ -319,6 +325,7 @@ def month_rows(verdicts: list[dict]) -> list[dict]:
                 "estimated": _value(verdict, "performance", "estimated"),
                 "realised": _value(verdict, "performance", "realised"),
                 "gate": _value(verdict, "performance", "gate", "value"),
+                "below_estimate": bool(_value(verdict, "performance", "below_estimate")),
                 "sentence": month_sentence(verdict),
             }
         )
@@ -516,6 +523,8 @@ PROMETHEUS_FAMILIES = {
     "churnlab_realised_brier": "Brier score on the month's labelled customers.",
     "churnlab_labelled_customers": "Customers of the month whose labels have arrived.",
     "churnlab_recall_gate": "The recall gate (evaluate.gates.min_recall).",
+    "churnlab_performance_below_gate": "1 when recall (realised, else estimated) is under gate.",
+    "churnlab_performance_below_estimate": "1 when realised recall is under its estimate.",
     "churnlab_champion_version": "Registry version of the champion that judged the month.",
 }
 
@@ -571,6 +580,9 @@ def _samples(verdict: dict, latest: bool) -> list[tuple[str, dict[str, Any], Any
         add(f"churnlab_realised_{metric}", realised.get(metric))
     add("churnlab_labelled_customers", realised.get("labelled"))
     add("churnlab_recall_gate", _value(verdict, "performance", "gate", "value"))
+    for reason in ("below_gate", "below_estimate"):
+        flag = _value(verdict, "performance", reason)
+        add(f"churnlab_performance_{reason}", None if flag is None else bool(flag))
     add("churnlab_champion_version", _value(verdict, "champion", "version"))
     return out
 
