@@ -92,5 +92,5 @@ clean: ## remove run state, caches and failed-run leftovers (keeps data, models,
 distclean: clean ## clean, and remove .venv too
 	rm -rf $(VENV)
 
-monitor: setup ## judge every month in data/batches against the champion (monitoring/; docs/monitoring.md)
+monitor: setup ## judge every month in data/batches against the champion: verdicts and metrics.prom in monitoring/, page reports/monitoring.html
 	$(BIN)/churnlab monitor --all

@@ -33,6 +33,7 @@ PAGES = [
     "reports/notebooks/04_evaluate.html",
 ]
 EXPERIMENTS = "experiments.html"  # `churnlab exps` writes it next to the index
+MONITORING = "monitoring.html"  # `churnlab monitor --all` too: test_monitoring_page.py
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def test_a_report_page_loads_cleanly_from_file_with_no_network(pipeline_project,
     assert seen.content_security_policy == CONTENT_SECURITY_POLICY  # one policy, every page
     assert "import " not in seen.text and "paths_" not in seen.text  # no code, no parameters
     for link in seen.local_links:
-        if link == EXPERIMENTS:
-            continue  # written by `churnlab exps`, not the pipeline: test_experiments.py
+        if link in (EXPERIMENTS, MONITORING):
+            continue  # written by `churnlab exps` and `churnlab monitor`, not the pipeline
         assert (path.parent / link.split("#")[0]).is_file(), f"{page}: broken link {link}"
     if "index" in page or "explore" in page or "evaluate" in page:
         assert seen.images >= 2
@@ -66,8 +67,8 @@ def test_a_report_page_loads_cleanly_from_file_with_no_network(pipeline_project,
 def test_the_index_page_links_every_notebook_report_and_the_model_card(pipeline_project, browser):
     seen = browser.check(pipeline_project / "reports" / "index.html")
     linked = {f"reports/{link.split('#')[0]}" for link in seen.local_links}
-    assert linked == {*PAGES[1:], f"reports/{EXPERIMENTS}"}, (
-        "the index links each notebook report, the model card and the experiments page"
+    assert linked == {*PAGES[1:], f"reports/{EXPERIMENTS}", f"reports/{MONITORING}"}, (
+        "the index links each notebook report, the model card, the experiments and monitoring pages"
     )
 
 

@@ -204,6 +204,11 @@ def _monitor(args) -> None:
         print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
         if not verdict["quality"]["passed"]:
             failed.append(verdict)
+    if args.all:
+        from churnlab.monitoring.page import write_monitoring_outputs
+
+        for path in write_monitoring_outputs(root):
+            print(f"[monitor] {path.relative_to(root)}", file=sys.stderr)
     if unjudged:
         raise ChurnlabError(
             f"{settings.batches}: {len(unjudged)} of {len(months)} months could not be judged "
@@ -305,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     monitor.add_argument("months", nargs="*", metavar="MONTH", help="a month, YYYY-MM")
     monitor.add_argument(
-        "--all", action="store_true", help="every month in the batch folder (monitor.batches)"
+        "--all",
+        action="store_true",
+        help="every month in the batch folder (monitor.batches), then the page "
+        "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
     serve = commands.add_parser(
