@@ -1634,6 +1634,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Other benchmarks keep their sections in the same file between markers (bench/monitor.py)
+_KEPT_SECTION = re.compile(r"<!-- (\w+) -->\n.*?<!-- /\1 -->", re.S)
+
+
+def write_keeping_sections(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, keeping the marked sections other benchmarks wrote there."""
+    old = path.read_text() if path.exists() else ""
+    blocks = [match.group(0) for match in _KEPT_SECTION.finditer(old)]
+    path.write_text(text.rstrip("\n") + "".join(f"\n\n{block}" for block in blocks) + "\n")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -1652,7 +1663,7 @@ def main(argv: list[str]) -> int:
             saved["machine"],
             saved["argv"],
         )
-        args.output.write_text(text)
+        write_keeping_sections(args.output, text)
         print(text)
         return 0
     env = bench_env(Path(sys.executable).parent)
@@ -1707,7 +1718,7 @@ def main(argv: list[str]) -> int:
             )
         )
     text = report(results, parts, iteration, info, argv)
-    args.output.write_text(text)
+    write_keeping_sections(args.output, text)
     print(text)
     log(f"wrote {args.output} ({time.perf_counter() - started:.0f} s in all)")
     return 0
