@@ -34,6 +34,7 @@ from churnlab.tracking.settings import (
     Settings,
     display_uri,
     first_line,
+    fluent_uri,
     load_settings,
     store_lock,
 )
@@ -84,18 +85,17 @@ def _broken_version(client, name: str, version: str, exc: BaseException) -> Chur
 
 
 @contextlib.contextmanager
-def _version_files(settings: Settings, version: str) -> Iterator[Path]:
+def _version_files(settings: Settings, client, version: str) -> Iterator[Path]:
     """The files of a registered model version, in a temporary folder."""
     import mlflow
 
     name = settings.registered_model
     with tempfile.TemporaryDirectory() as folder:
-        with store_lock(settings.uri):  # the store's URI given, not set: no global state
+        with store_lock(settings.uri):  # the store's URI passed, not set: no global state
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}",
+                artifact_uri=client.get_model_version_download_uri(name, version),
                 dst_path=folder,
                 tracking_uri=settings.uri,
-                registry_uri=settings.uri,
             )
         yield Path(local)
 
@@ -148,7 +148,7 @@ def read_champion(settings: Settings, client) -> Champion | None:
     inputs: list[tuple[str, str]] | ChurnlabError
     model: Any
     try:
-        with _version_files(settings, version) as folder:
+        with _version_files(settings, client, version) as folder:
             try:
                 signature = Model.load(str(folder / "MLmodel")).signature
                 inputs = input_columns(signature) if signature else []
@@ -288,17 +288,21 @@ def _log_model(run: StageRun, model, signature, example) -> str:
     return f"models:/{logged.model_id}"
 
 
-def _register(client, name: str, model_uri: str, run_id: str) -> str:
-    """A new version of the registered model ``name`` (created when missing)."""
+def _register(settings: Settings, client, model_uri: str, run_id: str) -> str:
+    """A new version of the registered model (created when missing) from ``model_uri``."""
     from mlflow.exceptions import MlflowException
 
+    name = settings.registered_model
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     model_id = model_uri.removeprefix("models:/")
-    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id).version
+    # the SQL registry looks the logged model up through MLflow's global tracking URI
+    with fluent_uri(settings.uri):
+        version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    return version.version
 
 
 def log_and_promote(
@@ -354,7 +358,7 @@ def log_and_promote(
         with run.tracker.locked():
             model_uri = _log_model(run, model, signature, example)
             client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
-            version = _register(client, name, model_uri, run.run_id)
+            version = _register(settings, client, model_uri, run.run_id)
             run.registered = (name, version)  # deleted again if the stage fails from here on
     decision = promotion_record(settings, found, version, int(len(test)))
     run.aliases = {"challenger": version, **({"champion": version} if found["promoted"] else {})}
@@ -393,7 +397,7 @@ def load_champion(root: Path | None = None):
         raise ChurnlabError(
             f"no champion of '{name}' in {display_uri(settings.uri)}: {first_line(exc)}"
         ) from None
-    with _version_files(settings, version) as folder:
+    with _version_files(settings, client, version) as folder:
         try:
             return mlflow.pyfunc.load_model(str(folder))
         except Exception as exc:  # skops, zip, YAML: whatever the damage, the same advice

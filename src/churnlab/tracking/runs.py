@@ -499,7 +499,8 @@ def _challenger(run: StageRun, root: Path, paths: Mapping[str, str]) -> tuple[An
 def _read_ahead(run: StageRun, root: Path, stage) -> None:
     """What the register step needs and the notebook does not change, read while the
     notebook runs: the libraries, the champion, and the model when it is an input of the
-    stage (not an output). Failures are kept for the register step to raise."""
+    stage (not an output). A failure to read the model or the champion is kept for the
+    register step to raise."""
     from churnlab.tracking.registry import read_champion, warm_up
 
     warm_up()
@@ -537,7 +538,9 @@ def _tracked_in_background(root: Path, stage, opening: Outcome) -> Iterator[Outc
             return None
         run = tracker.begin_stage(stage.name, stage.values, set(stage.outs))
         if stage.name == tracker.settings.register_stage:
-            _read_ahead(run, root, stage)
+            # whatever fails here fails again in the register step, with its own message
+            with contextlib.suppress(Exception):
+                _read_ahead(run, root, stage)
         return run
 
     pending = Outcome.in_thread(begin, f"tracking {stage.name}")
