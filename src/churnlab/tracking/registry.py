@@ -61,6 +61,7 @@ def warm_up() -> None:
     import skops.io  # noqa: F401
     from mlflow.models import infer_signature  # noqa: F401
 
+    import churnlab.data  # noqa: F401
     import churnlab.model  # noqa: F401
 
     # MLflow checks pinned requirements against a map of the installed packages that it
@@ -241,44 +242,72 @@ def _compare_with_champion(
     }
 
 
-def _log_model(run: StageRun, model, signature, example) -> str:
-    """Log ``model`` as the run's MLflow model (skops, with its signature, input example and
-    pinned requirements); returns its ``models:/`` URI.
+@dataclass(frozen=True)
+class SavedModel:
+    """An MLflow model folder written for ``model`` with ``example`` as its input example,
+    not yet logged (``_log_model`` gives it its identity in the store)."""
 
-    What ``mlflow.sklearn.log_model`` writes, without its check that the saved model loads
-    back and predicts the input example: the caller has just scored that model in memory,
-    and ``load_champion`` loading it is tested.
-    """
+    model: Any
+    example: Any  # the first rows of the test inputs
+    path: Path
+    keep: Any = None  # what holds the folder (a TemporaryDirectory): it lives while this does
+
+
+def inputs_of(test: pd.DataFrame, features: Mapping[str, list[str]]):
+    """The model's input columns of the test split, as the model takes them."""
+    from churnlab.model import model_input
+
+    return model_input(test, features["numeric"], features["categorical"])
+
+
+def save_mlflow_model(model, example) -> SavedModel:
+    """Write ``model`` as an MLflow model (skops, with its signature, input example and pinned
+    requirements) into a temporary folder; the slow part of logging it, done ahead."""
     import mlflow.sklearn
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model
+    from mlflow.models import infer_signature
 
     from churnlab.model import TRUSTED_TYPES
+
+    folder = tempfile.TemporaryDirectory(prefix="churnlab-model-")
+    path = Path(folder.name) / "model"
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        serialization_format="skops",
+        skops_trusted_types=TRUSTED_TYPES,
+        pyfunc_predict_fn="predict_proba",
+        signature=infer_signature(example, model.predict_proba(example)),
+        input_example=example,
+        pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
+    )
+    return SavedModel(model, example, path, folder)
+
+
+def _log_model(run: StageRun, saved: SavedModel) -> str:
+    """Log a saved model as the run's MLflow model; returns its ``models:/`` URI.
+
+    What ``mlflow.sklearn.log_model`` stores, without its check that the saved model loads
+    back and predicts the input example: the caller has just scored that model in memory,
+    and ``load_champion`` loading a registered version is tested.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
 
     client = run.client
     logged = client.create_logged_model(
         run.tracker.experiment_id(), name="model", source_run_id=run.run_id
     )
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model"
-            mlflow.sklearn.save_model(
-                model,
-                str(path),
-                mlflow_model=Model(
-                    artifact_path=logged.artifact_location,
-                    model_uuid=logged.model_id,
-                    run_id=run.run_id,
-                    model_id=logged.model_id,
-                ),
-                serialization_format="skops",
-                skops_trusted_types=TRUSTED_TYPES,
-                pyfunc_predict_fn="predict_proba",
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
-            )
-            client.log_model_artifacts(logged.model_id, str(path))
+        mlmodel = saved.path / "MLmodel"
+        content = Model.load(str(mlmodel)).to_dict()
+        content.update(  # the identity mlflow.sklearn.log_model gives it
+            artifact_path=logged.artifact_location,
+            model_uuid=logged.model_id,
+            model_id=logged.model_id,
+            run_id=run.run_id,
+        )
+        Model.from_dict(content).save(str(mlmodel))
+        client.log_model_artifacts(logged.model_id, str(saved.path))
         client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=0)])
     except BaseException:
         with contextlib.suppress(Exception):
@@ -313,6 +342,7 @@ def log_and_promote(
     training: pd.DataFrame,
     promotion_path: Path,
     champion: Champion | None | str = READ_NOW,
+    saved: SavedModel | None = None,
 ) -> dict[str, Any]:
     """Decide on promotion, log and register the model, and hold the alias moves for the end.
 
@@ -334,20 +364,22 @@ def log_and_promote(
         promotion_path: where the promotion record goes.
         champion: the champion as ``read_champion`` read it (ahead, while the notebook ran),
             or ``READ_NOW`` to read it here.
+        saved: ``model`` as ``save_mlflow_model`` wrote it ahead (used only when it was
+            written for this very model object and input example), or None.
 
     Returns:
         The promotion record, as written.
     """
-    from mlflow.models import infer_signature
-
-    from churnlab.model import model_input
+    from mlflow.models import Model
 
     settings = run.tracker.settings
     client = run.client
     name = settings.registered_model
-    inputs = model_input(test, features["numeric"], features["categorical"])
+    inputs = inputs_of(test, features)
     example = inputs.head(5)
-    signature = infer_signature(example, model.predict_proba(example))
+    if saved is None or saved.model is not model or not saved.example.equals(example):
+        saved = save_mlflow_model(model, example)
+    signature = Model.load(str(saved.path / "MLmodel")).signature
     scores = model.predict_proba(inputs)[:, 1]  # the challenger, from memory
     if champion is READ_NOW:
         champion = read_champion(settings, client)
@@ -356,7 +388,7 @@ def log_and_promote(
         ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
         training.to_parquet(ids_file, index=False)
         with run.tracker.locked():
-            model_uri = _log_model(run, model, signature, example)
+            model_uri = _log_model(run, saved)
             client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
             version = _register(settings, client, model_uri, run.run_id)
             run.registered = (name, version)  # deleted again if the stage fails from here on

@@ -354,6 +354,7 @@ class StageRun:
         # read while the notebook ran (register stage): (digest, model, features), champion
         self.challenger: Outcome | None = None
         self.champion: Outcome | None = None
+        self.saved: Outcome | None = None  # the challenger written as an MLflow model
 
     def publish(self) -> None:
         """Move the aliases (the caller holds the store lock)."""
@@ -460,6 +461,7 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
             training=pd.read_parquet(root / paths["train"], columns=[ID_COLUMN]),
             promotion_path=root / paths["promotion"],
             champion=run.champion.result() if run.champion else READ_NOW,
+            saved=run.saved.value_or_none() if run.saved else None,
         )
         print(
             f"[{stage.name}] registered {decision['registered_model']} version "
@@ -470,19 +472,20 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
         )
 
 
-def _model_files_digest(root: Path, paths: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
-    for key in ("model", "features"):
-        digest.update((root / paths[key]).read_bytes())
-    return digest.hexdigest()
+def _model_files(root: Path, paths: Mapping[str, str]) -> tuple[bytes, bytes, str]:
+    """The model file's and the feature list's bytes, and one digest of both."""
+    model, features = ((root / paths[key]).read_bytes() for key in ("model", "features"))
+    return model, features, hashlib.sha256(model + b"\0" + features).hexdigest()
 
 
 def _read_challenger(root: Path, paths: Mapping[str, str]) -> tuple[str, Any, dict]:
-    from churnlab.model import load_model
+    """The stage's model from the bytes its digest is of (the file may change meanwhile)."""
+    import skops.io
 
-    digest = _model_files_digest(root, paths)
-    model, features = load_model(root / paths["model"], root / paths["features"])
-    return digest, model, features
+    from churnlab.model import TRUSTED_TYPES
+
+    model, features, digest = _model_files(root, paths)
+    return digest, skops.io.loads(model, trusted=TRUSTED_TYPES), json.loads(features)
 
 
 def _challenger(run: StageRun, root: Path, paths: Mapping[str, str]) -> tuple[Any, dict]:
@@ -491,23 +494,30 @@ def _challenger(run: StageRun, root: Path, paths: Mapping[str, str]) -> tuple[An
     from churnlab.model import load_model
 
     read = run.challenger.value_or_none() if run.challenger else None
-    if read is not None and read[0] == _model_files_digest(root, paths):
-        return read[1], read[2]
+    with contextlib.suppress(OSError):  # a file gone since: load_model says which
+        if read is not None and read[0] == _model_files(root, paths)[2]:
+            return read[1], read[2]
     return load_model(root / paths["model"], root / paths["features"])
 
 
 def _read_ahead(run: StageRun, root: Path, stage) -> None:
     """What the register step needs and the notebook does not change, read while the
-    notebook runs: the libraries, the champion, and the model when it is an input of the
-    stage (not an output). A failure to read the model or the champion is kept for the
-    register step to raise."""
-    from churnlab.tracking.registry import read_champion, warm_up
+    notebook runs: the libraries, the champion, and when the model and the test split are
+    inputs of the stage (not outputs), the model, also written as an MLflow model. A
+    failure to read the champion is kept for the register step to raise; the others make
+    it do that work itself."""
+    import pandas as pd
+
+    from churnlab.tracking.registry import inputs_of, read_champion, save_mlflow_model, warm_up
 
     warm_up()
     paths = get_key(load_params(root), "paths", "params/paths.yaml")
-    if paths["model"] not in stage.outs and paths["features"] not in stage.outs:
-        run.challenger = Outcome.now(lambda: _read_challenger(root, paths))
     run.champion = Outcome.now(lambda: read_champion(run.tracker.settings, run.client))
+    if not {paths["model"], paths["features"], paths["test"]} & set(stage.outs):
+        run.challenger = Outcome.now(lambda: _read_challenger(root, paths))
+        _, model, features = run.challenger.result()
+        example = inputs_of(pd.read_parquet(root / paths["test"]), features).head(5)
+        run.saved = Outcome.now(lambda: save_mlflow_model(model, example))
 
 
 @contextlib.contextmanager
