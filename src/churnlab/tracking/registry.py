@@ -8,6 +8,10 @@ model was trained on (the rules are in ``churnlab.tracking.promotion``). The ali
 (``challenger``, and ``champion`` when promoted) move as the very last step of a successful
 stage (``StageRun.publish``); a stage that fails leaves them where they were and deletes the
 version it registered.
+
+The slow parts (importing MLflow and skops, loading the champion, writing the challenger as
+an MLflow model) can be done ahead (``warm_up``, ``read_champion``, ``save_mlflow_model``),
+while the stage's notebook runs; the libraries load only when called, not on import.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ parent gathers every param the stages read, every metric they wrote, the data li
 git commit and the DVC experiment name; the stage runs hold their executed notebooks, HTML
 and figures. After the register stage, ``record_stage`` hands the stage's model and data to
 the registry (``churnlab.tracking.registry.log_and_promote``). Nothing here runs at import
-time.
+time, and MLflow, pandas and scikit-learn load only when a run is recorded.
+
+A notebook stage opens its tracker in the background (``Tracker.open_in_background``) and
+starts its run there too (``tracked_stage``), so that this overlaps the notebook: the kernel
+is another process, and the runner only waits for it.
 """
 
 from __future__ import annotations
