@@ -98,12 +98,14 @@ PHASE_NOTES = {
     ("process start", "runner start"): "interpreter start and the CLI's imports",
     ("runner start", "kernel started"): "launching the kernel and queueing its warm-up imports",
     ("kernel started", "params checked"): "checking params, reading and binding the notebook",
-    ("params checked", "tracking open"): "opening the tracking store",
-    ("tracking open", "first cell"): "the stage's tracking run, the output guard, papermill's "
-    "set-up and waiting for the kernel's start and warm-up",
+    ("params checked", "tracking started"): "starting the tracking thread (it opens the store "
+    "and the stage's run while the notebook runs)",
+    ("tracking started", "first cell"): "the output guard, papermill's set-up and waiting for "
+    "the kernel's start and warm-up",
     ("first cell", "notebook done"): "the notebook's cells",
     ("notebook done", "page written"): "scrubbing and writing the executed notebook and page",
-    ("page written", "recorded"): "tracking: logging the stage, the model and the registry",
+    ("page written", "recorded"): "tracking: waiting for the tracking thread, logging the "
+    "stage, the model and the registry",
     ("recorded", "kernel stopped"): "stopping the kernel",
 }
 BEFORE_PROCESS = "DVC → process start"  # DVC's `Running stage` line to the process's start

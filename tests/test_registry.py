@@ -21,13 +21,13 @@ from sklearn.metrics import roc_auc_score
 
 from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.errors import ChurnlabError
-from churnlab.model import build_model, fit_model, predict_scores
+from churnlab.model import build_model, fit_model, predict_scores, save_model
 from churnlab.pipeline.stages import load_stage
 from churnlab.tracking import server
 from churnlab.tracking.promotion import promotion_decision
 from churnlab.tracking.registry import load_champion, log_and_promote
-from churnlab.tracking.runs import Tracker, record_stage
-from churnlab.tracking.settings import SETTINGS_FILE, load_settings
+from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
+from churnlab.tracking.settings import SETTINGS_FILE, fluent_uri, load_settings
 
 from conftest import (
     ROOT,
@@ -193,7 +193,7 @@ def test_a_failure_after_registration_leaves_the_registry_as_it_was(registered_p
     assert "training" in logged  # logged just before the registration, so it got that far
 
 
-def test_a_read_only_store_fails_a_notebook_stage_before_it_runs(registered_project):
+def test_a_read_only_store_fails_a_notebook_stage_and_changes_nothing(registered_project):
     project = registered_project
     before, outs = registry_state(project), outputs(project)
     with unwritable(project / "mlflow.db"):
@@ -219,6 +219,40 @@ def test_untracked_evaluation_still_writes_its_promotion_record(registered_proje
     assert registry_state(project) == before
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert {"${paths.promotion}": {"persist": True}} in stages["evaluate"]["outs"]
+
+
+def test_a_model_file_changed_while_the_stage_ran_is_read_again(registered_project, tmp_path):
+    """The register step reads the stage's input model ahead, while the notebook runs; a
+    model file that changed meanwhile is the one scored and registered."""
+    project = tmp_path / "project"
+    shutil.copytree(registered_project, project, symlinks=True)
+    stage = load_stage(project, "evaluate")
+    first, features, test = pipeline_model(project)
+    train = pd.read_parquet(project / "data/prepared/train.parquet")
+    numeric, categorical = features["numeric"], features["categorical"]
+    blank = build_model(
+        numeric, categorical, "logistic_regression", 0, logistic_regression={"C": 1}
+    )
+    other = fit_model(blank, train, numeric, categorical, TARGET_COLUMN)
+    with tracked_stage(project, stage, Tracker.open_in_background(project)) as pending:
+        run = pending.result()
+        assert run.challenger is not None, "the model was not read ahead"
+        save_model(
+            other, features, project / "models/model.skops", project / "models/features.json"
+        )
+        record_stage(run, project, stage)
+    decision = promotion(project)
+    labels = test[TARGET_COLUMN]
+    expected = roc_auc_score(labels, predict_scores(other, test, features))
+    assert expected != roc_auc_score(labels, predict_scores(first, test, features))
+    assert decision["compared_customers"] == len(test)  # the champion never saw them
+    assert decision["challenger"]["score"] == expected
+    version = decision["challenger"]["version"]
+    assert registry_state(project)["aliases"]["challenger"] == version
+    with fluent_uri(load_settings(project, {}).uri):
+        logged = mlflow.pyfunc.load_model(f"models:/{registered_model(project)}/{version}")
+    served = np.asarray(logged.predict(test[numeric + categorical]))[:, 1]
+    assert np.array_equal(served, predict_scores(other, test, features))
 
 
 def test_models_are_compared_only_on_customers_neither_was_trained_on(registered_project):

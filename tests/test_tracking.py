@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -21,7 +22,7 @@ import yaml
 
 from churnlab.errors import ChurnlabError
 from churnlab.tracking.lineage import mlflow_key_part
-from churnlab.tracking.runs import Tracker
+from churnlab.tracking.runs import Tracker, tracked_stage
 from churnlab.tracking.settings import SETTINGS_FILE, display_uri, load_settings
 
 from conftest import (
@@ -120,11 +121,90 @@ def test_an_unreachable_server_is_one_clear_error_or_a_warning(tmp_path, capsys)
     assert "going on without tracking" in capsys.readouterr().err
 
 
+def test_importing_the_runner_and_tracking_loads_no_heavy_library():
+    """The runner imports the tracking modules at its start; MLflow, pandas, scikit-learn,
+    pandera and skops load only where they are used (the register step, a stage's run)."""
+    heavy = ("pandas", "sklearn", "pandera", "mlflow", "skops", "sqlalchemy")
+    code = (
+        "import sys, churnlab.pipeline.execute, churnlab.tracking.runs, "
+        "churnlab.tracking.registry, churnlab.tracking.promotion; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_a_tracker_opened_in_the_background_fails_like_one_opened_at_once(tmp_path, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    root = tracking_project(tmp_path, uri=uri)
+    with pytest.raises(ChurnlabError) as at_once:
+        Tracker.open(root)
+    pending = Tracker.open_in_background(root)  # returns before the store answers
+    with pytest.raises(ChurnlabError) as in_background:
+        pending.result()
+    assert str(in_background.value) == str(at_once.value)
+    root = tracking_project(tmp_path, uri=uri, on_unreachable="continue")
+    assert Tracker.open_in_background(root).result() is None
+    assert "going on without tracking" in capsys.readouterr().err
+
+
+def test_a_stage_tracked_in_the_background_ends_finished_failed_or_killed(tmp_path):
+    """The stage's run starts in a thread while the block (the notebook) runs: the same
+    runs, parent and statuses as a stage tracked at once; the block's own error is raised."""
+    root = tracking_project(tmp_path)
+    stages = {
+        name: SimpleNamespace(name=name, values={f"{name}.seed": 1}, outs=[])
+        for name in ("train", "evaluate", "report")
+    }
+    with tracked_stage(root, stages["train"], Tracker.open_in_background(root)) as pending:
+        pending.result().log_metrics({"train.score": 0.5})
+    for name, error in (
+        ("evaluate", RuntimeError("a cell failed")),
+        ("report", KeyboardInterrupt()),
+    ):
+        with (
+            pytest.raises(type(error)),
+            tracked_stage(root, stages[name], Tracker.open_in_background(root)),
+        ):
+            raise error
+    found = {r.info.run_name: r for r in mlflow_runs(root)}
+    assert found["train"].info.status == "FINISHED"
+    assert found["train"].data.params == {"train.seed": "1"}
+    assert found["train"].data.metrics == {"train.score": 0.5}
+    assert found["evaluate"].info.status == "FAILED"
+    assert found["report"].info.status == "KILLED"
+    parents = [r for r in found.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert {r.data.tags.get("mlflow.parentRunId") for r in found.values()} == {
+        None,
+        parents[0].info.run_id,
+    }
+
+
+def test_an_unreachable_store_found_in_the_background_fails_the_stage_after_its_block(tmp_path):
+    """The block ran (the store was still being reached): the store's error is raised when
+    the block ends well, and the block's own error when it failed."""
+    root = tracking_project(tmp_path, uri=f"http://127.0.0.1:{free_port()}")
+    stage = SimpleNamespace(name="train", values={}, outs=[])
+    with (
+        pytest.raises(ChurnlabError, match="cannot be reached"),
+        tracked_stage(root, stage, Tracker.open_in_background(root)) as pending,
+    ):
+        pending.result()
+    with (
+        pytest.raises(RuntimeError, match="a cell failed"),
+        tracked_stage(root, stage, Tracker.open_in_background(root)),
+    ):
+        raise RuntimeError("a cell failed")
+
+
 LOGGER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from churnlab.tracking.runs import Tracker
+    from churnlab.tracking.runs import Tracker, tracked_stage
 
     root, start_at, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     while time.time() < start_at:  # both processes start together

@@ -182,14 +182,14 @@ def _run_on_kernel(
     print(
         f"[{name}] running {stage.notebook} on kernel '{KERNEL_NAME}'", file=sys.stderr, flush=True
     )
-    tracker = Tracker.open(root)  # an unreachable store stops us here, before any output moves
+    tracking = Tracker.open_in_background(root)  # overlaps the notebook; joined after it ran
     promotion = promotion_output(root, stage)  # written by tracking, not by the notebook
-    clock.mark("tracking open")
+    clock.mark("tracking started")
     started = time.perf_counter()
     secrets = secret_values(stage.values)
     # The guard encloses the stage run, so a failure to record the stage, up to the very last
     # write (the registry's aliases), puts the earlier outputs back.
-    with OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracker) as run:
+    with OutputGuard(root, name, stage.outs), tracked_stage(root, stage, tracking) as pending:
         for out in stage.outs:
             (root / out).parent.mkdir(parents=True, exist_ok=True)
         _import_in_background(_PAGE_MODULES)  # the notebook runs in the kernel meanwhile
@@ -239,7 +239,10 @@ def _run_on_kernel(
         write_text(root / stage.executed_path, nbformat.writes(clean) + "\n")
         write_text(root / stage.html_path, to_html(clean))
         clock.mark("page written")
-        if run is not None:  # inside the guard: a failure to record restores the outputs
+        # the stage's run (None: untracked); an unreachable store raises here, before any
+        # output is replaced: inside the guard, a failure to record restores the outputs
+        run = pending.result()
+        if run is not None:
             record_stage(run, root, stage, clean)
         if promotion and not (root / promotion).exists():  # so that the output always exists
             record_no_promotion(root, promotion, run is not None, name)

@@ -8,6 +8,10 @@ model was trained on (the rules are in ``churnlab.tracking.promotion``). The ali
 (``challenger``, and ``champion`` when promoted) move as the very last step of a successful
 stage (``StageRun.publish``); a stage that fails leaves them where they were and deletes the
 version it registered.
+
+The slow parts (importing MLflow and skops, loading the champion, writing the challenger as
+an MLflow model) can be done ahead (``warm_up``, ``read_champion``, ``save_mlflow_model``),
+while the stage's notebook runs; the libraries load only when called, not on import.
 """
 
 from __future__ import annotations
@@ -15,16 +19,13 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from churnlab.config import project_root
-from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.errors import ChurnlabError
-from churnlab.model import TRUSTED_TYPES, model_input
 from churnlab.tracking.promotion import (
     describe_input_change,
     input_columns,
@@ -43,14 +44,36 @@ from churnlab.tracking.settings import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from churnlab.tracking.runs import StageRun
 
 TRAINING_IDS = "training/customer_ids.parquet"  # run artifact: whom the model was trained on
 MODEL_FILE = "model.skops"  # the model inside a registered version (mlflow.sklearn, skops)
+READ_NOW = "read now"  # log_and_promote's champion: not read ahead, read it from the store
 
 
 def _pinned(*names: str) -> list[str]:
     return [f"{name}=={installed_version(name)}" for name in names]
+
+
+def warm_up() -> None:
+    """Import what the register step uses, ahead of it (seconds in a fresh process)."""
+    import mlflow.sklearn  # noqa: F401
+    import pandas  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import skops.io  # noqa: F401
+    from mlflow.models import infer_signature  # noqa: F401
+
+    import churnlab.data  # noqa: F401
+    import churnlab.model  # noqa: F401
+
+    # MLflow checks pinned requirements against a map of the installed packages that it
+    # builds on first use (a scan of every installed distribution): build it now too.
+    with contextlib.suppress(Exception):
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+        _init_modules_to_packages_map()
 
 
 def _broken_version(client, name: str, version: str, exc: BaseException) -> ChurnlabError:
@@ -73,9 +96,11 @@ def _version_files(settings: Settings, client, version: str) -> Iterator[Path]:
 
     name = settings.registered_model
     with tempfile.TemporaryDirectory() as folder:
-        with store_lock(settings.uri), fluent_uri(settings.uri):
+        with store_lock(settings.uri):  # the store's URI passed, not set: no global state
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=folder
+                artifact_uri=client.get_model_version_download_uri(name, version),
+                dst_path=folder,
+                tracking_uri=settings.uri,
             )
         yield Path(local)
 
@@ -83,6 +108,7 @@ def _version_files(settings: Settings, client, version: str) -> Iterator[Path]:
 def _training_ids(settings: Settings, client, run_id: str) -> set[str] | None:
     """The ids of the customers a registered model was trained on; None when not recorded."""
     import mlflow
+    import pandas as pd
 
     folder = TRAINING_IDS.rpartition("/")[0]
     if not any(a.path == TRAINING_IDS for a in client.list_artifacts(run_id, folder)):
@@ -94,18 +120,66 @@ def _training_ids(settings: Settings, client, run_id: str) -> set[str] | None:
         return set(pd.read_parquet(local).iloc[:, 0].astype(str))
 
 
+@dataclass(frozen=True)
+class Champion:
+    """The registry's champion as a promotion decision needs it, read once.
+
+    ``inputs`` and ``model`` hold the error (a ChurnlabError naming the version and the
+    file) when the version's files do not read or load: raised only if the decision needs
+    them.
+    """
+
+    version: str
+    inputs: list[tuple[str, str]] | ChurnlabError  # its signature's (column, type) pairs
+    trained_ids: set[str] | None  # None: not recorded
+    model: Any  # the fitted model, from its skops file
+
+
+def read_champion(settings: Settings, client) -> Champion | None:
+    """The champion (None: there is none), its files downloaded and loaded once."""
+    import skops.io
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from churnlab.model import TRUSTED_TYPES
+
+    name = settings.registered_model
+    try:
+        with store_lock(settings.uri):
+            found = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    version = found.version
+    inputs: list[tuple[str, str]] | ChurnlabError
+    model: Any
+    try:
+        with _version_files(settings, client, version) as folder:
+            try:
+                signature = Model.load(str(folder / "MLmodel")).signature
+                inputs = input_columns(signature) if signature else []
+            except Exception as exc:
+                inputs = _broken_version(client, name, version, exc)
+            try:
+                model = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
+            except Exception as exc:  # skops, zip: whatever the damage, the same advice
+                model = _broken_version(client, name, version, exc)
+    except Exception as exc:  # the version's files are gone or cannot be read
+        inputs = model = _broken_version(client, name, version, exc)
+    trained_ids = _training_ids(settings, client, found.run_id)
+    return Champion(version, inputs, trained_ids, model)
+
+
 def _compare_with_champion(
-    settings: Settings, client, champion, signature, test, inputs, scores
+    settings: Settings, champion: Champion | None, signature, test, inputs, scores
 ) -> dict[str, Any]:
     """The promotion decision against the current champion (None: there is none).
 
     Returns the decision's fields: ``champion_before``, ``compared_customers``,
     ``challenger_score``, ``promoted``, ``outcome`` and ``reason``.
     """
-    import mlflow
-    import skops.io
-    from mlflow.exceptions import MlflowException
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    from churnlab.data import ID_COLUMN, TARGET_COLUMN
 
     scorer = {
         "roc_auc": roc_auc_score,
@@ -120,17 +194,13 @@ def _compare_with_champion(
     }
     if champion is None:
         return {**found, "promoted": True, "outcome": "promoted", "reason": "there was no champion"}
-    name, version = settings.registered_model, champion.version
+    version = champion.version
     found["champion_before"] = {"version": int(version), "score": None}
     before = f"the champion (version {version})"
-    with store_lock(settings.uri), fluent_uri(settings.uri):
-        try:
-            info = mlflow.models.get_model_info(f"models:/{name}/{version}")
-        except MlflowException as exc:
-            raise _broken_version(client, name, version, exc) from None
-    theirs = input_columns(info.signature) if info.signature else []
-    if theirs != input_columns(signature):
-        change = describe_input_change(theirs, input_columns(signature))
+    if isinstance(champion.inputs, ChurnlabError):
+        raise champion.inputs
+    if champion.inputs != input_columns(signature):
+        change = describe_input_change(champion.inputs, input_columns(signature))
         return {
             **found,
             "promoted": True,
@@ -138,8 +208,7 @@ def _compare_with_champion(
             "reason": f"{before} takes other inputs ({change}): another data schema, so a new "
             "lineage starts and the challenger becomes champion without a comparison",
         }
-    trained_ids = _training_ids(settings, client, champion.run_id)
-    if trained_ids is None:
+    if champion.trained_ids is None:
         return {
             **found,
             "promoted": True,
@@ -148,7 +217,7 @@ def _compare_with_champion(
             "comparison can be made: a new lineage starts and the challenger becomes champion",
         }
     unseen, too_few = unseen_customers(
-        test[ID_COLUMN], labels, trained_ids, settings.promotion_min_customers
+        test[ID_COLUMN], labels, champion.trained_ids, settings.promotion_min_customers
     )
     found["compared_customers"] = int(unseen.sum())
     if too_few:
@@ -158,12 +227,9 @@ def _compare_with_champion(
             "outcome": "not compared",
             "reason": f"the models cannot be compared: {too_few}; {before} is kept",
         }
-    with _version_files(settings, client, version) as folder:
-        try:
-            theirs_model = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED_TYPES)
-            their_scores = theirs_model.predict_proba(inputs[unseen])[:, 1]
-        except Exception as exc:  # skops, zip: whatever the damage, the same advice
-            raise _broken_version(client, name, version, exc) from None
+    if isinstance(champion.model, ChurnlabError):
+        raise champion.model
+    their_scores = champion.model.predict_proba(inputs[unseen])[:, 1]
     found["challenger_score"] = float(scorer(labels[unseen], scores[unseen]))
     found["champion_before"]["score"] = float(scorer(labels[unseen], their_scores))
     promoted, reason = promotion_decision(
@@ -180,6 +246,98 @@ def _compare_with_champion(
     }
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """An MLflow model folder written for ``model`` with ``example`` as its input example,
+    not yet logged (``_log_model`` gives it its identity in the store)."""
+
+    model: Any
+    example: Any  # the first rows of the test inputs
+    path: Path
+    keep: Any = None  # what holds the folder (a TemporaryDirectory): it lives while this does
+
+
+def inputs_of(test: pd.DataFrame, features: Mapping[str, list[str]]):
+    """The model's input columns of the test split, as the model takes them."""
+    from churnlab.model import model_input
+
+    return model_input(test, features["numeric"], features["categorical"])
+
+
+def save_mlflow_model(model, example) -> SavedModel:
+    """Write ``model`` as an MLflow model (skops, with its signature, input example and pinned
+    requirements) into a temporary folder; the slow part of logging it, done ahead."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from churnlab.model import TRUSTED_TYPES
+
+    folder = tempfile.TemporaryDirectory(prefix="churnlab-model-")
+    path = Path(folder.name) / "model"
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        serialization_format="skops",
+        skops_trusted_types=TRUSTED_TYPES,
+        pyfunc_predict_fn="predict_proba",
+        signature=infer_signature(example, model.predict_proba(example)),
+        input_example=example,
+        pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
+    )
+    return SavedModel(model, example, path, folder)
+
+
+def _log_model(run: StageRun, saved: SavedModel) -> str:
+    """Log a saved model as the run's MLflow model; returns its ``models:/`` URI.
+
+    What ``mlflow.sklearn.log_model`` stores, without its check that the saved model loads
+    back and predicts the input example: the caller has just scored that model in memory,
+    and ``load_champion`` loading a registered version is tested.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    client = run.client
+    logged = client.create_logged_model(
+        run.tracker.experiment_id(), name="model", source_run_id=run.run_id
+    )
+    try:
+        mlmodel = saved.path / "MLmodel"
+        content = Model.load(str(mlmodel)).to_dict()
+        content.update(  # the identity mlflow.sklearn.log_model gives it
+            artifact_path=logged.artifact_location,
+            model_uuid=logged.model_id,
+            model_id=logged.model_id,
+            run_id=run.run_id,
+        )
+        Model.from_dict(content).save(str(mlmodel))
+        client.log_model_artifacts(logged.model_id, str(saved.path))
+        client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return f"models:/{logged.model_id}"
+
+
+def _register(settings: Settings, client, model_uri: str, run_id: str) -> str:
+    """A new version of the registered model (created when missing) from ``model_uri``."""
+    from mlflow.exceptions import MlflowException
+
+    name = settings.registered_model
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    # the SQL registry looks the logged model up through MLflow's global tracking URI
+    with fluent_uri(settings.uri):
+        version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    return version.version
+
+
 def log_and_promote(
     run: StageRun,
     model,
@@ -187,6 +345,8 @@ def log_and_promote(
     test: pd.DataFrame,
     training: pd.DataFrame,
     promotion_path: Path,
+    champion: Champion | None | str = READ_NOW,
+    saved: SavedModel | None = None,
 ) -> dict[str, Any]:
     """Decide on promotion, log and register the model, and hold the alias moves for the end.
 
@@ -206,43 +366,35 @@ def log_and_promote(
         training: the ids of the customers the model was trained on (one column), kept as
             an artifact of the run for later comparisons.
         promotion_path: where the promotion record goes.
+        champion: the champion as ``read_champion`` read it (ahead, while the notebook ran),
+            or ``READ_NOW`` to read it here.
+        saved: ``model`` as ``save_mlflow_model`` wrote it ahead (used only when it was
+            written for this very model object and input example), or None.
 
     Returns:
         The promotion record, as written.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import infer_signature
+    from mlflow.models import Model
 
     settings = run.tracker.settings
     client = run.client
     name = settings.registered_model
-    inputs = model_input(test, features["numeric"], features["categorical"])
+    inputs = inputs_of(test, features)
     example = inputs.head(5)
-    signature = infer_signature(example, model.predict_proba(example))
+    if saved is None or saved.model is not model or not saved.example.equals(example):
+        saved = save_mlflow_model(model, example)
+    signature = Model.load(str(saved.path / "MLmodel")).signature
     scores = model.predict_proba(inputs)[:, 1]  # the challenger, from memory
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        champion = None
-    found = _compare_with_champion(settings, client, champion, signature, test, inputs, scores)
+    if champion is READ_NOW:
+        champion = read_champion(settings, client)
+    found = _compare_with_champion(settings, champion, signature, test, inputs, scores)
     with tempfile.TemporaryDirectory() as folder:
         ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
         training.to_parquet(ids_file, index=False)
-        with run.tracker.locked(), fluent_uri(settings.uri), mlflow.start_run(run_id=run.run_id):
-            logged = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=TRUSTED_TYPES,
-                pyfunc_predict_fn="predict_proba",
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pinned("scikit-learn", "skops", "pandas", "numpy", "scipy"),
-            )
-            client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it
+        with run.tracker.locked():
+            model_uri = _log_model(run, saved)
             client.log_artifact(run.run_id, str(ids_file), TRAINING_IDS.rpartition("/")[0])
-            version = mlflow.register_model(logged.model_uri, name).version
+            version = _register(settings, client, model_uri, run.run_id)
             run.registered = (name, version)  # deleted again if the stage fails from here on
     decision = promotion_record(settings, found, version, int(len(test)))
     run.aliases = {"challenger": version, **({"champion": version} if found["promoted"] else {})}

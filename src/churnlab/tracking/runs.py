@@ -5,24 +5,28 @@ parent gathers every param the stages read, every metric they wrote, the data li
 git commit and the DVC experiment name; the stage runs hold their executed notebooks, HTML
 and figures. After the register stage, ``record_stage`` hands the stage's model and data to
 the registry (``churnlab.tracking.registry.log_and_promote``). Nothing here runs at import
-time.
+time, and MLflow, pandas and scikit-learn load only when a run is recorded.
+
+A notebook stage opens its tracker in the background (``Tracker.open_in_background``) and
+starts its run there too (``tracked_stage``), so that this overlaps the notebook: the kernel
+is another process, and the runner only waits for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from churnlab.config import flatten, get_key, load_params
 from churnlab.errors import ChurnlabError
@@ -54,6 +58,60 @@ from churnlab.tracking.settings import (
 TAG_PIPELINE = "churnlab.pipeline"
 
 
+class Outcome:
+    """The value or the error of a call, made now or in a background thread."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self._value = work()
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._error = exc
+        finally:
+            self._done.set()
+
+    @classmethod
+    def now(cls, work: Callable[[], Any]) -> Outcome:
+        outcome = cls()
+        outcome._run(work)
+        return outcome
+
+    @classmethod
+    def in_thread(cls, work: Callable[[], Any], name: str) -> Outcome:
+        outcome = cls()
+        threading.Thread(target=outcome._run, args=(work,), name=name, daemon=True).start()
+        return outcome
+
+    def _wait(self) -> None:
+        while not self._done.wait(0.2):  # not one long wait: Ctrl-C must get through
+            pass
+
+    def result(self) -> Any:
+        """The value, once the call has ended; its error is raised here."""
+        self._wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def value_or_none(self) -> Any:
+        """The value, or None when the call failed (its error is dropped)."""
+        self._wait()
+        return self._value if self._error is None else None
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
+    # it logs a database error with its traceback, then raises it: we report it once
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
 class Tracker:
     """Records the stage runs of pipeline runs in one MLflow store."""
 
@@ -75,12 +133,26 @@ class Tracker:
         settings = load_settings(root)
         if not settings.enabled:
             return None
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
-        # it logs a database error with its traceback, then raises it: we report it once
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        _quiet_mlflow()
+        return cls._open(root, settings)
+
+    @classmethod
+    def open_in_background(cls, root: Path) -> Outcome:
+        """``open`` in a background thread, started now: ``.result()`` waits for the tracker
+        (or None) or raises the error ``open`` would have raised.
+
+        Importing MLflow and starting its store take seconds; a notebook stage does that
+        while its kernel (another process) runs the notebook. A mistyped setting still fails
+        here, at once; with tracking off no thread starts.
+        """
+        settings = load_settings(root)
+        if not settings.enabled:
+            return Outcome.now(lambda: None)
+        _quiet_mlflow()  # here, not in the thread: a kernel started meanwhile sees one environment
+        return Outcome.in_thread(lambda: cls._open(root, settings), "tracking")
+
+    @classmethod
+    def _open(cls, root: Path, settings: Settings) -> Tracker | None:
         try:
             with store_lock(settings.uri):  # creating the client may create the database
                 tracker = cls(root, settings)
@@ -191,13 +263,11 @@ class Tracker:
             if parent is not None:
                 self.client.update_run(parent, status=status)
 
-    @contextlib.contextmanager
-    def stage_run(self, stage: str, params: Mapping[str, Any], outputs: set[str]):
-        """A run for one stage under its pipeline run; FAILED (or KILLED) if the block raises.
+    def begin_stage(self, stage: str, params: Mapping[str, Any], outputs: set[str]) -> StageRun:
+        """Start the run of one stage under its pipeline run, with the stage's params.
 
-        The registry's aliases move only when the block succeeded, as the last write of the
-        stage; when anything fails, they stay where they were and a version registered by the
-        block is deleted. A failure of the store is one ChurnlabError naming it.
+        Raises:
+            ChurnlabError: the store failed; the runs started are marked FAILED.
         """
         from mlflow.entities import Param
 
@@ -227,18 +297,47 @@ class Tracker:
             print(
                 f"[tracking] marked {len(killed)} run(s) of dead processes KILLED", file=sys.stderr
             )
-        run = StageRun(self, child_id, parent)
+        return StageRun(self, child_id, parent)
+
+    def end_stage(self, run: StageRun, stage: str, failure: BaseException | None = None) -> None:
+        """End a stage's run: FINISHED with its aliases moved, or, after ``failure``, FAILED
+        (KILLED for Ctrl-C) with its registered version withdrawn.
+
+        Raises:
+            ChurnlabError: the store failed while finishing; the run is then FAILED.
+        """
+        if failure is None:
+            try:
+                with self.store_errors(f"finishing the run of stage '{stage}'"), self.locked():
+                    run.publish()  # the last step: nothing after it can fail the stage
+                    self.client.set_terminated(run.run_id, "FINISHED")
+                    self.client.update_run(run.parent_id, status="FINISHED")
+                return
+            except BaseException as exc:
+                self._abandon(run, exc)
+                raise
+        self._abandon(run, failure)
+
+    def _abandon(self, run: StageRun, failure: BaseException) -> None:
+        with contextlib.suppress(Exception), self.locked():
+            run.withdraw()
+        self._fail(run.run_id, run.parent_id, failure)
+
+    @contextlib.contextmanager
+    def stage_run(self, stage: str, params: Mapping[str, Any], outputs: set[str]):
+        """A run for one stage under its pipeline run; FAILED (or KILLED) if the block raises.
+
+        The registry's aliases move only when the block succeeded, as the last write of the
+        stage; when anything fails, they stay where they were and a version registered by the
+        block is deleted. A failure of the store is one ChurnlabError naming it.
+        """
+        run = self.begin_stage(stage, params, outputs)
         try:
             yield run
-            with self.store_errors(f"finishing the run of stage '{stage}'"), self.locked():
-                run.publish()  # the last step: nothing after it can fail the stage
-                self.client.set_terminated(run.run_id, "FINISHED")
-                self.client.update_run(parent, status="FINISHED")
         except BaseException as exc:
-            with contextlib.suppress(Exception), self.locked():
-                run.withdraw()
-            self._fail(child_id, parent, exc)
+            self.end_stage(run, stage, exc)
             raise
+        self.end_stage(run, stage)
 
 
 class StageRun:
@@ -256,6 +355,10 @@ class StageRun:
         self.registered: tuple[str, str] | None = None  # (registered model, version)
         self.aliases: dict[str, str] = {}  # alias -> version, moved by publish()
         self._moved: dict[str, str | None] = {}  # alias -> the version it was on before
+        # read while the notebook ran (register stage): (digest, model, features), champion
+        self.challenger: Outcome | None = None
+        self.champion: Outcome | None = None
+        self.saved: Outcome | None = None  # the challenger written as an MLflow model
 
     def publish(self) -> None:
         """Move the aliases (the caller holds the store lock)."""
@@ -347,13 +450,13 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     lineage["source"] = {"name": str(source.get("source")), "sha256": str(source.get("sha256"))}
     run.log_lineage(lineage)
     if stage.name == run.tracker.settings.register_stage:
-        # the model's code (scikit-learn) only for the stage that registers it
+        import pandas as pd
+
         from churnlab.data import ID_COLUMN
-        from churnlab.model import load_model
-        from churnlab.tracking.registry import log_and_promote
+        from churnlab.tracking.registry import READ_NOW, log_and_promote
 
         paths = get_key(params, "paths", "params/paths.yaml")
-        model, features = load_model(root / paths["model"], root / paths["features"])
+        model, features = _challenger(run, root, paths)
         decision = log_and_promote(
             run,
             model,
@@ -361,6 +464,8 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
             test=pd.read_parquet(root / paths["test"]),
             training=pd.read_parquet(root / paths["train"], columns=[ID_COLUMN]),
             promotion_path=root / paths["promotion"],
+            champion=run.champion.result() if run.champion else READ_NOW,
+            saved=run.saved.value_or_none() if run.saved else None,
         )
         print(
             f"[{stage.name}] registered {decision['registered_model']} version "
@@ -371,11 +476,95 @@ def _record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
         )
 
 
+def _model_files(root: Path, paths: Mapping[str, str]) -> tuple[bytes, bytes, str]:
+    """The model file's and the feature list's bytes, and one digest of both."""
+    model, features = ((root / paths[key]).read_bytes() for key in ("model", "features"))
+    return model, features, hashlib.sha256(model + b"\0" + features).hexdigest()
+
+
+def _read_challenger(root: Path, paths: Mapping[str, str]) -> tuple[str, Any, dict]:
+    """The stage's model from the bytes its digest is of (the file may change meanwhile)."""
+    import skops.io
+
+    from churnlab.model import TRUSTED_TYPES
+
+    model, features, digest = _model_files(root, paths)
+    return digest, skops.io.loads(model, trusted=TRUSTED_TYPES), json.loads(features)
+
+
+def _challenger(run: StageRun, root: Path, paths: Mapping[str, str]) -> tuple[Any, dict]:
+    """The stage's model: as read while the notebook ran when its files are unchanged since,
+    else read now (a failed read ahead fails again here, with its own message)."""
+    from churnlab.model import load_model
+
+    read = run.challenger.value_or_none() if run.challenger else None
+    with contextlib.suppress(OSError):  # a file gone since: load_model says which
+        if read is not None and read[0] == _model_files(root, paths)[2]:
+            return read[1], read[2]
+    return load_model(root / paths["model"], root / paths["features"])
+
+
+def _read_ahead(run: StageRun, root: Path, stage) -> None:
+    """What the register step needs and the notebook does not change, read while the
+    notebook runs: the libraries, the champion, and when the model and the test split are
+    inputs of the stage (not outputs), the model, also written as an MLflow model. A
+    failure to read the champion is kept for the register step to raise; the others make
+    it do that work itself."""
+    import pandas as pd
+
+    from churnlab.tracking.registry import inputs_of, read_champion, save_mlflow_model, warm_up
+
+    warm_up()
+    paths = get_key(load_params(root), "paths", "params/paths.yaml")
+    run.champion = Outcome.now(lambda: read_champion(run.tracker.settings, run.client))
+    if not {paths["model"], paths["features"], paths["test"]} & set(stage.outs):
+        run.challenger = Outcome.now(lambda: _read_challenger(root, paths))
+        _, model, features = run.challenger.result()
+        example = inputs_of(pd.read_parquet(root / paths["test"]), features).head(5)
+        run.saved = Outcome.now(lambda: save_mlflow_model(model, example))
+
+
 @contextlib.contextmanager
-def tracked_stage(root: Path, stage, tracker: Tracker | None):
-    """``with tracked_stage(...) as run``: a stage run, or None when tracking is off."""
+def tracked_stage(root: Path, stage, tracker: Tracker | Outcome | None):
+    """``with tracked_stage(...) as run``: a stage run, or None when tracking is off.
+
+    With the ``Outcome`` of ``Tracker.open_in_background``, the stage's run starts in the
+    background too, and ``run`` is an ``Outcome`` whose ``result()`` waits for the stage's
+    run (None: untracked). Call it when the block's own work (the notebook) is done: a store
+    that could not be reached or failed to start the run raises there, inside the block.
+    """
+    if isinstance(tracker, Outcome):
+        with _tracked_in_background(root, stage, tracker) as pending:
+            yield pending
+        return
     if tracker is None:
         yield None
         return
     with tracker.stage_run(stage.name, stage.values, set(stage.outs)) as run:
         yield run
+
+
+@contextlib.contextmanager
+def _tracked_in_background(root: Path, stage, opening: Outcome) -> Iterator[Outcome]:
+    def begin() -> StageRun | None:
+        tracker = opening.result()
+        if tracker is None:
+            return None
+        run = tracker.begin_stage(stage.name, stage.values, set(stage.outs))
+        if stage.name == tracker.settings.register_stage:
+            # whatever fails here fails again in the register step, with its own message
+            with contextlib.suppress(Exception):
+                _read_ahead(run, root, stage)
+        return run
+
+    pending = Outcome.in_thread(begin, f"tracking {stage.name}")
+    try:
+        yield pending
+    except BaseException as exc:
+        run = pending.value_or_none()  # the stage's own failure is the one to report
+        if run is not None:
+            run.tracker.end_stage(run, stage.name, exc)
+        raise
+    run = pending.result()
+    if run is not None:
+        run.tracker.end_stage(run, stage.name)
