@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from demo_stage import FIXTURES, make_project, outputs, unwritable
 
 from churnlab.errors import ChurnlabError
 from churnlab.pipeline import execute
 from churnlab.pipeline.execute import run_stage
 
-from conftest import ROOT, run, tool_env
+from conftest import ROOT, free_port, run, tool_env
 
 
 def test_a_good_run_writes_stable_outputs_and_a_script_free_report(tmp_path):
@@ -55,6 +56,24 @@ def test_the_kernel_is_warmed_with_the_notebooks_imports_and_its_namespace_stays
     names = set(eval(printed.split("names: ", 1)[1].splitlines()[0]))  # the printed list
     ipython = {"In", "Out", "exit", "quit", "get_ipython", "open"}
     assert names == ipython | {"paths_result", "demo_n", "sys"}
+
+
+def test_a_store_found_unreachable_while_the_notebook_runs_stops_it_at_once(tmp_path):
+    """Tracking opens in the background while the notebook runs; when the store turns out
+    to be unreachable the notebook is stopped then, not run to its end for nothing."""
+    root = make_project(tmp_path, "ok.py")
+    run_stage("demo", root=root, progress=False)
+    good = outputs(root)
+    shutil.copy(FIXTURES / "slow.py", root / "notebooks" / "demo.py")
+    (root / "params" / "demo.yaml").write_text("demo:\n  n: 60\n")
+    uri = f"http://127.0.0.1:{free_port()}"
+    settings = yaml.safe_load((ROOT / "params" / "tracking.yaml").read_text())
+    settings["tracking"].update(uri=uri, register_stage="demo")
+    (root / "params" / "tracking.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ChurnlabError, match=f"MLflow tracking store {uri} cannot be reached"):
+        run_stage("demo", root=root, progress=False)
+    assert not (root / "out" / "finished").exists()  # stopped in its sleep, not waited for
+    assert outputs(root) == good
 
 
 def test_a_failing_cell_names_notebook_cell_and_error_and_keeps_earlier_outputs(tmp_path):

@@ -37,7 +37,7 @@ from churnlab.pipeline.phases import PhaseClock
 from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
 from churnlab.secrets import redact, redact_tree, secret_values
 from churnlab.tracking.promotion import promotion_output, record_no_promotion
-from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
+from churnlab.tracking.runs import Outcome, Tracker, record_stage, tracked_stage
 
 
 def _describe_failure(exc, notebook: Path, kept: Path) -> str:
@@ -53,9 +53,10 @@ def _describe_failure(exc, notebook: Path, kept: Path) -> str:
 _STOP_WAIT = 10.0  # seconds a cell gets to stop after Ctrl-C before its kernel is killed
 
 
-def _execute_interruptibly(kernel: StartedKernel, execute, *args, **kwargs):
+def _execute_interruptibly(kernel: StartedKernel, watch: Outcome | None, execute, *args, **kwargs):
     """``execute(*args, **kwargs)`` (papermill, on ``kernel``) in a worker thread, so Ctrl-C
-    stops it cleanly.
+    stops it cleanly, and so does a failure of ``watch`` (the stage's tracking, started in the
+    background): a store that cannot be reached stops the notebook at once, not after it ran.
 
     In the main thread nbclient takes SIGINT over and shuts the kernel down while a cell
     still runs, and the kernel then prints a ZMQError traceback. Here Ctrl-C interrupts the
@@ -76,7 +77,10 @@ def _execute_interruptibly(kernel: StartedKernel, execute, *args, **kwargs):
     threading.Thread(target=work, name="papermill", daemon=True).start()
     try:
         while not done.wait(0.2):
-            pass
+            if watch is not None and watch.failed():
+                kernel.signal(signal.SIGKILL)  # the run cannot be recorded: stop it now
+                done.wait(_STOP_WAIT)
+                watch.result()  # raises the tracking error, the one to report
     except KeyboardInterrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
         try:
@@ -196,6 +200,7 @@ def _run_on_kernel(
         try:
             executed = _execute_interruptibly(
                 kernel,
+                pending,
                 papermill.execute_notebook,
                 nb,
                 str(running),

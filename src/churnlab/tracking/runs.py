@@ -97,6 +97,10 @@ class Outcome:
             raise self._error
         return self._value
 
+    def failed(self) -> bool:
+        """The call has ended with an error (without waiting)."""
+        return self._done.is_set() and self._error is not None
+
     def value_or_none(self) -> Any:
         """The value, or None when the call failed (its error is dropped)."""
         self._wait()
