@@ -38,6 +38,7 @@ from churnlab.pipeline.stages import Stage, check_unread_params, load_stage
 from churnlab.secrets import redact, redact_tree, secret_values
 from churnlab.tracking.promotion import promotion_output, record_no_promotion
 from churnlab.tracking.runs import Outcome, Tracker, record_stage, tracked_stage
+from churnlab.tracking.settings import load_settings
 
 
 def _describe_failure(exc, notebook: Path, kept: Path) -> str:
@@ -125,7 +126,11 @@ def _start_kernel(root: Path, name: str) -> StartedKernel | None:
     except ChurnlabError:
         return None
     try:
-        return StartedKernel.start(KERNEL_NAME, root, root / notebook)
+        tracked = load_settings(root).enabled
+    except ChurnlabError:
+        tracked = False  # reported by the checks that follow
+    try:
+        return StartedKernel.start(KERNEL_NAME, root, root / notebook, spare_core=tracked)
     except NoSuchKernel:
         return None
 

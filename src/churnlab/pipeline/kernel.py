@@ -55,18 +55,32 @@ class StartedKernel:
         self._client = None
 
     @classmethod
-    def start(cls, kernel_name: str, cwd: Path, notebook: Path | None) -> StartedKernel:
+    def start(
+        cls, kernel_name: str, cwd: Path, notebook: Path | None, spare_core: bool = False
+    ) -> StartedKernel:
         """Start the kernel in ``cwd`` and send it the warm-up imports of ``notebook``.
+
+        Args:
+            spare_core: leave one core to the runner (its tracking works in the background
+                while the notebook runs): the kernel's OpenMP pool gets one thread fewer than
+                there are cores, unless OMP_NUM_THREADS says otherwise. OpenMP threads spin
+                while they wait for each other, so a pool as large as the machine, sharing a
+                core with the runner, ran evaluate's cells at half speed (4.5 s alone, 10 s
+                beside tracking; 5 s with the spare core). Results do not depend on it: the
+                model's bytes are the same for any thread count (tests/test_model.py).
 
         Raises:
             jupyter_client.kernelspec.NoSuchKernel: the kernel is not installed.
         """
         from jupyter_client.manager import AsyncKernelManager
 
+        env = dict(os.environ)
+        if spare_core and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) - 1))
         manager = AsyncKernelManager(kernel_name=kernel_name)
         # its one warning (TCP on localhost without encryption) would precede every stage's
         # output and the one line of a failing check: the kernel's own log shows errors only
-        asyncio.run(manager.start_kernel(cwd=str(cwd), extra_arguments=[_LOG_ERRORS_ONLY]))
+        asyncio.run(manager.start_kernel(cwd=str(cwd), env=env, extra_arguments=[_LOG_ERRORS_ONLY]))
         kernel = cls(manager, manager.provisioner.pid)
         if notebook is not None and notebook.is_file():
             modules = top_level_imports(notebook.read_text(encoding="utf-8"))
