@@ -15,7 +15,9 @@ import asyncio
 import os
 import re
 import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 _LOG_ERRORS_ONLY = "--IPKernelApp.log_level=ERROR"
 
@@ -44,6 +46,30 @@ def warm_up_code(modules: list[str]) -> str:
     for module in modules:
         lines += ["try:", f"    __import__({module!r})", "except Exception:", "    pass"]
     return "\n".join(lines)
+
+
+def _run_to_end(coroutine) -> Any:
+    """Run ``coroutine`` to its end from synchronous code, also where an event loop already
+    runs in this thread (a caller inside Playwright's or a notebook's loop): then in a thread
+    of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    outcome: dict[str, Any] = {}
+
+    def work():
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="kernel manager")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class StartedKernel:
@@ -80,7 +106,7 @@ class StartedKernel:
         manager = AsyncKernelManager(kernel_name=kernel_name)
         # its one warning (TCP on localhost without encryption) would precede every stage's
         # output and the one line of a failing check: the kernel's own log shows errors only
-        asyncio.run(manager.start_kernel(cwd=str(cwd), env=env, extra_arguments=[_LOG_ERRORS_ONLY]))
+        _run_to_end(manager.start_kernel(cwd=str(cwd), env=env, extra_arguments=[_LOG_ERRORS_ONLY]))
         kernel = cls(manager, manager.provisioner.pid)
         if notebook is not None and notebook.is_file():
             modules = top_level_imports(notebook.read_text(encoding="utf-8"))
@@ -113,7 +139,7 @@ class StartedKernel:
             self._client.stop_channels()
             self._client = None
         if self.manager.has_kernel:
-            asyncio.run(self.manager.shutdown_kernel(now=True))
+            _run_to_end(self.manager.shutdown_kernel(now=True))
 
     def kill(self) -> None:
         """Kill the kernel at once (the runner is failing before or while it ran)."""
