@@ -60,7 +60,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (100_000, 1_000_000)
 DEFAULT_SEED = 20240601
 REPEATS = 3
-SYNTH_DIR = "synth"
+SYNTH_DIR = "data/own"  # where a user's own table lives, versioned by `dvc add`
 TIMINGS_ENV = "CHURNLAB_TIMINGS"  # churnlab.pipeline.phases.TIMINGS_ENV (kept in step by hand:
 # the benchmark must still read an older runner's marks, and a newer one's)
 
@@ -714,8 +714,14 @@ def fresh_copy(root: Path, rows: int | None, template: Any, seed: int, env: dict
         point_data_at(root, source)
         size = (root / source).stat().st_size / 1e6
         log(f"wrote {source} ({size:.0f} MB) in {time.perf_counter() - begin:.1f} s")
-    # DVC wants an SCM; the synthetic tables stay out of git (too big, and regenerated)
-    commit_all(root, author="bench", message="benchmark copy", env=env, exclude=(f"/{SYNTH_DIR}/",))
+    # DVC wants an SCM; the synthetic table goes to DVC (below), not to git
+    commit_all(root, author="bench", message="benchmark copy", env=env, exclude=(f"/{source}",))
+    if rows is not None:
+        # as a user does with their own table (docs/own-data.md): DVC versions it, git holds
+        # its .dvc file
+        subprocess.run(["dvc", "add", "-q", source], cwd=root, env=env, check=True)
+        git(root, env, "add", "-A")
+        git(root, env, "commit", "-q", "-m", "the synthetic customers, versioned by DVC")
     return source
 
 
