@@ -28,16 +28,19 @@ sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 @contextlib.contextmanager
 def _tracked(root, default_stage: str):
-    """Record a stage that is not a notebook (fetch, report) like the notebook stages; when
-    recording fails, the stage fails and its earlier outputs come back."""
+    """Record a stage that is not a notebook (fetch, report) like the notebook stages: the
+    store is opened in the background while the stage works (MLflow's import and its store
+    take seconds); when it cannot be reached or recording fails, the stage fails and its
+    earlier outputs come back."""
     from churnlab.pipeline.guard import OutputGuard
     from churnlab.pipeline.stages import load_stage
     from churnlab.tracking.runs import Tracker, record_stage, tracked_stage
 
-    tracker = Tracker.open(root)
+    tracking = Tracker.open_in_background(root)
     stage = load_stage(root, os.environ.get("DVC_STAGE", default_stage), notebook=False)
-    with OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracker) as run:
+    with OutputGuard(root, stage.name, stage.outs), tracked_stage(root, stage, tracking) as pending:
         yield
+        run = pending.result()  # an unreachable store raises here, inside the guard
         if run is not None:
             record_stage(run, root, stage)
 

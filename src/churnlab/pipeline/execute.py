@@ -126,11 +126,14 @@ def _start_kernel(root: Path, name: str) -> StartedKernel | None:
     except ChurnlabError:
         return None
     try:
-        tracked = load_settings(root).enabled
+        settings = load_settings(root)
+        # only the register stage's tracking works for seconds beside the notebook (the
+        # champion and the challenger read, the model written); elsewhere it opens the store
+        registers = settings.enabled and settings.register_stage == name
     except ChurnlabError:
-        tracked = False  # reported by the checks that follow
+        registers = False  # reported by the checks that follow
     try:
-        return StartedKernel.start(KERNEL_NAME, root, root / notebook, spare_core=tracked)
+        return StartedKernel.start(KERNEL_NAME, root, root / notebook, spare_core=registers)
     except NoSuchKernel:
         return None
 

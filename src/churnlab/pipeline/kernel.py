@@ -87,12 +87,14 @@ class StartedKernel:
         """Start the kernel in ``cwd`` and send it the warm-up imports of ``notebook``.
 
         Args:
-            spare_core: leave one core to the runner (its tracking works in the background
-                while the notebook runs): the kernel's OpenMP pool gets one thread fewer than
-                there are cores, unless OMP_NUM_THREADS says otherwise. OpenMP threads spin
-                while they wait for each other, so a pool as large as the machine, sharing a
-                core with the runner, ran evaluate's cells at half speed (4.5 s alone, 10 s
-                beside tracking; 5 s with the spare core). Results do not depend on it: the
+            spare_core: leave one core to the runner (the register stage's tracking works
+                in the background while the notebook runs): the kernel's OpenMP pool gets one
+                thread fewer than there are cores, unless OMP_NUM_THREADS says otherwise.
+                OpenMP threads spin while they wait for each other, so a pool as large as the
+                machine, sharing a core with the runner, ran evaluate's cells at half speed
+                (4.5 s alone, 10 s beside tracking; 5 s with the spare core). Not for every
+                stage: training on 1,000,000 customers on one thread fewer took 60 s more
+                than the seconds of tracking it spared. Results do not depend on it: the
                 model's bytes are the same for any thread count (tests/test_model.py).
 
         Raises:
