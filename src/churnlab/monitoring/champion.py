@@ -5,6 +5,7 @@ threshold, the customers it was trained on (the reference) and its feature impor
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ def load_champion(root: Path) -> Champion:
         ChurnlabError: no champion yet (say what to run), or a champion without the
             records a judgement needs.
     """
+    # one verdict line per month is the output; MLflow's download bars are not
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     import skops.io
     from mlflow.exceptions import MlflowException
