@@ -176,8 +176,6 @@ def _monitor(args) -> None:
 
     root = project_root()
     check_params(root)
-    # MLflow draws a progress bar per downloaded artifact: noise around the verdict lines
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = MonitorParams.from_params(load_params(root))
     if args.all:
         months = [m for m in batch_months(root / settings.batches) if m > settings.reference_month]
