@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from small_schema import SCHEMA
 
 from churnlab.data import (
     ID_COLUMN,
@@ -24,15 +25,6 @@ from churnlab.data import (
 )
 from churnlab.errors import ChurnlabError
 from churnlab.split import SplitPlan, check_split, check_usable, load_prepared, split_customers
-
-SCHEMA = {
-    "id_column": "cust",
-    "target": "left",
-    "positive_label": "yes",
-    "negative_label": "no",
-    "numeric": {"months": {"min": 0, "max": 100}, "spend": {"min": 0, "nullable": True}},
-    "categorical": {"plan": ["basic", "pro"], "region": None},
-}
 
 
 def raw(**changes) -> pd.DataFrame:

@@ -5,20 +5,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from small_schema import SCHEMA
 
 from churnlab.data import TableSpec
 from churnlab.monitoring import drift
 from churnlab.monitoring.performance import estimated_performance, realised_performance
 from churnlab.monitoring.quality import check_quality
-
-SCHEMA = {
-    "id_column": "cust",
-    "target": "left",
-    "positive_label": "yes",
-    "negative_label": "no",
-    "numeric": {"months": {"min": 0, "max": 100}, "spend": {"min": 0, "nullable": True}},
-    "categorical": {"plan": ["basic", "pro"], "region": None},
-}
 
 
 def test_psi_by_hand():
