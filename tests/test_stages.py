@@ -6,7 +6,7 @@ from demo_stage import make_project
 
 from churnlab.errors import ChurnlabError
 from churnlab.pipeline.execute import run_stage
-from churnlab.pipeline.stages import load_stage, parameter_name
+from churnlab.pipeline.stages import check_unread_params, load_stage, parameter_name
 
 from conftest import ROOT
 
@@ -33,6 +33,21 @@ def test_a_param_key_no_stage_reads_is_an_error(tmp_path):
     (root / "params" / "demo.yaml").write_text("demo:\n  n: 2\n  m: 3\n")
     with pytest.raises(ChurnlabError, match="params/demo.yaml: key 'demo.m' is read by no stage"):
         run_stage("demo", root=root, progress=False)
+
+
+def test_a_command_section_is_read_by_its_command_and_a_typo_in_it_is_still_refused():
+    """params/monitor.yaml is read by churnlab monitor, not by a stage: the unread-key check
+    passes over it without a listing in dvc.yaml, and its own rule refuses an unknown key."""
+    from churnlab.param_rules import COMMAND_SECTIONS, param_problems
+
+    assert "params/monitor.yaml" not in (yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"])
+    check_unread_params(ROOT)
+    for section in COMMAND_SECTIONS:
+        file_name = f"params/{section}.yaml"
+        content = yaml.safe_load((ROOT / file_name).read_text())
+        content[section]["thresold"] = 1
+        errors, _ = param_problems({file_name: content}, [])
+        assert any(f"{file_name}: {section}.thresold: unknown key" in line for line in errors)
 
 
 def test_an_unknown_stage_is_named(tmp_path):

@@ -55,6 +55,14 @@ MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
 MAX_CV_FOLDS = 20
 
 
+# Sections read by churnlab commands, not by DVC stages. The check for keys no stage reads
+# passes over them (a stage must not re-run when they change); their rules below refuse an
+# unknown key instead, so a typo in them is still caught. A new command's section goes here.
+COMMAND_SECTIONS: dict[str, str] = {
+    "monitor": "churnlab monitor and churnlab simulate",
+}
+
+
 def rules() -> dict[str, Rule]:
     """The declaration: per params section, what each key may be.
 

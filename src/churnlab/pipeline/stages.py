@@ -17,6 +17,7 @@ import yaml
 
 from churnlab.config import get_key, interpolate, load_param_files, read_yaml
 from churnlab.errors import ChurnlabError
+from churnlab.param_rules import COMMAND_SECTIONS
 from churnlab.tracking.settings import SETTINGS_FILE as TRACKING_SETTINGS
 
 
@@ -198,6 +199,8 @@ def check_unread_params(root: Path) -> None:
             continue  # how runs are recorded, not an input of any stage: checked on its own
         keys = declared.get(file_name, set())
         for leaf in _leaf_keys(content):
+            if leaf.split(".")[0] in COMMAND_SECTIONS:
+                continue  # read by a command; its rule refuses unknown keys
             if not any(leaf == key or leaf.startswith(f"{key}.") for key in keys):
                 raise ChurnlabError(
                     f"{file_name}: key '{leaf}' is read by no stage of dvc.yaml (a typo?)"
