@@ -60,6 +60,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "score": "churnlab score",
 }
 
 
@@ -198,6 +199,13 @@ def rules() -> dict[str, Rule]:
         ),
         # where stages read and write: dvc.yaml interpolates them
         "paths": OpenMapping(Text()),
+        "score": Section(
+            {
+                "max_reject_fraction": SHARE,
+                "rejects": Text(hint="a file name with {stem} and {suffix}: the output's"),
+                "chunk_rows": Integer(1000, hint="smaller chunks only print more progress"),
+            }
+        ),
         "monitor": Section(
             {
                 "batches": Text(hint="a folder of the project"),

@@ -127,6 +127,12 @@ def _id_reasons(name: str, raw: pd.Series) -> tuple[pd.Series, list[pd.Series]]:
     return ids.rename(name), reasons
 
 
+def extra_columns(columns, spec: TableSpec) -> list[str]:
+    """The columns the schema does not name (the target is named: it is ignored, not extra)."""
+    named = {spec.id_column, *spec.features, spec.target}
+    return [c for c in columns if c not in named]
+
+
 def check_rows(raw: pd.DataFrame, spec: TableSpec, where: str) -> CheckedRows:
     """Check every row of ``raw`` against the schema; split the good rows from the rejects.
 
@@ -169,5 +175,6 @@ def check_rows(raw: pd.DataFrame, spec: TableSpec, where: str) -> CheckedRows:
             REASON: joined.astype("str").to_numpy(),
         }
     )
-    extra = [c for c in raw.columns if c not in expected and c != spec.target]
-    return CheckedRows(valid=table[~rejected], rejects=rejects, extra=extra)
+    return CheckedRows(
+        valid=table[~rejected], rejects=rejects, extra=extra_columns(raw.columns, spec)
+    )
