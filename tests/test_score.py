@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from small_schema import SCHEMA
 
 from churnlab.data import TableSpec, clean_table, read_table, validate_table
@@ -25,6 +26,7 @@ from churnlab.serving.rows import check_rows
 from churnlab.serving.score import (
     ScoreSettings,
     ScoringModel,
+    one_hot_inputs,
     read_customers,
     rejects_path,
     score_file,
@@ -160,6 +162,25 @@ def test_scores_equal_the_models_predict_proba_and_the_threshold_decides(small_m
     assert scored["decision"].tolist() == [int(p >= 0.5) for p in expected]
     assert set(scored["model_version"]) == {"test"}
     assert rejects["row"].tolist() == [6, 10]
+
+
+def test_the_direct_one_hot_matrix_is_the_models_own_and_other_shapes_fall_back(small_model):
+    raw = customers(80, seed=5)
+    raw.loc[3, "region"] = "a region the model never saw"  # all zeros, as the encoder does
+    typed = validate_table(raw, SPEC, "in.csv")
+    preprocess = small_model.model.named_steps["preprocess"]
+    inputs = model_input(typed, small_model.numeric, small_model.categorical)
+
+    direct = one_hot_inputs(small_model.model, typed, small_model.numeric, small_model.categorical)
+
+    assert np.array_equal(direct, preprocess.transform(inputs))
+    # an encoder that drops a category is another shape: the model's own predict_proba
+    other = clone(small_model.model).set_params(preprocess__categorical__drop="first")
+    other.fit(inputs, (typed["left"] == "yes").astype(int))
+    assert one_hot_inputs(other, typed, small_model.numeric, small_model.categorical) is None
+    fallback = ScoringModel(other, small_model.numeric, small_model.categorical, 0.5, "x", "x")
+    expected = other.predict_proba(inputs)[:, 1]
+    assert np.array_equal(fallback.probabilities(typed), expected)
 
 
 @pytest.mark.parametrize(

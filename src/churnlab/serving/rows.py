@@ -66,8 +66,9 @@ def _found(values: pd.Series) -> pd.Series:
 
 def _reasons(mask: np.ndarray, column: str, rule: str, values: pd.Series) -> pd.Series:
     """``column: rule: found value`` for the rows of ``mask`` (indexed like ``values``)."""
-    failing = values[mask]
-    return f"{column}: {rule}: found " + _found(failing)
+    if not mask.any():  # the common case: no text to build
+        return pd.Series([], dtype="str")
+    return f"{column}: {rule}: found " + _found(values[mask])
 
 
 def _numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
