@@ -235,6 +235,28 @@ def test_too_many_rejects_write_nothing_and_keep_the_earlier_output(tmp_path, sm
     ]  # fmt: skip
 
 
+def test_outputs_that_overwrite_the_input_or_each_other_are_refused(tmp_path, small_model):
+    source = tmp_path / "in.csv"
+    customers(10).to_csv(source, index=False)
+    before = source.read_bytes()
+    for output, rejects, found in [
+        (source, tmp_path / "r.csv", "OUTPUT: the input file itself"),
+        (tmp_path / "out.csv", tmp_path / "out.csv", "the same file as OUTPUT or INPUT"),
+        (tmp_path / "out.csv", tmp_path / "r.txt", "expected a .csv or .parquet file name"),
+    ]:
+        with pytest.raises(ChurnlabError, match=found):
+            score_file(source, output, rejects, SPEC, small_model, SETTINGS)
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_a_model_of_columns_the_schema_does_not_describe_is_refused(small_model):
+    spec = TableSpec.from_params({**SCHEMA, "categorical": {"plan": ["basic", "pro"]}})
+
+    with pytest.raises(ChurnlabError, match=r"small model takes column\(s\) \['region'\]"):
+        score_frame(customers(5), spec, small_model)
+
+
 def test_rejects_path_follows_the_pattern_and_refuses_a_bad_one(tmp_path):
     assert rejects_path(tmp_path / "s.parquet", "{stem}.rejects{suffix}") == (
         tmp_path / "s.rejects.parquet"

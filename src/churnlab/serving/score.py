@@ -236,8 +236,16 @@ def score_frame(
         (``churnlab.serving.rows``).
 
     Raises:
-        ChurnlabError: a schema column missing from ``raw``.
+        ChurnlabError: a schema column missing from ``raw``; a model column the schema
+            does not describe.
     """
+    unknown = [c for c in (*model.numeric, *model.categorical) if c not in spec.features]
+    if unknown:
+        raise ChurnlabError(
+            f"params/data.yaml: schema: {model.label} takes column(s) {unknown} that the schema "
+            "does not describe as features: score with a model trained on this schema "
+            "(`make repro`), or describe those columns again"
+        )
     checked = check_rows(raw, spec, where)
     typed = checked.valid
     for name, value in (fill_missing or {}).items():
@@ -416,8 +424,13 @@ def score_file(
             :func:`check_reject_share`.
     """
     _format(output, "OUTPUT")
+    _format(rejects, "the rejects file")
     if Path(output).resolve() == Path(source).resolve():
         raise ChurnlabError(f"{output}: OUTPUT: the input file itself: name another file")
+    if Path(rejects).resolve() in (Path(output).resolve(), Path(source).resolve()):
+        raise ChurnlabError(
+            f"{rejects}: the rejects file: the same file as OUTPUT or INPUT: name another file"
+        )
     raw = read_customers(source) if raw is None else raw
     scored, rejected = score_frame(
         raw, spec, model, fill_missing, str(source), settings.chunk_rows, progress
