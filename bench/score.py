@@ -112,7 +112,7 @@ def main() -> int:
             rejects = output.with_name(f"scores.rejects{output.suffix}")
             seconds, counts = timed(
                 lambda s=source, o=output, r=rejects: score_file(
-                    s, o, r, spec, model, settings, fill
+                    s, o, r, spec, lambda: model, settings, fill
                 ),
                 args.repeats,
             )

@@ -196,7 +196,7 @@ def test_files_csv_and_parquet_both_ways(tmp_path, small_model, source, target):
 
     counts = score_file(
         path, tmp_path / target, tmp_path / f"rejects.{target.split('.')[1]}", SPEC,
-        small_model, SETTINGS,
+        lambda: small_model, SETTINGS,
     )  # fmt: skip
 
     read = pd.read_parquet if target.endswith(".parquet") else pd.read_csv
@@ -215,20 +215,23 @@ def test_too_many_rejects_write_nothing_and_keep_the_earlier_output(tmp_path, sm
     good = tmp_path / "good.csv"
     customers(50).to_csv(good, index=False)
     output, rejects = tmp_path / "scores.csv", tmp_path / "scores.rejects.csv"
-    score_file(good, output, rejects, SPEC, small_model, SETTINGS)
+    score_file(good, output, rejects, SPEC, lambda: small_model, SETTINGS)
     before = {p.name: p.read_bytes() for p in (output, rejects)}
     bad = customers(50)
     bad.loc[:10, "plan"] = "gold"  # 11 of 50 = 22% > 20%
     bad.to_csv(tmp_path / "bad.csv", index=False)
 
+    loaded = []
+
     with pytest.raises(ChurnlabError) as error:
-        score_file(tmp_path / "bad.csv", output, rejects, SPEC, small_model, SETTINGS)
+        score_file(tmp_path / "bad.csv", output, rejects, SPEC, lambda: loaded.append(1), SETTINGS)
 
     message = str(error.value)
     assert "bad.csv: 11 of 50 rows (22.0%)" in message
     assert "score.max_reject_fraction 20.0%" in message
     assert "plan: one of ['basic', 'pro'] (11 rows)" in message
     assert "\n" not in message
+    assert loaded == []  # the batch was refused before the model was loaded
     assert {p.name: p.read_bytes() for p in (output, rejects)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.csv", "good.csv", "scores.csv", "scores.rejects.csv"
@@ -245,7 +248,7 @@ def test_outputs_that_overwrite_the_input_or_each_other_are_refused(tmp_path, sm
         (tmp_path / "out.csv", tmp_path / "r.txt", "expected a .csv or .parquet file name"),
     ]:
         with pytest.raises(ChurnlabError, match=found):
-            score_file(source, output, rejects, SPEC, small_model, SETTINGS)
+            score_file(source, output, rejects, SPEC, lambda: small_model, SETTINGS)
     assert source.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 

@@ -259,14 +259,17 @@ def _score(args) -> None:
         print(
             f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)", file=sys.stderr
         )
-    if args.model:
-        model = load_file_model(root, args.model, params)
-    else:
-        from churnlab.monitoring.champion import load_champion
 
-        champion = load_champion(root, args.version)
-        model = ScoringModel.from_champion(champion, None if args.version else "champion")
-    print(f"[score] model: {model.label}, threshold {model.threshold:.4f}", file=sys.stderr)
+    def load_model() -> ScoringModel:
+        if args.model:
+            model = load_file_model(root, args.model, params)
+        else:
+            from churnlab.monitoring.champion import load_champion
+
+            champion = load_champion(root, args.version)
+            model = ScoringModel.from_champion(champion, None if args.version else "champion")
+        print(f"[score] model: {model.label}, threshold {model.threshold:.4f}", file=sys.stderr)
+        return model
 
     def progress(done: int, total: int) -> None:
         if total > settings.chunk_rows:  # one line for a small file is noise
@@ -277,7 +280,7 @@ def _score(args) -> None:
         args.output,
         rejects,
         spec,
-        model,
+        load_model,
         settings,
         get_key(params, "prepare", "params/prepare.yaml").get("fill_missing"),
         raw=raw,

@@ -208,36 +208,30 @@ def load_file_model(root: Path, path: Path, params: dict) -> ScoringModel:
     )
 
 
-def score_frame(
-    raw: pd.DataFrame,
+def score_rows(
+    typed: pd.DataFrame,
     spec: TableSpec,
     model: ScoringModel,
     fill_missing: dict | None = None,
-    where: str = "input",
     chunk_rows: int = 200_000,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score the rows of ``raw`` that pass the schema; reject the others with their reasons.
+) -> pd.DataFrame:
+    """Score rows that passed the schema (``check_rows(...).valid``).
 
     Args:
-        raw: the customers (text columns as read, or typed Parquet columns); the target
-            column and columns the schema does not name are ignored.
+        typed: the valid rows, typed.
         spec: the data description (``params/data.yaml`` ``schema``).
         model: the model and its threshold.
         fill_missing: values for blanks of nullable numeric columns, as the training data
             had them (``prepare.fill_missing``).
-        where: the input, for messages.
         chunk_rows: rows predicted at a time; ``progress(done, total)`` after each chunk.
 
     Returns:
-        ``(scored, rejects)``: scored has the id column, ``probability``, ``decision`` (1 at
-        or above the threshold) and ``model_version``, in the input's order; rejects has
-        ``row`` (1 = the first row after the header), the id as given and ``reason``
-        (``churnlab.serving.rows``).
+        The id column, ``probability``, ``decision`` (1 at or above the threshold) and
+        ``model_version``, in the rows' order.
 
     Raises:
-        ChurnlabError: a schema column missing from ``raw``; a model column the schema
-            does not describe.
+        ChurnlabError: a model column the schema does not describe.
     """
     unknown = [c for c in (*model.numeric, *model.categorical) if c not in spec.features]
     if unknown:
@@ -246,8 +240,6 @@ def score_frame(
             "does not describe as features: score with a model trained on this schema "
             "(`make repro`), or describe those columns again"
         )
-    checked = check_rows(raw, spec, where)
-    typed = checked.valid
     for name, value in (fill_missing or {}).items():
         if name in typed.columns:
             typed = typed.assign(**{name: typed[name].fillna(float(value))})
@@ -257,7 +249,7 @@ def score_frame(
         if progress is not None:
             progress(min(start + chunk_rows, len(typed)), len(typed))
     probabilities = np.concatenate(parts) if parts else np.empty(0)
-    scored = pd.DataFrame(
+    return pd.DataFrame(
         {
             spec.id_column: typed[spec.id_column].astype("str").to_numpy(),
             PROBABILITY: probabilities,
@@ -265,7 +257,37 @@ def score_frame(
             MODEL_VERSION: pd.array([model.version] * len(typed), dtype="str"),
         }
     )
-    return scored, checked.rejects
+
+
+def score_frame(
+    raw: pd.DataFrame,
+    spec: TableSpec,
+    model: ScoringModel,
+    fill_missing: dict | None = None,
+    where: str = "input",
+    chunk_rows: int = 200_000,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the rows of ``raw`` that pass the schema; reject the others with their reasons.
+
+    The pure core of batch scoring (no I/O): what the Dask engine calls per partition.
+
+    Args:
+        raw: the customers (text columns as read, or typed Parquet columns); the target
+            column and columns the schema does not name are ignored.
+        where: the input, for messages.
+        spec, model, fill_missing, chunk_rows: as :func:`score_rows` takes them.
+
+    Returns:
+        ``(scored, rejects)``: scored as :func:`score_rows` returns it; rejects has ``row``
+        (index + 1: 1 = the first row after the header), the id as given and ``reason``
+        (``churnlab.serving.rows``).
+
+    Raises:
+        ChurnlabError: a schema column missing from ``raw``; a model column the schema
+            does not describe.
+    """
+    checked = check_rows(raw, spec, where)
+    return score_rows(checked.valid, spec, model, fill_missing, chunk_rows), checked.rejects
 
 
 def _format(path: Path, what: str) -> str:
@@ -402,7 +424,7 @@ def score_file(
     output: Path,
     rejects: Path,
     spec: TableSpec,
-    model: ScoringModel,
+    load_model: Callable[[], ScoringModel],
     settings: ScoreSettings,
     fill_missing: dict | None = None,
     raw: pd.DataFrame | None = None,
@@ -410,18 +432,21 @@ def score_file(
 ) -> dict:
     """Score the file ``source``; write the scores to ``output`` and the rejects beside them.
 
-    Both files are written together and atomically, only when the reject share is within
-    the limit: a refused batch leaves whatever was there before as it was.
+    The rows are checked first and the model loaded only for a batch within the reject
+    limit (a refused batch costs no trip to the registry). Both files are written together
+    and atomically, and only then: a refused batch leaves whatever was there as it was.
 
     Args:
+        load_model: returns the model (called once, after the rows are checked).
         raw: ``read_customers(source)`` when the caller has read it already.
+        progress: ``progress(done, total)`` after each chunk of ``settings.chunk_rows``.
 
     Returns:
         The counts: ``rows``, ``scored``, ``rejected``.
 
     Raises:
-        ChurnlabError: see :func:`read_customers`, :func:`score_frame` and
-            :func:`check_reject_share`.
+        ChurnlabError: see :func:`read_customers`, :func:`score_rows` and
+            :func:`check_reject_share`; an output that is the input or the rejects file.
     """
     _format(output, "OUTPUT")
     _format(rejects, "the rejects file")
@@ -432,11 +457,12 @@ def score_file(
             f"{rejects}: the rejects file: the same file as OUTPUT or INPUT: name another file"
         )
     raw = read_customers(source) if raw is None else raw
-    scored, rejected = score_frame(
-        raw, spec, model, fill_missing, str(source), settings.chunk_rows, progress
+    checked = check_rows(raw, spec, str(source))
+    check_reject_share(checked.rejects, len(raw), settings.max_reject_fraction, str(source))
+    scored = score_rows(
+        checked.valid, spec, load_model(), fill_missing, settings.chunk_rows, progress
     )
-    check_reject_share(rejected, len(raw), settings.max_reject_fraction, str(source))
     write_atomic_all(
-        {Path(output): encode(scored, output), Path(rejects): encode(rejected, rejects)}
+        {Path(output): encode(scored, output), Path(rejects): encode(checked.rejects, rejects)}
     )
-    return {"rows": len(raw), "scored": len(scored), "rejected": len(rejected)}
+    return {"rows": len(raw), "scored": len(scored), "rejected": len(checked.rejects)}
