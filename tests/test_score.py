@@ -10,6 +10,7 @@ run (its registry champion and its model file).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from churnlab.serving.rows import check_rows
 from churnlab.serving.score import (
     ScoreSettings,
     ScoringModel,
+    encode,
     one_hot_inputs,
     read_customers,
     rejects_path,
@@ -209,6 +211,17 @@ def test_files_csv_and_parquet_both_ways(tmp_path, small_model, source, target):
         "region: not blank: found blank",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_csv_output_quotes_only_the_values_that_need_it():
+    frame = pd.DataFrame(
+        {"id": pd.array(["a1", 'b,"2"'], dtype="str"), "probability": [0.1, 1 / 3]}
+    )
+
+    assert encode(frame.iloc[:1], Path("o.csv")) == b"id,probability\na1,0.1\n"
+    both = encode(frame, Path("o.csv"))
+    assert both.decode().splitlines()[2] == '"b,""2""",0.3333333333333333'
+    pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(both), dtype={"id": "str"}), frame)
 
 
 def test_too_many_rejects_write_nothing_and_keep_the_earlier_output(tmp_path, small_model):

@@ -88,7 +88,7 @@ def load_champion(root: Path, version: int | None = None) -> Champion:
     except MlflowException as exc:
         if version is not None:
             raise ChurnlabError(
-                f"params/tracking.yaml: tracking.registered_model: no version {version} of "
+                f"--version {version}: no version {version} of the registered model "
                 f"'{name}' in {display_uri(settings.uri)} ({first_line(exc)}): name a "
                 "registered version (the MLflow UI, `make ui`, lists them), or leave the "
                 "version out to use the champion"

@@ -7,6 +7,7 @@ limit of ``params/score.yaml``, and one atomic write of the scores and the rejec
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -349,7 +350,11 @@ def read_customers(path: Path) -> pd.DataFrame:
 
 
 def encode(frame: pd.DataFrame, path: Path) -> bytes:
-    """The bytes of ``frame`` as the file ``path`` names it: CSV or Parquet."""
+    """The bytes of ``frame`` as the file ``path`` names it: CSV or Parquet.
+
+    CSV numbers have their shortest round-trip digits (the probabilities read back are the
+    ones computed); values are quoted only when they need it, as pandas does.
+    """
     import pyarrow as pa
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -358,12 +363,22 @@ def encode(frame: pd.DataFrame, path: Path) -> bytes:
         import pyarrow.parquet as pq
 
         pq.write_table(table, buffer)
-    else:
-        import pyarrow.csv as pa_csv
+        return buffer.getvalue()
+    import pyarrow.csv as pa_csv
 
-        # shortest round-trip digits: the probabilities read back are the ones computed
-        pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(quoting_style="needed"))
-    return buffer.getvalue()
+    # pyarrow quotes every name of the header and, with "needed", every text value; "none"
+    # refuses a value holding a comma, quote or line break, which then gets "needed"
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(frame.columns)
+    body = io.BytesIO()
+    try:
+        pa_csv.write_csv(
+            table, body, pa_csv.WriteOptions(include_header=False, quoting_style="none")
+        )
+    except pa.ArrowInvalid:
+        body = io.BytesIO()
+        pa_csv.write_csv(table, body, pa_csv.WriteOptions(include_header=False))
+    return header.getvalue().encode() + body.getvalue()
 
 
 def rejects_path(output: Path, pattern: str) -> Path:
@@ -374,6 +389,7 @@ def rejects_path(output: Path, pattern: str) -> Path:
             itself, or a name that is not .csv or .parquet.
     """
     output = Path(output)
+    _format(output, "OUTPUT")
     try:
         name = pattern.format(stem=output.stem, suffix=output.suffix)
     except (KeyError, IndexError, ValueError) as exc:
@@ -400,7 +416,10 @@ def _common_reasons(rejects: pd.DataFrame, shown: int = 3) -> str:
         .str.extract(r"^(.*?: .*?): found", expand=False)
         .value_counts()
     )
-    return ", ".join(f"{rule} ({count:,} rows)" for rule, count in rules.head(shown).items())
+    return ", ".join(
+        f"{rule} ({count:,} row{'s' if count > 1 else ''})"
+        for rule, count in rules.head(shown).items()
+    )
 
 
 def check_reject_share(rejects: pd.DataFrame, total: int, limit: float, where: str) -> None:
