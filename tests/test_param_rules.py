@@ -139,8 +139,7 @@ def test_the_projects_own_params_pass():
             "params/score.yaml",
             "score.max_reject_fraction",
             5,
-            "params/score.yaml: score.max_reject_fraction: expected a number from 0 to 1, "
-            "found 5",
+            "params/score.yaml: score.max_reject_fraction: expected a number from 0 to 1, found 5",
         ),
         (
             "params/score.yaml",
