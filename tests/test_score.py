@@ -23,6 +23,7 @@ from small_schema import SCHEMA
 from churnlab.data import TableSpec, clean_table, read_table, validate_table
 from churnlab.errors import ChurnlabError
 from churnlab.model import build_model, model_input
+from churnlab.serving import score
 from churnlab.serving.rows import check_rows
 from churnlab.serving.score import (
     ScoreSettings,
@@ -151,7 +152,8 @@ def test_typed_parquet_columns_are_checked_like_their_text(tmp_path):
     assert from_types.rejects["reason"].tolist() == ["months: <= 100: found '150'"]
 
 
-def test_scores_equal_the_models_predict_proba_and_the_threshold_decides(small_model):
+def test_scores_equal_the_models_predict_proba_and_the_threshold_decides(small_model, monkeypatch):
+    monkeypatch.setattr(score, "PREDICT_BLOCK", 16)  # several blocks, a short last one
     raw = customers(200, seed=3)
     raw.loc[[5, 9], "plan"] = "gold"
 
