@@ -134,6 +134,15 @@ def test_target_present_or_absent_and_extra_columns_change_nothing():
     assert with_target.extra == [] and without.extra == ["note"]
 
 
+def test_row_numbers_come_from_the_index_which_must_be_unique():
+    raw = customers(6)
+    raw.index = range(1000, 1006)  # a later part of a file, as a Dask partition has it
+    raw.loc[1002, "plan"] = "gold"
+    assert check_rows(raw, SPEC, "in.csv").rejects["row"].tolist() == [1003]
+    with pytest.raises(ValueError, match="unique integers"):
+        check_rows(pd.concat([raw, raw]), SPEC, "in.csv")
+
+
 def test_a_missing_schema_column_refuses_the_table():
     with pytest.raises(ChurnlabError, match=r"in\.csv: missing column\(s\) \['plan'\]"):
         check_rows(customers(5).drop(columns="plan"), SPEC, "in.csv")
@@ -143,7 +152,7 @@ def test_typed_parquet_columns_are_checked_like_their_text(tmp_path):
     raw = customers(50)
     raw.loc[4, "months"] = "150"
     typed = raw.assign(months=raw["months"].astype(int), spend=pd.to_numeric(raw["spend"]))
-    typed.to_parquet(tmp_path / "in.parquet", index=False)
+    typed.set_index("cust", drop=False).to_parquet(tmp_path / "in.parquet")  # a stored index
 
     from_text = check_rows(raw, SPEC, "in.csv")
     from_types = check_rows(read_customers(tmp_path / "in.parquet"), SPEC, "in.parquet")

@@ -144,7 +144,11 @@ def check_rows(raw: pd.DataFrame, spec: TableSpec, where: str) -> CheckedRows:
 
     Raises:
         ChurnlabError: a schema column (id or feature) missing from the table.
+        ValueError: an index that is not unique integers (a row's reasons are gathered by
+            its index, and its number in the rejects is the index + 1).
     """
+    if not (raw.index.is_unique and pd.api.types.is_integer_dtype(raw.index)):
+        raise ValueError("check_rows: the frame's index must be unique integers (row numbers)")
     expected = [spec.id_column, *spec.features]
     missing = [c for c in expected if c not in raw.columns]
     if missing:

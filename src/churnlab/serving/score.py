@@ -343,7 +343,9 @@ def read_customers(path: Path) -> pd.DataFrame:
                 "or drop the copies so that each column has one name"
             )
         if suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            # an index pandas stored in the file is not a column of the schema: rows are
+            # numbered by position
+            frame = pd.read_parquet(path).reset_index(drop=True)
         else:
             # every column as text, blanks as empty text (types come from the schema); a BOM
             # is dropped by the reader
