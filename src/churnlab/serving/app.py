@@ -78,7 +78,11 @@ class Service:
     def _swap(self, model: ServedModel, why: str) -> None:
         self.model = model  # one assignment: a request sees the old model or the new one
         self.metrics.model_changed(model.name, model.version, model.source, model.threshold)
-        _log(f"{why}: {model.name} version {model.version} (threshold {model.threshold:.4g})")
+        scoring = "numpy preprocessing" if model.fast else "its scikit-learn Pipeline"
+        _log(
+            f"{why}: {model.name} version {model.version} (threshold {model.threshold:.4g}), "
+            f"scored with {scoring}"
+        )
 
     def _run(self) -> None:
         try:
@@ -274,7 +278,9 @@ def create_app(service: Service):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP given, not 0: asyncio switches Nagle's algorithm off only on sockets that
+    # say TCP, and with it on every keep-alive response waits 40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from churnlab.data import TableSpec
 
@@ -185,13 +184,14 @@ def _category(
     return text, None
 
 
-def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, list, bool]:
-    """The model's input table from a parsed body, with the ids and whether it was one.
+def customers_table(payload: Any, rules: RequestRules) -> tuple[dict[str, np.ndarray], list, bool]:
+    """The model's input columns from a parsed body, with the ids and whether it was one.
 
     Returns:
-        ``(features, ids, single)``: features in schema order (numbers as float64, missing
-        values of ``prepare.fill_missing`` filled as prepare fills them, categories as
-        text), each customer's id (None when not given), and True for a single object.
+        ``(columns, ids, single)``: one array per feature in schema order (numbers as
+        float64, missing values of ``prepare.fill_missing`` filled as prepare fills them,
+        categories as text objects), each customer's id (None when not given), and True
+        for a single object.
 
     Raises:
         RequestError: 422 with every problem (the first ``MAX_PROBLEMS`` listed).
@@ -279,4 +279,4 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, li
         table[name] = values
     for name in rules.categorical:
         table[name] = np.asarray(columns[name], dtype=object)
-    return pd.DataFrame(table), ids, single
+    return table, ids, single
