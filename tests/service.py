@@ -27,7 +27,7 @@ class Service:
     ready_seen: list[tuple[int, int]] = field(default_factory=list)  # (/health, /ready)
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+        return httpx.Client(base_url=self.url, **{"timeout": 60, **kwargs})
 
     def output(self) -> str:
         return self.log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +25,6 @@ from churnlab.serving.requests import (
 )
 
 from conftest import (
-    committed_copy,
     free_port,
     pipeline_model,
     registered_model,
@@ -75,15 +75,10 @@ def test_ready_only_after_the_warm_up(service, client, pipeline_project):
     assert service.ready_seen[-1] == (200, 200)
     assert "model ready" in service.output()
     model = client.get("/model").json()
-    from churnlab.tracking.settings import load_settings
-
-    settings = load_settings(pipeline_project, {})
-    import mlflow
-
-    champion = mlflow.MlflowClient(settings.uri).get_model_version_by_alias(
-        registered_model(pipeline_project), "champion"
-    )
-    assert model["version"] == str(champion.version)
+    promotion = json.loads((pipeline_project / "reports" / "promotion.json").read_text())
+    assert promotion["promoted"]  # the run's model became the champion
+    champion = str(promotion["challenger"]["version"])
+    assert (model["name"], model["version"]) == (promotion["registered_model"], champion)
     test_metrics = json.loads((pipeline_project / "metrics" / "test.json").read_text())
     assert model["threshold"] == pytest.approx(test_metrics["threshold"])
     assert model["metrics"]["test.roc_auc"] == pytest.approx(test_metrics["roc_auc"])
@@ -91,7 +86,7 @@ def test_ready_only_after_the_warm_up(service, client, pipeline_project):
     assert model["training_data"]["customers"] == len(ids)
     metrics = client.get("/metrics").text
     assert "churnlab_model_ready 1.0" in metrics
-    assert f'version="{champion.version}"' in metrics
+    assert f'version="{champion}"' in metrics
 
 
 @pytest.mark.pipeline
@@ -224,11 +219,17 @@ def test_reload_fails_no_request(pipeline_project, tmp_path, params):
     without a restart, and SIGHUP reloads; not one request fails meanwhile."""
     import mlflow
 
-    from churnlab.tracking.settings import load_settings, store_lock
+    from churnlab.tracking.settings import fluent_uri, load_settings, store_lock
 
-    project = committed_copy(pipeline_project, tmp_path / "project")
+    # what the service reads: the params and the registry (its artifacts stay where the run
+    # wrote them, read only); a copy of the whole run would take longer than the test
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(pipeline_project / "params", project / "params")
+    for name in ("dvc.yaml", "mlflow.db"):
+        shutil.copy2(pipeline_project / name, project / name)
     set_param(project, "params/serve.yaml", "serve.reload_poll_seconds", 0.5)
-    customers = request_customers(project, params, 20)[0]
+    customers = request_customers(pipeline_project, params, 20)[0]
     name = registered_model(project)
     uri = load_settings(project, {}).uri
     store = mlflow.MlflowClient(uri)
@@ -250,7 +251,8 @@ def test_reload_fails_no_request(pipeline_project, tmp_path, params):
             caller.start()
         try:
             time.sleep(1)
-            with store_lock(uri):
+            # the registry resolves the logged model through the fluent API's store
+            with store_lock(uri), fluent_uri(uri):
                 new = store.create_model_version(name, old.source, run_id=old.run_id)
                 store.set_registered_model_alias(name, "champion", new.version)
             deadline = time.monotonic() + 120
