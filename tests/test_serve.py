@@ -105,9 +105,11 @@ def test_predict_equals_the_model_file(client, pipeline_project, params):
     response = client.post("/predict", json=customers)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [p["id"] for p in predictions] == list(test["customer_id"])
+    id_column = params["schema"]["id_column"]
+    assert [p[id_column] for p in predictions] == list(test["customer_id"])
     assert np.array_equal([p["probability"] for p in predictions], expected)
-    assert [p["churn"] for p in predictions] == list(expected >= threshold)
+    assert [p["decision"] for p in predictions] == list((expected >= threshold).astype(int))
+    assert {p["model_version"] for p in predictions} == {response.json()["model"]["version"]}
     one = client.post("/predict", json=customers[7]).json()["predictions"]
     assert len(one) == 1 and one[0]["probability"] == expected[7]
 

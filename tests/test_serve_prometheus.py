@@ -151,10 +151,10 @@ def test_prometheus_records_the_traffic_sent(pipeline_project, tmp_path, params)
                 threshold = client.get("/model").json()["threshold"]
                 for customer in customers[:7]:
                     answer = client.post("/predict", json=customer).json()
-                    churn += sum(p["churn"] for p in answer["predictions"])
+                    churn += sum(p["decision"] for p in answer["predictions"])
                 for start in range(7, 22, 5):
                     answer = client.post("/predict", json=customers[start : start + 5]).json()
-                    churn += sum(p["churn"] for p in answer["predictions"])
+                    churn += sum(p["decision"] for p in answer["predictions"])
                 for _ in range(4):
                     refused = client.post("/predict", json={**customers[0], "extra": 1})
                     assert refused.status_code == 422

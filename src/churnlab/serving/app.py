@@ -234,11 +234,12 @@ def create_app(service: Service):
         features, ids, _ = customers_table(payload, service.rules)
         scores = model.scores(features)
         service.metrics.observe_predictions(model.version, scores, model.threshold)
+        id_column = service.rules.id_column
         predictions = [
             {
-                "id": customer_id,
-                "probability": float(score),
-                "churn": bool(score >= model.threshold),
+                id_column: customer_id,
+                "probability": score,
+                "decision": int(score >= model.threshold),
                 "model_version": model.version,
             }
             for customer_id, score in zip(ids, scores.tolist(), strict=True)

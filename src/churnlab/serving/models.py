@@ -154,11 +154,16 @@ def _flat_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _model_columns(model) -> tuple[list[str], list[str]]:
+    """The numeric and categorical input columns of a model built by build_model."""
+    columns = {name: list(cols) for name, _, cols in model.named_steps["preprocess"].transformers_}
+    return columns.get("numeric", []), columns.get("categorical", [])
+
+
 def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
     import skops.io
 
     from churnlab.model import TRUSTED_TYPES
-    from churnlab.monitoring.champion import _input_columns
 
     path = settings.model_file(root)
     where = f"{SERVE_FILE}: serve.model: {settings.model}"
@@ -172,7 +177,7 @@ def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
         ) from None
     try:
         model = skops.io.loads(data, trusted=TRUSTED_TYPES)
-        numeric, categorical = _input_columns(model)
+        numeric, categorical = _model_columns(model)
     except Exception as exc:  # skops, zip, a foreign pipeline: the same advice
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ChurnlabError(
@@ -197,7 +202,7 @@ def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
     source = get_key(params, "data", "params/data.yaml")
     return ServedModel(
         name=path.name,
-        version=f"sha256:{digest[:12]}",
+        version=f"file:{digest[:12]}",  # as `churnlab score --model` names it
         source="file",
         threshold=float(threshold),
         model=model,
