@@ -200,7 +200,7 @@ def create_app(service: Service):
 
     app = FastAPI(
         title="churnlab",
-        description="Churn probabilities from the champion model",
+        description="churn probabilities from the champion model",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

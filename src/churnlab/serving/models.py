@@ -36,14 +36,14 @@ class ServedModel:
     fast: FastScorer | None = None  # set by with_fast_scorer once checked
 
     def pipeline_scores(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """Churn probabilities from the Pipeline itself."""
+        """The churn probabilities from the Pipeline itself."""
         from churnlab.model import model_input
 
         frame = pd.DataFrame({name: columns[name] for name in (*self.numeric, *self.categorical)})
         return self.model.predict_proba(model_input(frame, self.numeric, self.categorical))[:, 1]
 
     def scores(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """Churn probabilities of customers given as one array per column."""
+        """The churn probabilities of customers given as one array per column."""
         if self.fast is not None:
             return self.fast.scores(columns)
         return self.pipeline_scores(columns)

@@ -3,7 +3,7 @@
 A body is one customer (a JSON object of its fields) or a list of them. Every field of the
 schema is required; the id column is optional and echoed back; the target column is ignored
 (scoring last month's labelled customers is common); any other field is refused. Each
-problem is reported with the field's path (``$[2].tenure``), the rule it breaks and what was
+problem is reported with the field's path (``$[2].age``), the rule it breaks and what was
 found, so that the caller can fix the request; nothing here knows a column name.
 """
 
