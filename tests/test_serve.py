@@ -129,43 +129,57 @@ def _cases(schema: dict, customer: dict, max_customers: int, max_bytes: int):
     infinite = raw.replace("NaN", "1e999")
     low = schema["numeric"][bounded]["min"]
     return [
-        ("missing field", _body(without), JSON, 422, f"$.{numeric}", "required"),
+        ("missing field", _body(without), JSON, 422, f"body.{numeric}", "required"),
         (
             "unknown field",
             _body({**customer, "shoe_size": 42}),
             JSON,
             422,
-            "$.shoe_size",
+            "body.shoe_size",
             "unknown",
         ),
-        ("wrong type", _body({**customer, numeric: "five"}), JSON, 422, f"$.{numeric}", "a number"),
-        ("out of range", _body({**customer, bounded: low - 1}), JSON, 422, f"$.{bounded}", "from"),
+        (
+            "wrong type",
+            _body({**customer, numeric: "five"}),
+            JSON,
+            422,
+            f"body.{numeric}",
+            "a number",
+        ),
+        (
+            "out of range",
+            _body({**customer, bounded: low - 1}),
+            JSON,
+            422,
+            f"body.{bounded}",
+            "from",
+        ),
         (
             "unknown category",
             _body({**customer, category: "Zz"}),
             JSON,
             422,
-            f"$.{category}",
+            f"body.{category}",
             "one of",
         ),
-        ("NaN", raw.encode(), JSON, 422, f"$.{numeric}", "finite"),
-        ("infinity", infinite.encode(), JSON, 422, f"$.{numeric}", "finite"),
+        ("NaN", raw.encode(), JSON, 422, f"body.{numeric}", "finite"),
+        ("infinity", infinite.encode(), JSON, 422, f"body.{numeric}", "finite"),
         (
             "null category",
             _body({**customer, category: None}),
             JSON,
             422,
-            f"$.{category}",
+            f"body.{category}",
             "category",
         ),
-        ("empty list", b"[]", JSON, 422, "$", "at least one"),
-        ("not a customer", b"[1]", JSON, 422, "$[0]", "object"),
+        ("empty list", b"[]", JSON, 422, "body", "at least one"),
+        ("not a customer", b"[1]", JSON, 422, "body[0]", "object"),
         (
             "bad customer in a list",
             f"[{text}, {_body(without).decode()}]".encode(),
             JSON,
             422,
-            f"$[1].{numeric}",
+            f"body[1].{numeric}",
             "required",
         ),
         (
@@ -173,12 +187,12 @@ def _cases(schema: dict, customer: dict, max_customers: int, max_bytes: int):
             f"[{','.join([text] * (max_customers + 1))}]".encode(),
             JSON,
             422,
-            "$",
+            "body",
             f"at most {max_customers}",
         ),
-        ("body over the limit", b" " * (max_bytes + 1) + text.encode(), JSON, 413, "$", "bytes"),
-        ("malformed JSON", text[:-3].encode(), JSON, 400, "$", "valid JSON"),
-        ("not UTF-8", b'{"a": "\xff"}', JSON, 400, "$", "UTF-8"),
+        ("body over the limit", b" " * (max_bytes + 1) + text.encode(), JSON, 413, "body", "bytes"),
+        ("malformed JSON", text[:-3].encode(), JSON, 400, "body", "valid JSON"),
+        ("not UTF-8", b'{"a": "\xff"}', JSON, 400, "body", "UTF-8"),
         (
             "wrong content type",
             text.encode(),
@@ -340,9 +354,9 @@ def test_request_rules_come_from_the_schema_alone():
         customers_table([good, {**good, "age": 17.5, "plan": "gold", "extra": True}], rules)
     paths = [(p.path, p.rule.split(" (")[0]) for p in refused.value.problems]
     assert paths == [
-        ("$[1].extra", "a field of the schema"),
-        ("$[1].age", "a number from 18 to 120"),
-        ("$[1].plan", "one of basic, pro"),
+        ("body[1].extra", "a field of the schema"),
+        ("body[1].age", "a number from 18 to 120"),
+        ("body[1].plan", "one of basic, pro"),
     ]
     with pytest.raises(RequestError) as too_many:
         customers_table([good] * 3, rules)
@@ -351,6 +365,6 @@ def test_request_rules_come_from_the_schema_alone():
     with pytest.raises(RequestError) as infinite:
         customers_table({**good, "age": parse_json(b"1e999")}, rules)
     assert (infinite.value.problems[0].path, infinite.value.problems[0].found) == (
-        "$.age",
+        "body.age",
         "Infinity",
     )

@@ -29,7 +29,13 @@ from fastapi import FastAPI, Request
 from churnlab.errors import ChurnlabError
 from churnlab.serving.metrics import ServiceMetrics
 from churnlab.serving.models import ServedModel, load_served_model, model_identity
-from churnlab.serving.requests import Problem, RequestError, RequestRules, customers_table
+from churnlab.serving.requests import (
+    BODY,
+    Problem,
+    RequestError,
+    RequestRules,
+    customers_table,
+)
 from churnlab.serving.settings import SERVE_FILE, ServeSettings
 
 JSON = "application/json"
@@ -159,12 +165,12 @@ async def _read_body(request, limit: int) -> bytes:
     rule = f"at most {limit} bytes (params/serve.yaml serve.max_body_bytes)"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, [Problem("$", rule, f"{declared} bytes")])
+        raise RequestError(413, [Problem(BODY, rule, f"{declared} bytes")])
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, [Problem("$", rule, f"more than {limit} bytes")])
+            raise RequestError(413, [Problem(BODY, rule, f"more than {limit} bytes")])
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -3,7 +3,7 @@
 A body is one customer (a JSON object of its fields) or a list of them. Every field of the
 schema is required; the id column is optional and echoed back; the target column is ignored
 (scoring last month's labelled customers is common); any other field is refused. Each
-problem is reported with the field's path (``$[2].age``), the rule it breaks and what was
+problem is reported with the field's path (``body[2].age``), the rule it breaks and what was
 found, so that the caller can fix the request; nothing here knows a column name.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from churnlab.data import TableSpec
 
 SCHEMA_FILE = "params/data.yaml"
+BODY = "body"  # the path of the whole body: body[2].age is a field of the third customer
 MAX_PROBLEMS = 20  # a list of 1,000 bad customers is answered with the first few
 _SHOWN_CHARS = 40  # a found value is shown cut to this length, never a whole payload
 
@@ -134,12 +135,12 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except UnicodeDecodeError as exc:
         raise RequestError(
-            400, [Problem("$", "a body of UTF-8 JSON", f"bytes not UTF-8 at {exc.start}")]
+            400, [Problem(BODY, "a body of UTF-8 JSON", f"bytes not UTF-8 at {exc.start}")]
         ) from None
     except json.JSONDecodeError as exc:
         raise RequestError(
             400,
-            [Problem("$", "valid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
+            [Problem(BODY, "valid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
         ) from None
 
 
@@ -198,17 +199,17 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[dict[str, np.nda
     """
     single = isinstance(payload, dict)
     if single:
-        customers, prefix = [payload], "$"
+        customers = [payload]
     elif isinstance(payload, list):
-        customers, prefix = payload, "$"
+        customers = payload
         if not customers:
-            raise RequestError(422, [Problem("$", "at least one customer", "an empty list")])
+            raise RequestError(422, [Problem(BODY, "at least one customer", "an empty list")])
         if len(customers) > rules.max_customers:
             raise RequestError(
                 422,
                 [
                     Problem(
-                        "$",
+                        BODY,
                         f"at most {rules.max_customers} customers in one request "
                         "(params/serve.yaml serve.max_customers); split the list",
                         f"{len(customers)}",
@@ -220,7 +221,7 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[dict[str, np.nda
             422,
             [
                 Problem(
-                    "$",
+                    BODY,
                     "a JSON object (one customer) or a list of them",
                     f"{_kind(payload)} {_shown(payload)}",
                 )
@@ -231,7 +232,7 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[dict[str, np.nda
     ids: list = []
     problems: list[Problem] = []
     for index, customer in enumerate(customers):
-        base = prefix if single else f"{prefix}[{index}]"
+        base = BODY if single else f"{BODY}[{index}]"
         if not isinstance(customer, dict):
             problems.append(
                 Problem(base, "a JSON object of one customer's fields", _kind(customer))
