@@ -302,7 +302,8 @@ def test_reload_fails_no_request(pipeline_project, tmp_path, params):
 
 @pytest.mark.pipeline
 def test_serve_refuses_what_it_cannot_serve(pipeline_project, tmp_path):
-    """One line, non-zero exit: a missing model file, a port in use, a bad port setting."""
+    """One line, non-zero exit: a missing model file, a port in use, a bad port setting, no
+    champion yet (the service stops rather than stay up without a model)."""
     missing = run(["churnlab", "serve", "--model", "models/nothing.skops"], pipeline_project, False)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
@@ -329,7 +330,19 @@ def test_serve_refuses_what_it_cannot_serve(pipeline_project, tmp_path):
         1,
         "churnlab: error: CHURNLAB_SERVE_PORT: expected a port from 1 to 65535, found 'eighty'\n",
     )
-    assert free_port()  # nothing left listening
+    fresh = tmp_path / "no-champion"  # the project's params, an empty tracking store
+    fresh.mkdir()
+    shutil.copytree(pipeline_project / "params", fresh / "params")
+    shutil.copy2(pipeline_project / "dvc.yaml", fresh / "dvc.yaml")
+    none = run(["churnlab", "serve", "--port", str(free_port())], fresh, False, timeout=300)
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    assert (
+        none.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "churnlab: error: params/tracking.yaml: tracking.registered_model: no champion of "
+        )
+    ), none.stderr
 
 
 def test_request_rules_come_from_the_schema_alone():
