@@ -330,10 +330,18 @@ def test_serve_refuses_what_it_cannot_serve(pipeline_project, tmp_path):
         1,
         "churnlab: error: CHURNLAB_SERVE_PORT: expected a port from 1 to 65535, found 'eighty'\n",
     )
-    fresh = tmp_path / "no-champion"  # the project's params, an empty tracking store
+    import mlflow
+
+    from churnlab.tracking.settings import load_settings
+
+    fresh = tmp_path / "no-champion"  # the registry without its champion alias
     fresh.mkdir()
     shutil.copytree(pipeline_project / "params", fresh / "params")
-    shutil.copy2(pipeline_project / "dvc.yaml", fresh / "dvc.yaml")
+    for name in ("dvc.yaml", "mlflow.db"):
+        shutil.copy2(pipeline_project / name, fresh / name)
+    mlflow.MlflowClient(load_settings(fresh, {}).uri).delete_registered_model_alias(
+        registered_model(fresh), "champion"
+    )
     none = run(["churnlab", "serve", "--port", str(free_port())], fresh, False, timeout=300)
     assert none.returncode == 1 and "Traceback" not in none.stderr
     assert (
