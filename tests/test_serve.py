@@ -389,3 +389,17 @@ def test_request_rules_come_from_the_schema_alone():
         "body.age",
         "Infinity",
     )
+    for body, found in (
+        (b"[" * 100_000 + b"]" * 100_000, "nesting too deep"),
+        (b'{"age": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+    ):
+        with pytest.raises(RequestError) as unreadable:
+            parse_json(body)
+        assert unreadable.value.status == 400
+        assert unreadable.value.problems[0].found.startswith(found)
+    with pytest.raises(RequestError) as huge:
+        customers_table({**good, "age": 10**400, "plan": 10**30}, rules)
+    assert [(p.path, p.rule) for p in huge.value.problems] == [
+        ("body.age", "a finite number"),
+        ("body.plan", "a category (text)"),
+    ]
