@@ -61,6 +61,7 @@ MAX_CV_FOLDS = 20
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
     "score": "churnlab score",
+    "serve": "churnlab serve",
 }
 
 
@@ -241,6 +242,19 @@ def rules() -> dict[str, Rule]:
                         ),
                     }
                 ),
+            }
+        ),
+        "serve": Section(
+            {
+                "host": Text(hint="an address of this machine: 127.0.0.1 keeps it local"),
+                "port": Integer(1, 65_535),
+                "model": Text(hint='"champion" (the registry alias) or a .skops model file'),
+                "threshold": Nullable(
+                    Number(0, 1, hint="null: the threshold in the test metrics file")
+                ),
+                "max_customers": Integer(1, 1_000_000),
+                "max_body_bytes": Integer(1_024, 1_073_741_824),
+                "reload_poll_seconds": Number(0.1, 86_400),
             }
         ),
     }

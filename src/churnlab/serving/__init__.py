@@ -1,1 +1,1 @@
-"""Serving the champion: batch scoring of files (and the HTTP service beside it)."""
+"""Serving the champion: batch scoring and the HTTP service."""
