@@ -5,7 +5,8 @@
 # deploy/base-image.sh, so no container registry is needed.
 #
 # The model is baked in from build/image/model/ (`make image` exports the registry's champion
-# there) or mounted at run time over /app/model (docs/serving.md).
+# there as models/model.skops and metrics/test.json, the project's own layout) or mounted at
+# run time over /app/models and /app/metrics (docs/serving.md).
 
 # ---- builder: the locked serving dependencies and churnlab itself in a venv ----
 FROM churnlab-base:bookworm AS builder
@@ -37,10 +38,11 @@ RUN groupadd --system --gid 10001 churnlab \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # churnlab finds its project by dvc.yaml and params/ (the service reads params/serve.yaml and
-# the data schema in params/data.yaml)
+# the data schema in params/data.yaml); the model file and its operating threshold (in
+# metrics/test.json) are where the project keeps them
 COPY dvc.yaml /app/dvc.yaml
 COPY params /app/params
-COPY build/image/model /app/model
+COPY build/image/model /app
 # HOME and every cache in /tmp: the root filesystem may be read-only (a tmpfs on /tmp)
 ENV PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp \
@@ -48,9 +50,11 @@ ENV PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     OMP_NUM_THREADS=1 \
     DO_NOT_TRACK=1 \
-    CHURNLAB_MODEL_DIR=/app/model
+    CHURNLAB_SERVE_HOST=0.0.0.0 \
+    CHURNLAB_SERVE_PORT=8000 \
+    CHURNLAB_SERVE_MODEL=models/model.skops
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
-CMD ["churnlab", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["churnlab", "serve"]

@@ -27,7 +27,8 @@ LOCK = ROOT / "requirements.lock"
 OUTPUT = ROOT / "deploy" / "requirements-serving.txt"
 
 # What the service imports: the web stack, the model and its loader, and the data/params code
-# of churnlab it shares with the pipeline (pandera validates rows, pyarrow reads Parquet).
+# of churnlab it shares with the pipeline (pandera validates tables). Not pyarrow: the service
+# reads no Parquet, and at 150 MB it alone would take the image over its 600 MB budget.
 SERVING_ROOTS = (
     "fastapi",
     "uvicorn",
@@ -38,7 +39,6 @@ SERVING_ROOTS = (
     "pandas",
     "numpy",
     "scipy",
-    "pyarrow",
     "pyyaml",
     "pandera",
 )
