@@ -269,6 +269,18 @@ def _ui(args) -> None:
     )
 
 
+def _serve(args) -> None:
+    from churnlab.param_rules import check_params
+    from churnlab.serving.app import serve
+    from churnlab.serving.settings import serve_settings
+
+    root = project_root()
+    check_params(root)
+    params = load_params(root)
+    given = {"host": args.host, "port": args.port, "model": args.model}
+    serve(root, serve_settings(params, os.environ, given), params)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="churnlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -317,6 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
+    service = commands.add_parser(
+        "serve", help="the HTTP service: POST /predict with the champion (params/serve.yaml)"
+    )
+    service.add_argument("--host", help="address to listen on (serve.host)")
+    service.add_argument("--port", type=int, help="port to listen on (serve.port)")
+    service.add_argument(
+        "--model", help='"champion" (the registry alias) or a .skops model file (serve.model)'
+    )
+    service.set_defaults(handler=_serve)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

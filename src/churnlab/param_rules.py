@@ -60,6 +60,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "serve": "churnlab serve",
 }
 
 
@@ -233,6 +234,19 @@ def rules() -> dict[str, Rule]:
                         ),
                     }
                 ),
+            }
+        ),
+        "serve": Section(
+            {
+                "host": Text(hint="an address of this machine: 127.0.0.1 keeps it local"),
+                "port": Integer(1, 65_535),
+                "model": Text(hint='"champion" (the registry alias) or a .skops model file'),
+                "threshold": Nullable(
+                    Number(0, 1, hint="null: the threshold in the test metrics file")
+                ),
+                "max_customers": Integer(1, 1_000_000),
+                "max_body_bytes": Integer(1_024, 1_073_741_824),
+                "reload_poll_seconds": Number(0.1, 86_400),
             }
         ),
     }
