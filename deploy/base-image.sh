@@ -4,14 +4,14 @@
 # then import it into podman (or docker) under the name the Dockerfile's FROM uses.
 #
 # Usage: deploy/base-image.sh [NAME]      (default churnlab-base:bookworm)
-# Env:   MIRROR (default http://deb.debian.org/debian), ENGINE (default: docker if present,
+# Env:   MIRROR (default http://deb.debian.org/debian), ENGINE (default: docker if its daemon answers,
 #        else podman), FORCE=1 to rebuild an image that already exists.
 # Needs root (debootstrap) and about 2 minutes.
 set -euo pipefail
 
 name="${1:-churnlab-base:bookworm}"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
-engine="${ENGINE:-$(command -v docker >/dev/null && echo docker || echo podman)}"
+engine="${ENGINE:-$(docker info >/dev/null 2>&1 && echo docker || echo podman)}"
 here="$(cd "$(dirname "$0")" && pwd)"
 # podman on hosts with hybrid cgroups: runc and capped ulimits (see containers.conf there)
 if [ "$engine" = podman ] && [ -z "${CONTAINERS_CONF:-}" ]; then
@@ -23,7 +23,7 @@ command -v "$engine" >/dev/null || fail "engine: expected docker or podman on PA
 command -v debootstrap >/dev/null || fail "debootstrap: expected on PATH, not found; install it (apt-get install debootstrap)"
 [ "$(id -u)" = 0 ] || fail "user: debootstrap needs root, running as $(id -un); run it with sudo"
 
-if [ -z "${FORCE:-}" ] && "$engine" image exists "$name" 2>/dev/null; then
+if [ -z "${FORCE:-}" ] && "$engine" image inspect "$name" >/dev/null 2>&1; then
     echo "base image $name already exists (FORCE=1 rebuilds it)"
     exit 0
 fi
