@@ -54,9 +54,7 @@ def size_mb(command, env, image: str) -> float:
 
 def largest_packages(command, env, image: str, count: int = 6) -> list[tuple[str, float]]:
     """The biggest folders of the image's venv, in MB."""
-    out = call(
-        command, env, "run", "--rm", "--entrypoint", "du", image, "-sk", f"{SITE_PACKAGES}/*"
-    )
+    out = call(command, env, "run", "--rm", image, "sh", "-c", f"du -sk {SITE_PACKAGES}/*")
     sizes = []
     for line in out.splitlines():
         kilobytes, path = line.split("\t")
