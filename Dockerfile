@@ -1,6 +1,5 @@
-# syntax=docker/dockerfile:1
 # The churn service (`churnlab serve`) in a container: docs/serving.md, "Container".
-# Build with `make image` (docker, or podman where docker is absent). The base image is a
+# Build with `make image` (docker where its daemon answers, else podman). The base image is a
 # minimal Debian bookworm with its python3 (3.11), built from Debian's packages by
 # deploy/base-image.sh, so no container registry is needed.
 #

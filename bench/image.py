@@ -1,10 +1,12 @@
 """Benchmark of the service's container image: its size against the 600 MB budget, what takes
 the room, and the time from `run` to a ready service (/ready answers 200).
 
-Needs the image (`make image`). Prints the figures and writes them into bench/RESULTS.md
-between the image markers::
+Needs the image (`make image`). With ``--builds`` also the CI set-up's dependency stage
+(`make image-deps`) built from nothing (``--no-cache``) and again from its cache. Prints the
+figures and writes them into bench/RESULTS.md between the image markers::
 
     .venv/bin/python bench/image.py                    # churnlab:latest, 3 starts
+    .venv/bin/python bench/image.py --builds           # and the dependency stage's build times
     .venv/bin/python bench/image.py --image churnlab:test --repeats 5 --no-write
 """
 
@@ -88,6 +90,18 @@ def seconds_to_ready(command, env, image: str, limit: float = 120) -> float:
         subprocess.run([*command, "rm", "-f", name], capture_output=True, env=env)
 
 
+def builder_seconds(command, env, cold: bool) -> float:
+    """One build of the Dockerfile's builder stage, from nothing or from the cache."""
+    ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
+    args = ["build", "-q", "--target", "builder", "-t", "churnlab-builder:bench"]
+    args += ["--no-cache"] if cold else []
+    args += ["--secret", f"id=ca_bundle,src={ca_bundle}"] if Path(ca_bundle).is_file() else []
+    args += ["--format", "docker"] if command[0].endswith("podman") else []
+    start = time.perf_counter()
+    call(command, env, *args, str(ROOT))
+    return time.perf_counter() - start
+
+
 def load_note() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
@@ -97,6 +111,10 @@ def report(image: str, figures: dict, engine_name: str) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     biggest = ", ".join(f"{name} {mb:.0f}" for name, mb in figures["largest"])
     starts = ", ".join(f"{s:.1f}" for s in figures["starts"])
+    builds = "".join(
+        f"| dependency stage (`make image-deps`) built {how} | {seconds:.0f} s | |\n"
+        for how, seconds in figures.get("builds", {}).items()
+    )
     return f"""<!-- image -->
 ## Container image (bench/image.py)
 
@@ -110,7 +128,7 @@ other agents: start times are distorted upwards).
 | largest packages in the venv (MB) | {biggest} | |
 | `run` to `/ready` (median of {len(figures["starts"])}: {starts} s) | \
 {statistics.median(figures["starts"]):.1f} s | |
-<!-- /image -->
+{builds}<!-- /image -->
 """
 
 
@@ -126,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="churnlab:latest")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--builds", action="store_true", help="time the dependency stage too")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     command, env = engine()
@@ -136,6 +155,12 @@ def main() -> None:
         "starts": [seconds_to_ready(command, env, args.image) for _ in range(args.repeats)],
         "load": load_note(),
     }
+    if args.builds:
+        figures["builds"] = {
+            "from nothing": builder_seconds(command, env, cold=True),
+            "again (cached)": builder_seconds(command, env, cold=False),
+        }
+        call(command, env, "rmi", "churnlab-builder:bench")
     text = report(args.image, figures, Path(command[0]).name)
     print(text)
     if not args.no_write:
