@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor base-image image-deps image image-run
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ baseline: setup ## make the current model the baseline that reports compare with
 ui: setup ## the MLflow UI over the project's tracking store, on localhost
 	$(BIN)/churnlab ui
 
+serve: setup ## the HTTP service: POST /predict with the champion on 127.0.0.1:8000 (params/serve.yaml; docs/serving.md)
+	$(BIN)/churnlab serve
+
 server: setup ## start the team MLflow server on a local PostgreSQL (docs/tracking.md: team mode)
 	$(BIN)/churnlab server start
 
@@ -79,6 +82,9 @@ format: setup ## let ruff fix what it can
 
 bench: setup ## measure the pipeline, experiments and tracking against issue 10's targets (writes bench/RESULTS.md)
 	$(BIN)/python bench/run.py
+
+bench-serve: setup ## measure the HTTP service (latency, 1,000-customer requests, vs mlflow models serve; writes bench/RESULTS.md)
+	$(BIN)/python bench/serve.py
 
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock

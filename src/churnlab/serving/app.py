@@ -29,7 +29,13 @@ from fastapi import FastAPI, Request
 from churnlab.errors import ChurnlabError
 from churnlab.serving.metrics import ServiceMetrics
 from churnlab.serving.models import ServedModel, load_served_model, model_identity
-from churnlab.serving.requests import Problem, RequestError, RequestRules, customers_table
+from churnlab.serving.requests import (
+    BODY,
+    Problem,
+    RequestError,
+    RequestRules,
+    customers_table,
+)
 from churnlab.serving.settings import SERVE_FILE, ServeSettings
 
 JSON = "application/json"
@@ -78,7 +84,11 @@ class Service:
     def _swap(self, model: ServedModel, why: str) -> None:
         self.model = model  # one assignment: a request sees the old model or the new one
         self.metrics.model_changed(model.name, model.version, model.source, model.threshold)
-        _log(f"{why}: {model.name} version {model.version} (threshold {model.threshold:.4g})")
+        scoring = "numpy preprocessing" if model.fast else "its scikit-learn Pipeline"
+        _log(
+            f"{why}: {model.name} version {model.version} (threshold {model.threshold:.4g}), "
+            f"scored with {scoring}"
+        )
 
     def _run(self) -> None:
         try:
@@ -155,12 +165,12 @@ async def _read_body(request, limit: int) -> bytes:
     rule = f"at most {limit} bytes (params/serve.yaml serve.max_body_bytes)"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, [Problem("$", rule, f"{declared} bytes")])
+        raise RequestError(413, [Problem(BODY, rule, f"{declared} bytes")])
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, [Problem("$", rule, f"more than {limit} bytes")])
+            raise RequestError(413, [Problem(BODY, rule, f"more than {limit} bytes")])
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -196,7 +206,7 @@ def create_app(service: Service):
 
     app = FastAPI(
         title="churnlab",
-        description="Churn probabilities from the champion model",
+        description="churn probabilities from the champion model",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -230,11 +240,12 @@ def create_app(service: Service):
         features, ids, _ = customers_table(payload, service.rules)
         scores = model.scores(features)
         service.metrics.observe_predictions(model.version, scores, model.threshold)
+        id_column = service.rules.id_column
         predictions = [
             {
-                "id": customer_id,
-                "probability": float(score),
-                "churn": bool(score >= model.threshold),
+                id_column: customer_id,
+                "probability": score,
+                "decision": int(score >= model.threshold),
                 "model_version": model.version,
             }
             for customer_id, score in zip(ids, scores.tolist(), strict=True)
@@ -274,7 +285,9 @@ def create_app(service: Service):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP given, not 0: asyncio switches Nagle's algorithm off only on sockets that
+    # say TCP, and with it on every keep-alive response waits 40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -52,7 +52,7 @@ class ScoreHistogram(Collector):
     def collect(self):
         family = HistogramMetricFamily(
             "churnlab_prediction_score",
-            "Churn probabilities given, by model version",
+            "The churn probabilities given, by model version",
             labels=["model_version"],
         )
         with self._lock:

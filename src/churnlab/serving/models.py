@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from churnlab.config import get_key, load_params
 from churnlab.errors import ChurnlabError
+from churnlab.serving.scorer import FastScorer, fast_scorer
 from churnlab.serving.settings import SERVE_FILE, ServeSettings
 
 
@@ -31,13 +33,20 @@ class ServedModel:
     categorical: list[str]
     identity: str  # changes when a newer model is there (see model_identity)
     info: dict = field(default_factory=dict)
+    fast: FastScorer | None = None  # set by with_fast_scorer once checked
 
-    def scores(self, features: pd.DataFrame) -> np.ndarray:
-        """Churn probabilities of a table with the schema's columns (and maybe more)."""
+    def pipeline_scores(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """The churn probabilities from the Pipeline itself."""
         from churnlab.model import model_input
 
-        inputs = model_input(features, self.numeric, self.categorical)
-        return self.model.predict_proba(inputs)[:, 1]
+        frame = pd.DataFrame({name: columns[name] for name in (*self.numeric, *self.categorical)})
+        return self.model.predict_proba(model_input(frame, self.numeric, self.categorical))[:, 1]
+
+    def scores(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """The churn probabilities of customers given as one array per column."""
+        if self.fast is not None:
+            return self.fast.scores(columns)
+        return self.pipeline_scores(columns)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -47,6 +56,40 @@ class ServedModel:
             "threshold": self.threshold,
             **self.info,
         }
+
+
+def check_sample(scorer: FastScorer, rows: int = 256) -> dict[str, np.ndarray]:
+    """Customers that reach every branch of the preprocessing: each known category and one
+    unknown, numbers from -4 to +4 standard deviations around the training mean, missing
+    numbers. Drawn from the fitted model itself, not from the schema, and not at random."""
+    columns: dict[str, np.ndarray] = {}
+    step = np.arange(rows)
+    spread = np.linspace(-4.0, 4.0, rows)
+    for index, name in enumerate(scorer.numeric):
+        mean = scorer.mean[index] if scorer.mean is not None else 0.0
+        scale = scorer.scale[index] if scorer.scale is not None else 1.0
+        values = mean + scale * np.roll(spread, 37 * index)
+        values[(step + index) % 9 == 0] = np.nan
+        columns[name] = values
+    for index, (name, known) in enumerate(zip(scorer.categorical, scorer.categories, strict=True)):
+        choices = np.array([*known, "unknown category"], dtype=object)
+        columns[name] = choices[(step * (index + 2) + index) % len(choices)]
+    return columns
+
+
+def with_fast_scorer(model: ServedModel) -> ServedModel:
+    """The model with a FastScorer when its probabilities equal the Pipeline's exactly on
+    ``check_sample`` customers; otherwise unchanged (scored by the Pipeline)."""
+    scorer = fast_scorer(model.model)
+    if scorer is None or scorer.numeric != model.numeric or scorer.categorical != model.categorical:
+        return model
+    sample = check_sample(scorer)
+    with warnings.catch_warnings():  # the encoder warns of the sample's unknown category
+        warnings.simplefilter("ignore", UserWarning)
+        expected = model.pipeline_scores(sample)
+    if not np.array_equal(scorer.scores(sample), expected):
+        return model
+    return replace(model, fast=scorer)
 
 
 def _check_columns(model: ServedModel, features: list[str], where: str) -> ServedModel:
@@ -111,11 +154,16 @@ def _flat_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _model_columns(model) -> tuple[list[str], list[str]]:
+    """The numeric and categorical input columns of a model built by build_model."""
+    columns = {name: list(cols) for name, _, cols in model.named_steps["preprocess"].transformers_}
+    return columns.get("numeric", []), columns.get("categorical", [])
+
+
 def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
     import skops.io
 
     from churnlab.model import TRUSTED_TYPES
-    from churnlab.monitoring.champion import _input_columns
 
     path = settings.model_file(root)
     where = f"{SERVE_FILE}: serve.model: {settings.model}"
@@ -129,7 +177,7 @@ def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
         ) from None
     try:
         model = skops.io.loads(data, trusted=TRUSTED_TYPES)
-        numeric, categorical = _input_columns(model)
+        numeric, categorical = _model_columns(model)
     except Exception as exc:  # skops, zip, a foreign pipeline: the same advice
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ChurnlabError(
@@ -154,7 +202,7 @@ def _load_file(root: Path, settings: ServeSettings) -> ServedModel:
     source = get_key(params, "data", "params/data.yaml")
     return ServedModel(
         name=path.name,
-        version=f"sha256:{digest[:12]}",
+        version=f"file:{digest[:12]}",  # as `churnlab score --model` names it
         source="file",
         threshold=float(threshold),
         model=model,
@@ -185,10 +233,11 @@ def load_served_model(root: Path, settings: ServeSettings, features: list[str]) 
             that takes columns the schema does not describe.
     """
     if settings.from_registry:
-        return _check_columns(_load_registry(root), features, "the registry's champion")
-    return _check_columns(
-        _load_file(root, settings), features, f"{SERVE_FILE}: serve.model: {settings.model}"
-    )
+        model = _check_columns(_load_registry(root), features, "the registry's champion")
+    else:
+        where = f"{SERVE_FILE}: serve.model: {settings.model}"
+        model = _check_columns(_load_file(root, settings), features, where)
+    return with_fast_scorer(model)
 
 
 def _file_identity(path: Path) -> str:

@@ -3,7 +3,7 @@
 A body is one customer (a JSON object of its fields) or a list of them. Every field of the
 schema is required; the id column is optional and echoed back; the target column is ignored
 (scoring last month's labelled customers is common); any other field is refused. Each
-problem is reported with the field's path (``$[2].tenure``), the rule it breaks and what was
+problem is reported with the field's path (``body[2].age``), the rule it breaks and what was
 found, so that the caller can fix the request; nothing here knows a column name.
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from churnlab.data import TableSpec
 
 SCHEMA_FILE = "params/data.yaml"
+BODY = "body"  # the path of the whole body: body[2].age is a field of the third customer
 MAX_PROBLEMS = 20  # a list of 1,000 bad customers is answered with the first few
 _SHOWN_CHARS = 40  # a found value is shown cut to this length, never a whole payload
 
@@ -135,12 +135,12 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except UnicodeDecodeError as exc:
         raise RequestError(
-            400, [Problem("$", "a body of UTF-8 JSON", f"bytes not UTF-8 at {exc.start}")]
+            400, [Problem(BODY, "a body of UTF-8 JSON", f"bytes not UTF-8 at {exc.start}")]
         ) from None
     except json.JSONDecodeError as exc:
         raise RequestError(
             400,
-            [Problem("$", "valid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
+            [Problem(BODY, "valid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
         ) from None
 
 
@@ -185,30 +185,31 @@ def _category(
     return text, None
 
 
-def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, list, bool]:
-    """The model's input table from a parsed body, with the ids and whether it was one.
+def customers_table(payload: Any, rules: RequestRules) -> tuple[dict[str, np.ndarray], list, bool]:
+    """The model's input columns from a parsed body, with the ids and whether it was one.
 
     Returns:
-        ``(features, ids, single)``: features in schema order (numbers as float64, missing
-        values of ``prepare.fill_missing`` filled as prepare fills them, categories as
-        text), each customer's id (None when not given), and True for a single object.
+        ``(columns, ids, single)``: one array per feature in schema order (numbers as
+        float64, missing values of ``prepare.fill_missing`` filled as prepare fills them,
+        categories as text objects), each customer's id (None when not given), and True
+        for a single object.
 
     Raises:
         RequestError: 422 with every problem (the first ``MAX_PROBLEMS`` listed).
     """
     single = isinstance(payload, dict)
     if single:
-        customers, prefix = [payload], "$"
+        customers = [payload]
     elif isinstance(payload, list):
-        customers, prefix = payload, "$"
+        customers = payload
         if not customers:
-            raise RequestError(422, [Problem("$", "at least one customer", "an empty list")])
+            raise RequestError(422, [Problem(BODY, "at least one customer", "an empty list")])
         if len(customers) > rules.max_customers:
             raise RequestError(
                 422,
                 [
                     Problem(
-                        "$",
+                        BODY,
                         f"at most {rules.max_customers} customers in one request "
                         "(params/serve.yaml serve.max_customers); split the list",
                         f"{len(customers)}",
@@ -220,7 +221,7 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, li
             422,
             [
                 Problem(
-                    "$",
+                    BODY,
                     "a JSON object (one customer) or a list of them",
                     f"{_kind(payload)} {_shown(payload)}",
                 )
@@ -231,7 +232,7 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, li
     ids: list = []
     problems: list[Problem] = []
     for index, customer in enumerate(customers):
-        base = prefix if single else f"{prefix}[{index}]"
+        base = BODY if single else f"{BODY}[{index}]"
         if not isinstance(customer, dict):
             problems.append(
                 Problem(base, "a JSON object of one customer's fields", _kind(customer))
@@ -279,4 +280,4 @@ def customers_table(payload: Any, rules: RequestRules) -> tuple[pd.DataFrame, li
         table[name] = values
     for name in rules.categorical:
         table[name] = np.asarray(columns[name], dtype=object)
-    return pd.DataFrame(table), ids, single
+    return table, ids, single
