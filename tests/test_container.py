@@ -185,7 +185,7 @@ def test_container_scores_like_the_model_file(service, pipeline_project):
     (prediction,) = response.json()["predictions"]
     assert np.isclose(prediction["probability"], expected, rtol=0, atol=1e-12)
     threshold = json.loads((pipeline_project / "metrics" / "test.json").read_text())["threshold"]
-    assert prediction["churn"] == (expected >= threshold)
+    assert prediction["decision"] == int(expected >= threshold)
 
 
 @pytest.mark.parametrize(
