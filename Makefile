@@ -89,6 +89,7 @@ bench-serve: setup ## measure the HTTP service (latency, 1,000-customer requests
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 	$(BIN)/python tools/lockfile.py environment.yml requirements.lock
+	$(BIN)/python tools/serving_requirements.py
 
 clean: ## remove run state, caches and failed-run leftovers (keeps data, models, the team server, .venv)
 	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server ! -name plots -exec rm -rf {} +; fi
@@ -119,7 +120,7 @@ base-image: ## the Dockerfile's base image from Debian's packages (debootstrap; 
 	ENGINE=$(ENGINE) deploy/base-image.sh $(BASE_IMAGE)
 
 image-deps: setup ## build the image's dependency stage only (CI set-up: no model needed)
-	$(BIN)/python tools/serving_requirements.py >/dev/null
+	$(BIN)/python tools/serving_requirements.py --check
 	$(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || ENGINE=$(ENGINE) deploy/base-image.sh $(BASE_IMAGE)
 	$(ENGINE) build $(BUILD_FLAGS) --target builder -t churnlab-builder:latest .
 

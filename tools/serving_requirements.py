@@ -4,8 +4,8 @@ The image holds only what `churnlab serve` needs (no JupyterLab, DVC, papermill 
 the packages in SERVING_ROOTS and everything they require, each at exactly its version in
 requirements.lock. What a package requires is read from its installed metadata (the project's
 .venv is synced from the same lock), with environment markers evaluated for Python 3.11 on
-Linux and no extras. `make image` runs this; tests/test_manifests.py checks the committed file
-is current.
+Linux and no extras. `make lock` runs this after re-locking; `make image` and
+tests/test_manifests.py check (``--check``) that the committed file is current.
 
 Usage: python tools/serving_requirements.py [--check]
 """
@@ -44,7 +44,7 @@ SERVING_ROOTS = (
 )
 HEADER = (
     "# The serving image's dependencies: tools/serving_requirements.py writes this from\n"
-    "# requirements.lock (same versions). Do not edit by hand; `make image` regenerates it.\n"
+    "# requirements.lock (same versions). Do not edit by hand; `make lock` regenerates it.\n"
 )
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
