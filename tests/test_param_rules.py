@@ -135,6 +135,24 @@ def test_the_projects_own_params_pass():
             "params/monitor.yaml: monitor.simulate.format: expected one of 'parquet', 'csv', "
             "found 'xlsx'",
         ),
+        (
+            "params/serve.yaml",
+            "serve.port",
+            70000,
+            "params/serve.yaml: serve.port: expected an integer from 1 to 65,535, found 70000",
+        ),
+        (
+            "params/serve.yaml",
+            "serve.max_body_bytes",
+            10,
+            "params/serve.yaml: serve.max_body_bytes: expected an integer from 1,024 to ",
+        ),
+        (
+            "params/serve.yaml",
+            "serve.prot",
+            8000,
+            "params/serve.yaml: serve.prot: unknown key (a typo?); known: ",
+        ),
     ],
 )
 def test_a_wrong_param_names_file_key_expected_and_found(file_name, key, value, message):

@@ -302,7 +302,8 @@ def test_reload_fails_no_request(pipeline_project, tmp_path, params):
 
 @pytest.mark.pipeline
 def test_serve_refuses_what_it_cannot_serve(pipeline_project, tmp_path):
-    """One line, non-zero exit: a missing model file, a port in use, a bad port setting."""
+    """One line, non-zero exit: a missing model file, a port in use, a bad port setting, no
+    champion yet (the service stops rather than stay up without a model)."""
     missing = run(["churnlab", "serve", "--model", "models/nothing.skops"], pipeline_project, False)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
@@ -329,7 +330,27 @@ def test_serve_refuses_what_it_cannot_serve(pipeline_project, tmp_path):
         1,
         "churnlab: error: CHURNLAB_SERVE_PORT: expected a port from 1 to 65535, found 'eighty'\n",
     )
-    assert free_port()  # nothing left listening
+    import mlflow
+
+    from churnlab.tracking.settings import load_settings
+
+    fresh = tmp_path / "no-champion"  # the registry without its champion alias
+    fresh.mkdir()
+    shutil.copytree(pipeline_project / "params", fresh / "params")
+    for name in ("dvc.yaml", "mlflow.db"):
+        shutil.copy2(pipeline_project / name, fresh / name)
+    mlflow.MlflowClient(load_settings(fresh, {}).uri).delete_registered_model_alias(
+        registered_model(fresh), "champion"
+    )
+    none = run(["churnlab", "serve", "--port", str(free_port())], fresh, False, timeout=300)
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    assert (
+        none.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "churnlab: error: params/tracking.yaml: tracking.registered_model: no champion of "
+        )
+    ), none.stderr
 
 
 def test_request_rules_come_from_the_schema_alone():
@@ -368,3 +389,17 @@ def test_request_rules_come_from_the_schema_alone():
         "body.age",
         "Infinity",
     )
+    for body, found in (
+        (b"[" * 100_000 + b"]" * 100_000, "nesting too deep"),
+        (b'{"age": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+    ):
+        with pytest.raises(RequestError) as unreadable:
+            parse_json(body)
+        assert unreadable.value.status == 400
+        assert unreadable.value.problems[0].found.startswith(found)
+    with pytest.raises(RequestError) as huge:
+        customers_table({**good, "age": 10**400, "plan": 10**30}, rules)
+    assert [(p.path, p.rule) for p in huge.value.problems] == [
+        ("body.age", "a finite number"),
+        ("body.plan", "a category (text)"),
+    ]

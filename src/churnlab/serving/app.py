@@ -93,9 +93,15 @@ class Service:
     def _run(self) -> None:
         try:
             self._swap(self._warm(self.load()), "model ready")
-        except ChurnlabError as exc:
-            self.failure = str(exc)
-            self.on_fatal(str(exc))
+        except Exception as exc:  # whatever stops the first load stops the service
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            self.failure = (
+                str(exc)
+                if isinstance(exc, ChurnlabError)
+                else f"the model could not be loaded ({type(exc).__name__}: {first}): see "
+                "params/serve.yaml serve.model and the tracking store (docs/serving.md)"
+            )
+            self.on_fatal(self.failure)
             return
         while not self._stop.is_set():
             forced = self._wake.wait(self.settings.reload_poll_seconds)

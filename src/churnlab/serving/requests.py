@@ -142,6 +142,9 @@ def parse_json(body: bytes) -> Any:
             400,
             [Problem(BODY, "valid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
         ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits, deep nesting
+        found = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise RequestError(400, [Problem(BODY, "JSON a parser can read", found)]) from None
 
 
 def _numeric(value: Any, name: str, rule: dict, path: str) -> tuple[float, Problem | None]:
@@ -151,7 +154,10 @@ def _numeric(value: Any, name: str, rule: dict, path: str) -> tuple[float, Probl
         return math.nan, Problem(path, f"a number ({SCHEMA_FILE} schema.numeric.{name})", "null")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan, Problem(path, "a number", f"{_kind(value)} {_shown(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
         return math.nan, Problem(path, "a finite number", _shown(value))
     low, high = rule.get("min"), rule.get("max")
@@ -167,7 +173,7 @@ def _category(
     value: Any, name: str, allowed: frozenset[str] | None, path: str
 ) -> tuple[str, Problem | None]:
     # numbers stand for categories such as 0/1 as the CSV reader sees them: 1 and 1.0 are "1"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
         text = str(value)
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         text = str(int(value))
