@@ -113,7 +113,8 @@ IMAGE_MODEL := build/image/model
 IMAGE_PORT ?= 8000
 # pip in the build verifies PyPI with the host's CA bundle (a TLS-inspecting proxy's CA too)
 CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt))
-BUILD_FLAGS = $(if $(filter podman,$(ENGINE)),--format docker) $(if $(CA_BUNDLE),--secret id=ca_bundle,src=$(CA_BUNDLE))
+comma := ,
+BUILD_FLAGS = $(if $(filter podman,$(ENGINE)),--format docker) $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE))
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
 
 base-image: ## the Dockerfile's base image from Debian's packages (debootstrap; root, ~3 min)
