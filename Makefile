@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,7 @@ bench-serve: setup ## measure the HTTP service (latency, 1,000-customer requests
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 	$(BIN)/python tools/lockfile.py environment.yml requirements.lock
+	$(BIN)/python tools/serving_requirements.py
 
 clean: ## remove run state, caches and failed-run leftovers (keeps data, models, the team server, .venv)
 	if [ -d .churnlab ]; then find .churnlab -mindepth 1 -maxdepth 1 ! -name server ! -name plots -exec rm -rf {} +; fi
@@ -100,3 +101,35 @@ distclean: clean ## clean, and remove .venv too
 
 monitor: setup ## judge every month in data/batches against the champion: verdicts and metrics.prom in monitoring/, page reports/monitoring.html
 	$(BIN)/churnlab monitor --all
+
+# ---- the service's container image (docs/serving.md: Container) ----
+# docker where its daemon answers, else podman (with deploy/containers.conf: runc, ulimits)
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= churnlab:latest
+BASE_IMAGE := churnlab-base:bookworm
+# which model is baked in: the registry's champion, or `workspace` (models/model.skops)
+MODEL ?= champion
+IMAGE_MODEL := build/image/model
+IMAGE_PORT ?= 8000
+# pip in the build verifies PyPI with the host's CA bundle (a TLS-inspecting proxy's CA too)
+CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt))
+comma := ,
+BUILD_FLAGS = $(if $(filter podman,$(ENGINE)),--format docker) $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE))
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
+
+base-image: ## the Dockerfile's base image from Debian's packages (debootstrap; root, ~3 min)
+	ENGINE=$(ENGINE) deploy/base-image.sh $(BASE_IMAGE)
+
+image-deps: setup ## build the image's dependency stage only (CI set-up: no model needed)
+	$(BIN)/python tools/serving_requirements.py --check
+	$(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || ENGINE=$(ENGINE) deploy/base-image.sh $(BASE_IMAGE)
+	$(ENGINE) build $(BUILD_FLAGS) --target builder -t churnlab-builder:latest .
+
+image: image-deps ## the service's image with the champion baked in (MODEL=workspace: models/model.skops)
+	$(BIN)/churnlab export-model $(IMAGE_MODEL) --source $(MODEL)
+	$(ENGINE) build $(BUILD_FLAGS) -t $(IMAGE) .
+	@$(ENGINE) image inspect $(IMAGE) --format '{{.Size}}' | awk '{printf "$(IMAGE): %.0f MB\n", $$1 / 1e6}'
+
+image-run: ## run the image on 127.0.0.1:8000, read-only (MODEL_DIR=. serves that project's model instead)
+	$(ENGINE) run --rm --read-only --tmpfs /tmp -p 127.0.0.1:$(IMAGE_PORT):8000 --name churnlab-serve \
+		$(if $(MODEL_DIR),-v $(abspath $(MODEL_DIR))/models:/app/models:ro -v $(abspath $(MODEL_DIR))/metrics:/app/metrics:ro) $(IMAGE)

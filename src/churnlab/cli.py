@@ -348,6 +348,16 @@ def _serve(args) -> None:
     serve(root, serve_settings(params, os.environ, given), params)
 
 
+def _export_model(args) -> None:
+    from churnlab.serving.export import export_champion, export_workspace
+
+    root = project_root()
+    target = Path(args.folder).resolve()
+    export = export_champion if args.source == "champion" else export_workspace
+    what = export(root, target)
+    print(f"[export-model] {what} in {target}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="churnlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -433,6 +443,18 @@ def main(argv: list[str] | None = None) -> int:
         "--model", help='"champion" (the registry alias) or a .skops model file (serve.model)'
     )
     service.set_defaults(handler=_serve)
+    export = commands.add_parser(
+        "export-model",
+        help="write the champion (or the workspace's model) into FOLDER for the container image",
+    )
+    export.add_argument("folder", help="where: models/model.skops and metrics/test.json in it")
+    export.add_argument(
+        "--source",
+        choices=["champion", "workspace"],
+        default="champion",
+        help="the registry's champion (default) or models/model.skops of the last `make repro`",
+    )
+    export.set_defaults(handler=_export_model)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )
