@@ -30,6 +30,7 @@ from churnlab.cycle.decisions import (
     LOCK,
     append_decision,
     clear_journal,
+    decision_line,
     read_journal,
     read_log,
     write_journal,
@@ -440,6 +441,7 @@ def _complete(root: Path, month: str, today: date, notify: Notify | None) -> Dec
         journal = {**journal, "step": "recording", "record": record}
         write_journal(root, journal)
     append_decision(log_path, record)
+    record = json.loads(decision_line(record))  # as the log holds it
     clear_journal(root)
     _rebuild_monitoring(root)
     if record["outcome"] == "promoted":
