@@ -133,6 +133,14 @@ def _wait_for(condition, what: str, seconds: float = 600) -> None:
         time.sleep(0.2)
 
 
+def _modified(path: Path) -> int | None:
+    """A file's modification time; None while a running stage has it moved aside."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _journal_step(project: Path) -> str | None:
     path = project / JOURNAL
     try:
@@ -146,7 +154,7 @@ def test_a_killed_retrain_and_promotion_are_finished_by_the_next_cycles(project)
     _new_churn_pattern(project, month)
     first = champion_version(project)
     prepared = project / "data/prepared/train.parquet"
-    stamp = prepared.stat().st_mtime_ns
+    stamp = _modified(prepared)
     # 1. killed (SIGKILL, its whole process group: dvc and the notebooks too) while the
     # pipeline retrains, once the prepare stage has written the new training split
     proc = subprocess.Popen(
@@ -159,7 +167,9 @@ def test_a_killed_retrain_and_promotion_are_finished_by_the_next_cycles(project)
     )
     try:
         _wait_for(
-            lambda: _journal_step(project) == "retraining" and prepared.stat().st_mtime_ns != stamp,
+            lambda: (
+                _journal_step(project) == "retraining" and _modified(prepared) not in (None, stamp)
+            ),
             "the retraining to start",
         )
     finally:
