@@ -302,7 +302,9 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
             "verdict_status": verdict["status"],
         },
         "champion_before": {
-            k: champion[k] for k in ("version", "run_id", "roc_auc", "recall", "age_days")
+            # versions, not run ids: the same months in a fresh store give the same bytes
+            k: champion[k]
+            for k in ("version", "roc_auc", "recall", "age_days")
         },
         "statistics": {
             "quality_passed": evidence.quality_passed,
