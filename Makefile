@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run cycle history
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -133,3 +133,10 @@ image: image-deps ## the service's image with the champion baked in (MODEL=works
 image-run: ## run the image on 127.0.0.1:8000, read-only (MODEL_DIR=. serves that project's model instead)
 	$(ENGINE) run --rm --read-only --tmpfs /tmp -p 127.0.0.1:$(IMAGE_PORT):8000 --name churnlab-serve \
 		$(if $(MODEL_DIR),-v $(abspath $(MODEL_DIR))/models:/app/models:ro -v $(abspath $(MODEL_DIR))/metrics:/app/metrics:ro) $(IMAGE)
+
+cycle: setup ## one month of continuous training (MONTH=YYYY-MM): monitor, decide, retrain, promote, record
+	@test -n "$(MONTH)" || { echo "error: MONTH: name the month, e.g. make cycle MONTH=2026-03" >&2; exit 2; }
+	$(BIN)/churnlab cycle $(MONTH)
+
+history: setup ## the cycle's decision log as a table (monitoring/decisions.jsonl)
+	$(BIN)/churnlab history

@@ -23,6 +23,7 @@ param = stage_params("prepare")
 paths_raw: str = param("paths.raw")  # raw customer table, written by the fetch stage
 paths_train: str = param("paths.train")  # output: training split
 paths_test: str = param("paths.test")  # output: test split
+paths_cycle_training: str = param("paths.cycle_training")  # labelled months for training (cycle)
 paths_prepare_summary: str = param("paths.prepare_summary")  # output: rows and churn rates
 schema: dict = param("schema")  # the data description (params/data.yaml)
 prepare_seed: int = param("prepare.seed")  # split seed
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from churnlab.data import ID_COLUMN, TARGET_COLUMN, churn_rate
 from churnlab.files import write_json, write_parquet
-from churnlab.split import check_split, load_prepared
+from churnlab.split import add_cycle_months, check_split, load_prepared
 
 train, test, spec = load_prepared(
     Path(paths_raw),
@@ -69,6 +70,18 @@ summary
 
 # %%
 check_split(train, test)
+
+# %% [markdown]
+# The labelled months of the continuous-training cycle (docs/cycle.md), when there are any,
+# join the training split after the check: the split and the test customers stay the raw
+# data's own.
+
+# %%
+train, cycle_rows = add_cycle_months(
+    train, test, Path(paths_cycle_training), spec, prepare_fill_missing
+)
+if cycle_rows:
+    summary["rows"]["cycle_months"] = cycle_rows
 
 # %%
 write_parquet(Path(paths_train), train)

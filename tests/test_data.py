@@ -24,7 +24,14 @@ from churnlab.data import (
     validate_table,
 )
 from churnlab.errors import ChurnlabError
-from churnlab.split import SplitPlan, check_split, check_usable, load_prepared, split_customers
+from churnlab.split import (
+    SplitPlan,
+    add_cycle_months,
+    check_split,
+    check_usable,
+    load_prepared,
+    split_customers,
+)
 
 
 def raw(**changes) -> pd.DataFrame:
@@ -319,6 +326,35 @@ def test_a_small_valid_table_is_split_with_a_clear_check(tmp_path):
         check_split(train, pd.concat([test, train.head(1)]))
     with pytest.raises(ChurnlabError, match="the split is not stratified"):
         check_split(train, test.assign(**{TARGET_COLUMN: 1}))
+
+
+def test_the_cycles_months_join_the_training_split_only(tmp_path):
+    def table(prefix: str, rows: int, leavers: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "cust": [f"{prefix}{i}" for i in range(rows)],
+                "months": [str(i) for i in range(rows)],
+                "spend": ["1"] * rows,
+                "plan": ["basic", "pro"] * (rows // 2),
+                "region": ["north"] * rows,
+                "left": ["yes"] * leavers + ["no"] * (rows - leavers),
+            }
+        )
+
+    raw, months = tmp_path / "raw.csv", tmp_path / "training.parquet"
+    table("c", 50, 10).to_csv(raw, index=False)
+    prepare = {"seed": 1, "test_size": 0.2, "fill_missing": {}, "sample_rows": None}
+    train, test, spec = load_prepared(raw, SCHEMA, prepare)
+    same, added = add_cycle_months(train, test, months, spec, {})
+    assert same is train and added == 0  # no file: as before
+    table("m", 20, 5).to_parquet(months, index=False)
+    grown, added = add_cycle_months(train, test, months, spec, {})
+    assert added == 20 and grown.head(len(train)).equals(train)
+    assert list(grown.iloc[len(train) :][ID_COLUMN]) == [f"m{i}" for i in range(20)]
+    assert grown.iloc[len(train) :][TARGET_COLUMN].sum() == 5
+    table("c", 20, 5).to_parquet(months, index=False)  # ids the raw data has
+    with pytest.raises(ChurnlabError, match="also in the raw data"):
+        add_cycle_months(train, test, months, spec, {})
 
 
 # --- the real data ------------------------------------------------------------------------

@@ -294,6 +294,40 @@ def _score(args) -> None:
     )
 
 
+def _cycle(args) -> None:
+    from churnlab.cycle.run import run_cycle
+
+    root = project_root()
+    decision = run_cycle(root, args.month)
+    record = decision.record
+    if decision.already_done:
+        print(
+            f"[cycle] {record['month']}: already done ({record['outcome']}, rule "
+            f"{record['rule']}); nothing changed",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"[cycle] {record['month']}: {record['outcome']} (rule {record['rule']}; champion "
+        f"v{record['champion_before']['version']} -> v{record['champion_after']['version']}): "
+        f"{record['reason']}",
+        file=sys.stderr,
+    )
+
+
+def _history(args) -> None:
+    from churnlab.cycle.decisions import history_table, read_log
+    from churnlab.cycle.rule import CYCLE_FILE
+
+    root = project_root()
+    log = get_key(load_params(root), "cycle.log", CYCLE_FILE)
+    decisions = read_log(root / log)
+    if not decisions:
+        print(f"[history] {log}: no decision yet (run `churnlab cycle MONTH`)", file=sys.stderr)
+        return
+    print(history_table(decisions, width=args.width))
+
+
 def _server(args) -> None:
     from churnlab.tracking import server
 
@@ -455,6 +489,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the registry's champion (default) or models/model.skops of the last `make repro`",
     )
     export.set_defaults(handler=_export_model)
+    cycle = commands.add_parser(
+        "cycle",
+        help="one month of continuous training: monitor, decide, retrain, promote, record "
+        "(params/cycle.yaml)",
+    )
+    cycle.add_argument("month", metavar="MONTH", help="the month whose batch came in, YYYY-MM")
+    cycle.set_defaults(handler=_cycle)
+    history = commands.add_parser("history", help="the cycle's decision log as a table")
+    history.add_argument("--width", type=int, default=70, help="characters of each reason")
+    history.set_defaults(handler=_history)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

@@ -62,6 +62,7 @@ COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
     "score": "churnlab score",
     "serve": "churnlab serve",
+    "cycle": "churnlab cycle and churnlab history",
 }
 
 
@@ -255,6 +256,30 @@ def rules() -> dict[str, Rule]:
                 "max_customers": Integer(1, 1_000_000),
                 "max_body_bytes": Integer(1_024, 1_073_741_824),
                 "reload_poll_seconds": Number(0.1, 86_400),
+            }
+        ),
+        "cycle": Section(
+            {
+                "log": Text(hint="a file of the project"),
+                "window": Integer(1, 120),
+                "retrain": Section(
+                    {
+                        "realised_margin": SHARE,
+                        "estimated_margin": SHARE,
+                        "drifted_features": Integer(1),
+                        "max_age_days": Integer(1),
+                    }
+                ),
+                "promote": Section(
+                    {
+                        "holdout": FRACTION,
+                        "better_by": Number(-1, 1),
+                        "test_margin": SHARE,
+                        "bootstrap_samples": Integer(50, 100_000),
+                        "confidence": FRACTION,
+                        "seed": SEED,
+                    }
+                ),
             }
         ),
     }

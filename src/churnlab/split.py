@@ -189,3 +189,35 @@ def load_prepared(
     table = sample_rows(table, prepare.get("sample_rows"), int(prepare["seed"]))
     train, test = split_customers(table, float(prepare["test_size"]), int(prepare["seed"]))
     return train, test, spec
+
+
+def add_cycle_months(
+    train: pd.DataFrame, test: pd.DataFrame, months: Path, spec: TableSpec, fill_missing: dict
+) -> tuple[pd.DataFrame, int]:
+    """The training split with the continuous-training cycle's labelled months added.
+
+    The months (``paths.cycle_training``, written by ``churnlab cycle``; docs/cycle.md) are
+    checked like the raw data and go to the training split only, after the split is made
+    and checked: the test split stays the raw data's own, so the models of every cycle are
+    compared on the same held-out customers.
+
+    Returns:
+        The training split (the same object when there is no months file) and the number
+        of rows added.
+
+    Raises:
+        ChurnlabError: months that do not match the schema, or a month's customer whose id
+            is also in the raw data.
+    """
+    if not months.is_file():
+        return train, 0
+    added = clean_table(validate_table(read_table(months), spec, str(months)), spec, fill_missing)
+    known = set(train[ID_COLUMN].astype(str)) | set(test[ID_COLUMN].astype(str))
+    both = sorted(set(added[ID_COLUMN].astype(str)) & known)
+    if both:
+        raise ChurnlabError(
+            f"{months}: column '{spec.id_column}': {len(both)} customers of the cycle's "
+            f"months are also in the raw data (e.g. {both[:3]}): a month's customers need "
+            "ids of their own"
+        )
+    return pd.concat([train, added], ignore_index=True), len(added)

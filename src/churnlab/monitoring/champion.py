@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +59,16 @@ def model_columns(model) -> tuple[list[str], list[str]]:
     return columns.get("numeric", []), columns.get("categorical", [])
 
 
-def load_champion(root: Path, version: int | None = None) -> Champion:
-    """The ``champion`` of the registered model, with its threshold and training ids.
+def load_champion(root: Path, version: int | None = None, alias: str = "champion") -> Champion:
+    """The ``champion`` of the registered model (or the version another ``alias`` names,
+    or registered ``version``), with its threshold and training ids.
 
     Args:
         root: the project.
         version: a registered version to load instead of the champion (``churnlab score
             --version``).
+        alias: the registry alias to load when no version is given (the cycle's
+            ``challenger``).
 
     Raises:
         ChurnlabError: no champion yet (say what to run), or a champion without the
@@ -84,7 +88,7 @@ def load_champion(root: Path, version: int | None = None) -> Champion:
             if version is not None:
                 entry = client.get_model_version(name, str(version))
             else:
-                entry = client.get_model_version_by_alias(name, "champion")
+                entry = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if version is not None:
             raise ChurnlabError(
@@ -94,7 +98,7 @@ def load_champion(root: Path, version: int | None = None) -> Champion:
                 "version out to use the champion"
             ) from None
         raise ChurnlabError(
-            f"params/tracking.yaml: tracking.registered_model: no champion of '{name}' in "
+            f"params/tracking.yaml: tracking.registered_model: no {alias} of '{name}' in "
             f"{display_uri(settings.uri)} yet ({first_line(exc)}): run `make repro` first; its "
             "evaluate stage registers the first model as champion"
         ) from None
@@ -141,8 +145,17 @@ def load_champion(root: Path, version: int | None = None) -> Champion:
     )
 
 
-def reference_table(champion: Champion, prepared: list[Path]) -> pd.DataFrame:
+def reference_table(
+    champion: Champion, prepared: list[Path], more: Callable[[], pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """The champion's training customers, from the prepared tables that hold them.
+
+    Args:
+        champion: the champion.
+        prepared: the prepared tables (``paths.train``, ``paths.test``).
+        more: called only when some customers are in none of them: more prepared rows (the
+            labelled months of the continuous-training cycle: a champion the cycle kept was
+            trained on months that later retraining no longer holds).
 
     Raises:
         ChurnlabError: when some of them are in none of the tables.
@@ -155,6 +168,8 @@ def reference_table(champion: Champion, prepared: list[Path]) -> pd.DataFrame:
         )
     table = pd.concat(tables, ignore_index=True).drop_duplicates(ID_COLUMN)
     wanted = set(champion.training_ids)
+    if more is not None and not wanted <= set(table[ID_COLUMN].astype(str)):
+        table = pd.concat([table, more()], ignore_index=True).drop_duplicates(ID_COLUMN)
     reference = table[table[ID_COLUMN].astype(str).isin(wanted)].reset_index(drop=True)
     if len(reference) < len(wanted):
         shown = ", ".join(str(p) for p in prepared)
