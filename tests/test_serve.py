@@ -403,3 +403,45 @@ def test_request_rules_come_from_the_schema_alone():
         ("body.age", "a finite number"),
         ("body.plan", "a category (text)"),
     ]
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "gradient_boosting"])
+def test_numpy_scoring_equals_the_pipeline_or_is_not_used(family):
+    """Each family build_model makes is scored in numpy with the Pipeline's very
+    probabilities; a Pipeline of another shape is left to scikit-learn."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from churnlab.model import build_model, model_input
+    from churnlab.serving.models import ServedModel, check_sample, with_fast_scorer
+    from churnlab.serving.scorer import fast_scorer
+
+    rng = np.random.default_rng(7)
+    rows = 300
+    frame = pd.DataFrame(
+        {
+            "age": rng.uniform(18, 90, rows),
+            "spend": np.where(rng.random(rows) < 0.1, np.nan, rng.gamma(2.0, 50.0, rows)),
+            "plan": rng.choice(["basic", "pro", "team"], rows),
+            "region": rng.choice(["north", "south"], rows),
+        }
+    )
+    labels = (frame["plan"].eq("basic") ^ (rng.random(rows) < 0.2)).astype(int)
+    numeric, categorical = ["age", "spend"], ["plan", "region"]
+    model = build_model(numeric, categorical, family, seed=3, gradient_boosting={"max_iter": 20})
+    model.fit(model_input(frame, numeric, categorical), labels)
+    served = ServedModel("m", "1", "file", 0.5, model, numeric, categorical, "x")
+
+    checked = with_fast_scorer(served)
+    assert checked.fast is not None
+    sample = check_sample(checked.fast)
+    assert "unknown category" in set(sample["plan"]) and np.isnan(sample["spend"]).any()
+    columns = {
+        name: frame[name].to_numpy(dtype=object if name in categorical else float) for name in frame
+    }
+    assert np.array_equal(checked.scores(columns), served.pipeline_scores(columns))
+    assert np.array_equal(
+        checked.scores(columns), model.predict_proba(model_input(frame, numeric, categorical))[:, 1]
+    )
+    other = Pipeline([("scale", StandardScaler()), ("estimator", model.named_steps["estimator"])])
+    assert fast_scorer(other) is None

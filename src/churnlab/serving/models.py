@@ -63,6 +63,7 @@ def check_sample(scorer: FastScorer, rows: int = 256) -> dict[str, np.ndarray]:
     unknown, numbers from -4 to +4 standard deviations around the training mean, missing
     numbers. Drawn from the fitted model itself, not from the schema, and not at random."""
     columns: dict[str, np.ndarray] = {}
+    rows = max([rows, *(len(known) + 1 for known in scorer.categories)])  # each category once
     step = np.arange(rows)
     spread = np.linspace(-4.0, 4.0, rows)
     for index, name in enumerate(scorer.numeric):
@@ -73,7 +74,8 @@ def check_sample(scorer: FastScorer, rows: int = 256) -> dict[str, np.ndarray]:
         columns[name] = values
     for index, (name, known) in enumerate(zip(scorer.categorical, scorer.categories, strict=True)):
         choices = np.array([*known, "unknown category"], dtype=object)
-        columns[name] = choices[(step * (index + 2) + index) % len(choices)]
+        # every value in turn, each column shifted so that the rows mix categories
+        columns[name] = choices[(step + 3 * index) % len(choices)]
     return columns
 
 
