@@ -77,7 +77,7 @@ def _numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         numbers = series.astype("float64").to_numpy()
         return numbers, np.isinf(numbers)
     text = _as_text(series)
-    values = pa.array(text.astype("str").to_numpy(na_value=None), type=pa.string())
+    values = pa.array(text, type=pa.string())  # blanks (missing) become nulls
     parses = pc.fill_null(pc.match_substring_regex(values, NUMBER), False)
     parsed = pc.cast(pc.if_else(parses, values, pa.scalar(None, pa.string())), pa.float64())
     numbers = parsed.to_numpy(zero_copy_only=False)
