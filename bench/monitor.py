@@ -78,7 +78,7 @@ def tilt_weights(values: np.ndarray, size: float) -> np.ndarray:
     A covariate shift: more of the customers with high values, each with their own label, so
     the chance of churn given a customer does not change (what CBPE assumes). The
     ``numeric_shift`` scenario instead moves the values of the same customers and keeps their
-    labels: a customer with 0.2 sd more tenure leaves as before, which the model cannot know.
+    labels: a customer whose value rose by 0.2 sd leaves as before, which the model cannot know.
     Weights ``exp(t z)`` (exponential tilting of the standardised values), ``t`` solved for
     the shift.
     """
