@@ -13,7 +13,11 @@
 # one Pipeline, so the saved model takes raw prepared rows. The estimator family and its
 # hyper-parameters come from `params/train.yaml`. Seeded, stratified K-fold cross-validation
 # on the training split gives an honest estimate and the out-of-fold scores from which the
-# evaluate stage picks its decision threshold.
+# evaluate stage picks its decision threshold. With `train.calibration` (`sigmoid` or
+# `isotonic`) the estimator's scores are calibrated on held-out folds of the training split,
+# so that a score of 0.3 means 30 leavers in 100: the monitor estimates recall and precision
+# of months without labels from them. Cross-validation then runs the calibration inside each
+# fold too, so the out-of-fold scores are calibrated the same way, on customers not seen.
 
 # %%
 from churnlab.notebook import stage_params
@@ -30,6 +34,7 @@ paths_cv_metrics: str = param("paths.cv_metrics")  # output: cross-validation me
 train_seed: int = param("train.seed")  # seed of the folds and the estimator
 train_cv_folds: int = param("train.cv_folds")  # number of cross-validation folds
 train_family: str = param("train.family")  # logistic_regression or gradient_boosting
+train_calibration: str = param("train.calibration")  # none, isotonic or sigmoid
 train_logistic_regression: dict = param("train.logistic_regression")  # its hyper-parameters
 train_gradient_boosting: dict = param("train.gradient_boosting")  # its hyper-parameters
 
@@ -45,6 +50,7 @@ from churnlab.model import build_model, cross_validate, fit_model, save_model
 train = pd.read_parquet(paths_train)
 numeric, categorical = feature_columns(train)
 model = build_model(numeric, categorical, train_family, train_seed,
+                    calibration=train_calibration, calibration_folds=train_cv_folds,
                     logistic_regression=train_logistic_regression,
                     gradient_boosting=train_gradient_boosting)
 print(model)

@@ -40,11 +40,21 @@ def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("family", ["logistic_regression", "gradient_boosting"])
-def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family):
+@pytest.mark.parametrize(
+    ("family", "calibration"),
+    [
+        ("logistic_regression", "none"),
+        ("gradient_boosting", "none"),
+        ("gradient_boosting", "sigmoid"),
+        ("gradient_boosting", "isotonic"),
+    ],
+)
+def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family, calibration):
     table = customers()
     hyper = {"max_iter": 30} if family == "gradient_boosting" else {"C": 1.0}
-    model = build_model(NUMERIC, CATEGORICAL, family, seed=1, **{family: hyper})
+    model = build_model(
+        NUMERIC, CATEGORICAL, family, seed=1, calibration=calibration, **{family: hyper}
+    )
     folds, oof = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 3, 1)
     assert len(folds) == 3 and oof.shape == (len(table),) and ((0 <= oof) & (oof <= 1)).all()
     fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
@@ -79,6 +89,71 @@ def test_a_model_file_with_an_untrusted_type_does_not_load(tmp_path):
     assert "pandas._libs.tslibs.timestamps.Timestamp" not in TRUSTED_TYPES
 
 
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed churn rate - mean score| over score deciles, weighted by their size."""
+    edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
+    band = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, bins - 1)
+    return float(
+        sum(
+            np.mean(band == b) * abs(labels[band == b].mean() - scores[band == b].mean())
+            for b in np.unique(band)
+        )
+    )
+
+
+def test_calibration_lowers_the_calibration_error_on_held_out_customers():
+    """An over-confident model (few trees, large steps, small leaves, 600 customers) scores
+    4,000 customers it never saw; its calibrated versions are far closer to the truth."""
+    train, held = customers(600, seed=1), customers(4000, seed=2)
+    features = {"numeric": NUMERIC, "categorical": CATEGORICAL}
+    labels = held[TARGET_COLUMN].to_numpy()
+    errors = {}
+    for calibration in ("none", "sigmoid", "isotonic"):
+        model = build_model(
+            NUMERIC,
+            CATEGORICAL,
+            "gradient_boosting",
+            seed=1,
+            calibration=calibration,
+            calibration_folds=3,
+            gradient_boosting={"max_iter": 40, "learning_rate": 0.5, "min_samples_leaf": 5},
+        )
+        fitted = fit_model(model, train, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+        errors[calibration] = expected_calibration_error(
+            labels, predict_scores(fitted, held, features)
+        )
+    assert errors["none"] > 0.08, errors  # the over-confidence to correct is there
+    assert errors["sigmoid"] < errors["none"] / 2, errors
+    assert errors["isotonic"] < errors["none"] / 2, errors
+
+
+def test_the_calibrated_model_ranks_as_the_uncalibrated_one():
+    """sigmoid calibration (ensemble=False) maps the one estimator's scores monotonically:
+    the same order of customers, so the same ROC AUC, on new customers."""
+    from sklearn.metrics import roc_auc_score
+
+    train, held = customers(400, seed=3), customers(600, seed=4)
+    features = {"numeric": NUMERIC, "categorical": CATEGORICAL}
+    scores = {}
+    for calibration in ("none", "sigmoid"):
+        model = build_model(
+            NUMERIC,
+            CATEGORICAL,
+            "gradient_boosting",
+            seed=1,
+            calibration=calibration,
+            calibration_folds=3,
+            gradient_boosting={"max_iter": 30},
+        )
+        fitted = fit_model(model, train, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+        scores[calibration] = predict_scores(fitted, held, features)
+    labels = held[TARGET_COLUMN].to_numpy()
+    assert not np.allclose(scores["none"], scores["sigmoid"])
+    assert roc_auc_score(labels, scores["sigmoid"]) == pytest.approx(
+        roc_auc_score(labels, scores["none"]), abs=1e-12
+    )
+
+
 @pytest.mark.parametrize(
     ("family", "hyper", "message"),
     [
@@ -93,6 +168,15 @@ def test_a_model_file_with_an_untrusted_type_does_not_load(tmp_path):
 def test_bad_model_params_are_named(family, hyper, message):
     with pytest.raises(ChurnlabError, match=message):
         build_model(NUMERIC, CATEGORICAL, family, seed=1, **{family: hyper})
+
+
+def test_an_unknown_calibration_is_named():
+    with pytest.raises(
+        ChurnlabError,
+        match=r"params/train.yaml: train.calibration: expected one of 'none', 'isotonic', "
+        r"'sigmoid', found 'platt'",
+    ):
+        build_model(NUMERIC, CATEGORICAL, "gradient_boosting", seed=1, calibration="platt")
 
 
 def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
@@ -111,8 +195,10 @@ def test_more_folds_than_leavers_in_training_is_a_clear_error():
         cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 5, 1)
 
 
-def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path):
-    """Same data, seed and params give the same bytes on a machine with other cores."""
+@pytest.mark.parametrize("calibration", ["none", "sigmoid"])
+def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path, calibration):
+    """Same data, seed and params give the same bytes on a machine with other cores (a
+    calibrated model holds its estimator one level down)."""
     import subprocess
     import sys
 
@@ -122,7 +208,7 @@ def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path):
         "from churnlab.data import TARGET_COLUMN;"
         "from churnlab.model import build_model, fit_model, save_model;"
         "m = build_model(NUMERIC, CATEGORICAL, 'gradient_boosting', 1,"
-        " gradient_boosting={'max_iter': 20});"
+        f" calibration={calibration!r}, gradient_boosting={{'max_iter': 20}});"
         "f = fit_model(m, customers(200), NUMERIC, CATEGORICAL, TARGET_COLUMN);"
         "save_model(f, {}, Path(sys.argv[1]) / 'model.skops', Path(sys.argv[1]) / 'f.json')"
     )

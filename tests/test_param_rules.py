@@ -55,6 +55,13 @@ def test_the_projects_own_params_pass():
             "params/train.yaml: train.cv_folds: expected an integer from 2 to 20, found 2000",
         ),
         (
+            "params/train.yaml",
+            "train.calibration",
+            "platt",
+            "params/train.yaml: train.calibration: expected one of 'none', 'isotonic', "
+            "'sigmoid', found 'platt'",
+        ),
+        (
             "params/prepare.yaml",
             "prepare.sample_rows",
             "abc",

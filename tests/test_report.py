@@ -88,7 +88,7 @@ def page_context(scored, group_name=PAYLOAD, currency="$"):
             "numeric": ["months"],
             "categorical": ["plan"],
         },
-        "model": {"family": "gradient_boosting", "cv_folds": 5},
+        "model": {"family": "gradient_boosting", "calibration": "sigmoid", "cv_folds": 5},
         "notebooks": [{"stage": "explore", "title": "Explore", "href": "notebooks/x.html"}],
         "figures": figures(labels, scores, 0.5, 0.1, performance, plot_tables(labels, scores, 0.5)),
     }

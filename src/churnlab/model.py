@@ -26,6 +26,10 @@ FAMILIES = {
     "gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
 }
 
+# How the estimator's probabilities are calibrated (train.calibration): not at all, or by
+# scikit-learn's CalibratedClassifierCV with that method on held-out folds of the training split
+CALIBRATIONS = ("none", "isotonic", "sigmoid")
+
 # The only types a saved model may contain; skops refuses anything else when loading.
 TRUSTED_TYPES = [
     "numpy.dtype",
@@ -47,6 +51,12 @@ TRUSTED_TYPES = [
     "sklearn._loss.link.Interval",
     "sklearn._loss._loss.CyHalfBinomialLoss",
     "collections.OrderedDict",
+    # a calibrated model (train.calibration): the wrapper, its folds and its calibrators
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.model_selection._split.StratifiedKFold",
 ]
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -57,6 +67,8 @@ def build_model(
     categorical: list[str],
     family: str,
     seed: int,
+    calibration: str = "none",
+    calibration_folds: int = 5,
     **hyperparams_by_family: dict,
 ) -> Pipeline:
     """Preprocessing and estimator in one Pipeline.
@@ -64,16 +76,30 @@ def build_model(
     Args:
         numeric, categorical: the feature columns.
         family: ``logistic_regression`` or ``gradient_boosting`` (``train.family``).
-        seed: the estimator's seed.
+        seed: the estimator's seed, and the seed of the calibration folds.
+        calibration: ``none``, ``isotonic`` or ``sigmoid`` (``train.calibration``). Otherwise
+            the estimator is wrapped in ``CalibratedClassifierCV`` (``ensemble=False``): one
+            estimator fitted on all rows, as without calibration, whose scores are mapped by
+            a calibrator fitted on its out-of-fold scores over ``calibration_folds`` seeded
+            stratified folds. The monitor's estimated recall and precision (CBPE) take the
+            scores for probabilities; uncalibrated, they are wrong on the extremes.
+        calibration_folds: the folds of the calibration (``train.cv_folds``).
         hyperparams_by_family: each family's hyper-parameters as ``params/train.yaml`` holds
             them (``gradient_boosting={"max_iter": 200, ...}``); those of ``family`` are used.
 
     Raises:
-        ChurnlabError: an unknown family or a hyper-parameter the estimator does not take.
+        ChurnlabError: an unknown family or calibration, or a hyper-parameter the estimator
+            does not take.
     """
     if family not in FAMILIES:
         raise ChurnlabError(
             f"params/train.yaml train.family: '{family}' is not one of {sorted(FAMILIES)}"
+        )
+    if calibration not in CALIBRATIONS:
+        raise ChurnlabError(
+            "params/train.yaml: train.calibration: expected one of "
+            f"{', '.join(map(repr, CALIBRATIONS))}, "
+            f"found {calibration!r}"
         )
     hyperparams = hyperparams_by_family.get(family) or {}
     from sklearn.compose import ColumnTransformer
@@ -110,7 +136,14 @@ def build_model(
         ],
         verbose_feature_names_out=False,
     )
-    return Pipeline([("preprocess", preprocess), ("estimator", estimator_class(**options))])
+    estimator = estimator_class(**options)
+    if calibration != "none":
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(n_splits=calibration_folds, shuffle=True, random_state=seed)
+        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=folds, ensemble=False)
+    return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
 
 
 def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str]):
@@ -233,8 +266,11 @@ def _without_thread_count(model: Pipeline) -> Pipeline:
     import copy
 
     model = copy.deepcopy(model)
-    for _, step in model.steps:
-        mapper = getattr(step, "_bin_mapper", None)
+    estimators = [step for _, step in model.steps]
+    for step in list(estimators):  # a calibrated model holds its estimator one level down
+        estimators += [c.estimator for c in getattr(step, "calibrated_classifiers_", [])]
+    for estimator in estimators:
+        mapper = getattr(estimator, "_bin_mapper", None)
         if mapper is not None:
             mapper.n_threads = None
     return model

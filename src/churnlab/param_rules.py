@@ -73,7 +73,7 @@ def rules() -> dict[str, Rule]:
     promotion metrics) are taken from there, so that each is written once.
     """
     from churnlab.evaluation import GATES, THRESHOLD_RULES
-    from churnlab.model import FAMILIES
+    from churnlab.model import CALIBRATIONS, FAMILIES
 
     text_list = ListOf(Text())
     gate_range = {name: SHARE for name in GATES}
@@ -124,6 +124,7 @@ def rules() -> dict[str, Rule]:
                     "the estimate and multiplies the run time",
                 ),
                 "family": Text(tuple(FAMILIES)),
+                "calibration": Text(CALIBRATIONS),
                 # other hyper-parameters: the estimator's own names, checked by build_model
                 "logistic_regression": OpenMapping(
                     Anything(), C=Number(0, low_open=True), max_iter=Integer(1, 100_000)

@@ -204,6 +204,7 @@ def build_context(root: Path) -> dict[str, Any]:
         },
         "model": {
             "family": str(get_key(params, "train.family", "params/train.yaml")),
+            "calibration": str(get_key(params, "train.calibration", "params/train.yaml")),
             "cv_folds": int(cv["folds"]),
         },
         "notebooks": notebooks,
