@@ -23,6 +23,7 @@ from churnlab.param_types import (
     SEED,
     SHARE,
     Anything,
+    EnvironmentName,
     Flag,
     Integer,
     ListOf,
@@ -48,6 +49,9 @@ SCENARIO_KINDS = (
     "blank_column",
     "new_category",
 )
+# what `churnlab cycle` tells people about, and the webhook formats (churnlab.cycle.notify)
+NOTIFY_EVENTS = ("drift_alert", "quality_failure", "retrain", "promotion", "kept_champion")
+NOTIFY_FORMATS = ("slack", "teams")
 MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -60,6 +64,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "notify": "churnlab cycle (its messages) and churnlab schedule",
 }
 
 
@@ -233,6 +238,17 @@ def rules() -> dict[str, Rule]:
                         ),
                     }
                 ),
+            }
+        ),
+        "notify": Section(
+            {
+                "url_variable": EnvironmentName(),
+                "format": Text(NOTIFY_FORMATS),
+                "timeout": Number(0, 120, low_open=True),
+                "attempts": Integer(1, 10),
+                "backoff": Number(0, 60),
+                "report_url": Nullable(Text(hint="an http(s) address where reports/ is served")),
+                "events": ListOf(Text(NOTIFY_EVENTS)),
             }
         ),
     }

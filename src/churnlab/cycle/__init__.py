@@ -1,0 +1,1 @@
+"""The continuous-training cycle: decide, retrain, promote, record, notify."""
