@@ -22,7 +22,7 @@ TOKEN_PATH = "/services/T0000/B0000/xoxb-not-a-real-token-42"
 EVENT = {
     "kind": "drift_alert",
     "month": "2026-04",
-    "summary": "2 important features drifted: Contract <Month-to-month> & tenure",
+    "summary": "2 important features drifted: plan <monthly> & age",
     "numbers": {"drift score": 0.412345, "drifted features": 2, "realised recall": None},
     "report": "reports/monitoring.html",
 }
@@ -104,7 +104,7 @@ def test_a_slack_message_says_what_happened_with_its_numbers_and_report(settings
     }
     # Slack reads <, > and & as markup: the summary arrives escaped
     assert blocks[1]["text"]["text"] == (
-        "2 important features drifted: Contract &lt;Month-to-month&gt; &amp; tenure"
+        "2 important features drifted: plan &lt;monthly&gt; &amp; age"
     )
     assert blocks[2]["text"]["text"].splitlines() == [
         "*drift score*: 0.4123",

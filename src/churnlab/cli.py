@@ -227,6 +227,72 @@ def _monitor(args) -> None:
         )
 
 
+def _schedule(args) -> None:
+    from churnlab.cycle.schedule import cron_line, month_of, systemd_units, write_units
+
+    root = project_root()
+    if args.install == "cron":
+        print(cron_line(root))
+        print(
+            "[schedule] add it to your crontab: (crontab -l; bin/churnlab schedule --install "
+            "cron) | crontab -   (set the webhook's variable at the top of the crontab)",
+            file=sys.stderr,
+        )
+        return
+    if args.install == "systemd":
+        folder = Path(args.unit_dir).expanduser()
+        written = write_units(systemd_units(root), folder)
+        print(
+            f"[schedule] wrote {', '.join(str(p) for p in written)}; start the timer with\n"
+            "  systemctl --user daemon-reload && systemctl --user enable --now "
+            f"{written[-1].name}",
+            file=sys.stderr,
+        )
+        return
+    from datetime import date
+
+    from churnlab.cycle.schedule import run_due
+
+    try:
+        today = date.fromisoformat(args.today) if args.today else date.today()
+    except ValueError:
+        raise ChurnlabError(
+            f"--today: expected a date as YYYY-MM-DD (2026-03-01), found {args.today!r}"
+        ) from None
+    done, batches, reference_month, run = _cycle_state(root, today)
+    due = run_due(today, run, done, batches, reference_month)
+    if not due:
+        last = max([reference_month, *done])
+        print(
+            f"[schedule] nothing due on {today}: the last month done is {last}, and no later "
+            f"batch up to {month_of(today)} is there",
+            file=sys.stderr,
+        )
+
+
+def _cycle_state(root, today):
+    """What the schedule needs from the cycle: months done, batches, and the cycle itself."""
+    from churnlab.cycle.decisions import read_log
+    from churnlab.cycle.notify import notifier
+    from churnlab.cycle.run import run_cycle
+    from churnlab.monitoring.months import MONITOR_FILE, batch_months
+    from churnlab.param_rules import check_params
+
+    check_params(root)
+    params = load_params(root)
+    log = root / get_key(params, "cycle.log", "params/cycle.yaml")
+    done = [decision["month"] for decision in read_log(log)]
+    batches = batch_months(root / get_key(params, "monitor.batches", MONITOR_FILE))
+    reference_month = get_key(params, "monitor.reference_month", MONITOR_FILE)
+    notify = notifier(params)
+
+    def run(month: str) -> None:
+        print(f"[schedule] {month} is due: churnlab cycle {month}", file=sys.stderr)
+        run_cycle(root, month, clock=lambda: today, notify=notify)
+
+    return done, batches, reference_month, run
+
+
 def _server(args) -> None:
     from churnlab.tracking import server
 
@@ -317,6 +383,22 @@ def main(argv: list[str] | None = None) -> int:
         "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
+    schedule = commands.add_parser(
+        "schedule",
+        help="run the cycle for every month that is due (or --install a daily cron/systemd job)",
+    )
+    schedule.add_argument(
+        "--install",
+        choices=["cron", "systemd"],
+        help="print the crontab line, or write a systemd user timer and service",
+    )
+    schedule.add_argument(
+        "--unit-dir",
+        default="~/.config/systemd/user",
+        help="where --install systemd writes its units (~/.config/systemd/user)",
+    )
+    schedule.add_argument("--today", metavar="YYYY-MM-DD", help="the clock's date (default: today)")
+    schedule.set_defaults(handler=_schedule)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

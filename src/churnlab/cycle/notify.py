@@ -3,7 +3,7 @@
 An event is a mapping the cycle hands to the notifier::
 
     {"kind": "drift_alert", "month": "2026-04",
-     "summary": "3 features drifted (Contract, tenure, MonthlyCharges)",
+     "summary": "2 important features drifted: retraining on the last 6 months",
      "numbers": {"drift score": 0.41, "realised recall": 0.62},
      "report": "reports/monitoring.html"}
 
