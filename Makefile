@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor cycle history
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -94,3 +94,10 @@ distclean: clean ## clean, and remove .venv too
 
 monitor: setup ## judge every month in data/batches against the champion: verdicts and metrics.prom in monitoring/, page reports/monitoring.html
 	$(BIN)/churnlab monitor --all
+
+cycle: setup ## one month of continuous training (MONTH=YYYY-MM): monitor, decide, retrain, promote, record
+	@test -n "$(MONTH)" || { echo "error: MONTH: name the month, e.g. make cycle MONTH=2026-03" >&2; exit 2; }
+	$(BIN)/churnlab cycle $(MONTH)
+
+history: setup ## the cycle's decision log as a table (monitoring/decisions.jsonl)
+	$(BIN)/churnlab history

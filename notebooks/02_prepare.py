@@ -23,6 +23,7 @@ param = stage_params("prepare")
 paths_raw: str = param("paths.raw")  # raw customer table, written by the fetch stage
 paths_train: str = param("paths.train")  # output: training split
 paths_test: str = param("paths.test")  # output: test split
+paths_cycle_training: str = param("paths.cycle_training")  # labelled months for training (cycle)
 paths_prepare_summary: str = param("paths.prepare_summary")  # output: rows and churn rates
 schema: dict = param("schema")  # the data description (params/data.yaml)
 prepare_seed: int = param("prepare.seed")  # split seed
@@ -42,6 +43,7 @@ train, test, spec = load_prepared(
     schema,
     {"seed": prepare_seed, "test_size": prepare_test_size,
      "fill_missing": prepare_fill_missing, "sample_rows": prepare_sample_rows},
+    months=Path(paths_cycle_training),
 )
 
 # %% [markdown]

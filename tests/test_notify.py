@@ -226,3 +226,24 @@ def test_a_url_pasted_into_params_is_refused_and_not_repeated(params):
     message = str(caught.value)
     assert message.startswith("params/notify.yaml: notify.url_variable: expected the name of")
     assert "hooks.example" not in message and TOKEN_PATH not in message
+
+
+def test_the_cycles_own_events_read_as_messages(settings):
+    from churnlab.cycle.run import _event
+
+    verdict = {
+        "alerts": {"quality": False, "feature_drift": True, "prediction_drift": True, "any": True}
+    }
+    events = [
+        _event("drift_alert", "2026-04", "the month drifted", verdict=verdict),
+        _event("kept_champion", "2026-04", "no rule fired", rule="none"),
+    ]
+    with Receiver() as hook:
+        for event in events:
+            assert send(event, settings, {VARIABLE: hook.url}) is None
+    drift, kept = hook.messages()
+    assert drift["blocks"][0]["text"]["text"] == "churnlab: Drift alert (2026-04)"
+    assert drift["blocks"][2]["text"]["text"] == "*alerts*: feature_drift, prediction_drift"
+    assert "reports/monitoring.html" in drift["blocks"][3]["elements"][0]["text"]
+    assert kept["text"] == "churnlab: Champion kept (2026-04): no rule fired"
+    assert kept["blocks"][2]["text"]["text"] == "*rule*: none"

@@ -227,6 +227,41 @@ def _monitor(args) -> None:
         )
 
 
+def _cycle(args) -> None:
+    from churnlab.cycle.notify import notifier
+    from churnlab.cycle.run import run_cycle
+
+    root = project_root()
+    decision = run_cycle(root, args.month, notify=notifier(load_params(root)))
+    record = decision.record
+    if decision.already_done:
+        print(
+            f"[cycle] {record['month']}: already done ({record['outcome']}, rule "
+            f"{record['rule']}); nothing changed",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"[cycle] {record['month']}: {record['outcome']} (rule {record['rule']}; champion "
+        f"v{record['champion_before']['version']} -> v{record['champion_after']['version']}): "
+        f"{record['reason']}",
+        file=sys.stderr,
+    )
+
+
+def _history(args) -> None:
+    from churnlab.cycle.decisions import history_table, read_log
+    from churnlab.cycle.rule import CYCLE_FILE
+
+    root = project_root()
+    log = get_key(load_params(root), "cycle.log", CYCLE_FILE)
+    decisions = read_log(root / log)
+    if not decisions:
+        print(f"[history] {log}: no decision yet (run `churnlab cycle MONTH`)", file=sys.stderr)
+        return
+    print(history_table(decisions, width=args.width))
+
+
 def _schedule(args) -> None:
     from churnlab.cycle.schedule import cron_line, month_of, systemd_units, write_units
 
@@ -272,6 +307,8 @@ def _schedule(args) -> None:
 
 def _cycle_state(root, today):
     """What the schedule needs from the cycle: months done, batches, and the cycle itself."""
+    from datetime import UTC, datetime
+
     from churnlab.cycle.decisions import read_log
     from churnlab.cycle.notify import notifier
     from churnlab.cycle.run import run_cycle
@@ -288,7 +325,8 @@ def _cycle_state(root, today):
 
     def run(month: str) -> None:
         print(f"[schedule] {month} is due: churnlab cycle {month}", file=sys.stderr)
-        run_cycle(root, month, clock=lambda: today, notify=notify)
+        now = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        run_cycle(root, month, clock=lambda: now, notify=notify)
 
     return done, batches, reference_month, run
 
@@ -383,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
         "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
+    cycle = commands.add_parser(
+        "cycle",
+        help="one month of continuous training: monitor, decide, retrain, promote, record "
+        "(params/cycle.yaml)",
+    )
+    cycle.add_argument("month", metavar="MONTH", help="the month whose batch came in, YYYY-MM")
+    cycle.set_defaults(handler=_cycle)
+    history = commands.add_parser("history", help="the cycle's decision log as a table")
+    history.add_argument("--width", type=int, default=70, help="characters of each reason")
+    history.set_defaults(handler=_history)
     schedule = commands.add_parser(
         "schedule",
         help="run the cycle for every month that is due (or --install a daily cron/systemd job)",

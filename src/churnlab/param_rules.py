@@ -64,6 +64,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "cycle": "churnlab cycle and churnlab history",
     "notify": "churnlab cycle (its messages) and churnlab schedule",
 }
 
@@ -236,6 +237,30 @@ def rules() -> dict[str, Rule]:
                                 optional=frozenset({"months", "category", "size"}),
                             )
                         ),
+                    }
+                ),
+            }
+        ),
+        "cycle": Section(
+            {
+                "log": Text(hint="a file of the project"),
+                "window": Integer(1, 120),
+                "retrain": Section(
+                    {
+                        "realised_margin": SHARE,
+                        "estimated_margin": SHARE,
+                        "drifted_features": Integer(1),
+                        "max_age_days": Integer(1),
+                    }
+                ),
+                "promote": Section(
+                    {
+                        "holdout": FRACTION,
+                        "better_by": Number(-1, 1),
+                        "test_margin": SHARE,
+                        "bootstrap_samples": Integer(50, 100_000),
+                        "confidence": FRACTION,
+                        "seed": SEED,
                     }
                 ),
             }

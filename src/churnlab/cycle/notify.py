@@ -1,16 +1,17 @@
 """Telling people what the cycle did: one short message per event to an incoming webhook.
 
-An event is a mapping the cycle hands to the notifier::
+An event is the mapping ``churnlab.cycle.run`` hands to the notifier::
 
-    {"kind": "drift_alert", "month": "2026-04",
-     "summary": "2 important features drifted: retraining on the last 6 months",
-     "numbers": {"drift score": 0.41, "realised recall": 0.62},
-     "report": "reports/monitoring.html"}
+    {"event": "drift_alert", "month": "2026-04",
+     "summary": "2 important features drifted: ...",
+     "alerts": {"feature_drift": true, "performance": false, ...},
+     "rule": "feature_drift", "report": "reports/monitoring.html"}
 
-``kind`` is one of :data:`EVENT_KINDS`; ``summary`` says what happened in a sentence,
-``numbers`` the key figures, ``report`` the page to open (a path in the project, turned into
-a link with ``notify.report_url``). Slack's and Microsoft Teams' incoming-webhook formats are
-both built from it (``notify.format``).
+``event`` (or ``kind``) is one of :data:`EVENT_KINDS`; ``summary`` says what happened in a
+sentence; the other fields are the key figures (``numbers``, when given, holds them instead;
+a mapping of flags is shown as the names that are true); ``report`` is the page to open (a
+path in the project, turned into a link with ``notify.report_url``). Slack's and Microsoft
+Teams' incoming-webhook formats are both built from it (``notify.format``).
 
 The webhook's URL is a secret (whoever has it can post to the channel): it is read from the
 environment variable that ``notify.url_variable`` names, never from params, and it never
@@ -88,7 +89,21 @@ def _figure(value: Any) -> str:
         return "n/a" if value is None else ("yes" if value else "no")
     if isinstance(value, float):
         return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    if isinstance(value, Mapping):
+        if all(isinstance(v, bool) for v in value.values()):  # flags: the ones raised
+            return ", ".join(str(k) for k, v in value.items() if v and k != "any") or "none"
+        return ", ".join(f"{k} {_figure(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_figure(v) for v in value) or "none"
     return str(value)
+
+
+# the fields of an event that are not figures
+_FRAME = frozenset({"event", "kind", "month", "summary", "report", "numbers"})
+
+
+def event_kind(event: Mapping[str, Any]) -> str:
+    return str(event.get("event") or event.get("kind") or "")
 
 
 def report_link(report: str | None, report_url: str | None) -> str | None:
@@ -103,13 +118,16 @@ def report_link(report: str | None, report_url: str | None) -> str | None:
 
 def describe(event: Mapping[str, Any], report_url: str | None = None) -> dict[str, Any]:
     """What a message says, in either format: title, sentence, figures and link."""
-    kind = str(event.get("kind", "event"))
+    kind = event_kind(event) or "event"
     month = event.get("month")
     title = EVENT_KINDS.get(kind, kind.replace("_", " ").capitalize())
+    numbers = event.get("numbers")
+    if numbers is None:
+        numbers = {k: v for k, v in event.items() if k not in _FRAME}
     return {
         "title": f"churnlab: {title}" + (f" ({month})" if month else ""),
         "summary": str(event.get("summary") or title),
-        "facts": [(str(k), _figure(v)) for k, v in dict(event.get("numbers") or {}).items()],
+        "facts": [(str(k).replace("_", " "), _figure(v)) for k, v in dict(numbers).items()],
         "link": report_link(event.get("report"), report_url),
     }
 
@@ -269,7 +287,7 @@ def send(
         also printed on stderr, for the cycle's decision log.
     """
     environ = os.environ if environ is None else environ
-    kind = str(event.get("kind", ""))
+    kind = event_kind(event)
     if kind not in settings.events:
         return None
     url = environ.get(settings.url_variable, "").strip()

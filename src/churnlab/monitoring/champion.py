@@ -58,8 +58,9 @@ def _input_columns(model) -> tuple[list[str], list[str]]:
     return columns.get("numeric", []), columns.get("categorical", [])
 
 
-def load_champion(root: Path) -> Champion:
-    """The ``champion`` of the registered model, with its threshold and training ids.
+def load_champion(root: Path, alias: str = "champion") -> Champion:
+    """The ``champion`` of the registered model (or the version another ``alias`` names),
+    with its threshold and training ids.
 
     Raises:
         ChurnlabError: no champion yet (say what to run), or a champion without the
@@ -76,10 +77,10 @@ def load_champion(root: Path) -> Champion:
     client = mlflow.MlflowClient(settings.uri)
     try:
         with store_lock(settings.uri):
-            version = client.get_model_version_by_alias(name, "champion")
+            version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise ChurnlabError(
-            f"params/tracking.yaml: tracking.registered_model: no champion of '{name}' in "
+            f"params/tracking.yaml: tracking.registered_model: no {alias} of '{name}' in "
             f"{display_uri(settings.uri)} yet ({first_line(exc)}): run `make repro` first; its "
             "evaluate stage registers the first model as champion"
         ) from None

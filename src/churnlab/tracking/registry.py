@@ -17,6 +17,7 @@ while the stage's notebook runs; the libraries load only when called, not on imp
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 TRAINING_IDS = "training/customer_ids.parquet"  # run artifact: whom the model was trained on
 MODEL_FILE = "model.skops"  # the model inside a registered version (mlflow.sklearn, skops)
 READ_NOW = "read now"  # log_and_promote's champion: not read ahead, read it from the store
+# "hold": the register stage registers a challenger and leaves the champion to the cycle
+HOLD_PROMOTION = "CHURNLAB_PROMOTION"
 
 
 def _pinned(*names: str) -> list[str]:
@@ -388,6 +391,14 @@ def log_and_promote(
     if champion is READ_NOW:
         champion = read_champion(settings, client)
     found = _compare_with_champion(settings, champion, signature, test, inputs, scores)
+    if os.environ.get(HOLD_PROMOTION, "").strip().lower() == "hold" and champion is not None:
+        found = {  # the continuous-training cycle decides on its own evidence (its rule)
+            **found,
+            "promoted": False,
+            "outcome": "held",
+            "reason": f"{HOLD_PROMOTION}=hold: registered as challenger only; `churnlab cycle` "
+            f"decides on the champion (the stage's own comparison: {found['reason']})",
+        }
     with tempfile.TemporaryDirectory() as folder:
         ids_file = Path(folder) / TRAINING_IDS.rpartition("/")[2]
         training.to_parquet(ids_file, index=False)
