@@ -227,3 +227,42 @@ def test_the_ci_workflow_runs_make_test_and_puts_the_metrics_diff_in_the_summary
     assert (ROOT / ".ci" / "run").read_text().rstrip().splitlines()[-1] == "make test"
     assert ".venv/bin/dvc metrics diff --md origin/main" in lines
     assert '} >> "$GITHUB_STEP_SUMMARY"' in lines
+
+
+def _scheduled_project(folder: Path, done: list[str], batches: list[str]) -> Path:
+    """A project's params and dvc.yaml, a decision log of ``done`` and empty batch files."""
+    from conftest import DEFAULTS
+
+    shutil.copytree(DEFAULTS / "params", folder / "params")
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
+    params = {**yaml.safe_load((folder / "params" / "cycle.yaml").read_text())}
+    log = folder / params["cycle"]["log"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(json.dumps({"month": m}) + "\n" for m in done))
+    (folder / "data" / "batches").mkdir(parents=True)
+    for month in batches:
+        (folder / "data" / "batches" / f"{month}.parquet").write_bytes(b"")
+    return folder
+
+
+def test_schedule_does_nothing_until_a_month_is_due_then_runs_the_cycle(
+    tmp_path, monkeypatch, capsys
+):
+    project = _scheduled_project(
+        tmp_path, ["2026-01", "2026-02"], ["2026-01", "2026-02", "2026-04"]
+    )
+    monkeypatch.chdir(project)
+    assert main(["schedule", "--today", "2026-03-31"]) == 0
+    assert "nothing due on 2026-03-31: the last month done is 2026-02" in capsys.readouterr().err
+    # 2026-04 has begun: the real cycle runs, and refuses what it finds (labels of a month
+    # it never scored), before it opens the tracking store
+    (project / "data" / "labels").mkdir()
+    (project / "data" / "labels" / "2026-02.csv").write_text("customerID,Churn\n")
+    assert main(["schedule", "--today", "2026-04-01"]) == 1
+    err = capsys.readouterr().err
+    assert "[schedule] 2026-04 is due: churnlab cycle 2026-04" in err
+    assert err.splitlines()[-1].startswith(
+        "churnlab: error: data/labels/2026-02.csv: labels of 2026-02, a month never scored"
+    )
+    assert main(["schedule", "--today", "April"]) == 1
+    assert "--today: expected a date as YYYY-MM-DD" in capsys.readouterr().err
