@@ -321,6 +321,34 @@ def test_a_small_valid_table_is_split_with_a_clear_check(tmp_path):
         check_split(train, test.assign(**{TARGET_COLUMN: 1}))
 
 
+def test_the_cycles_months_join_the_training_split_whatever_their_churn_rate(tmp_path):
+    # months of concept drift churn at their own rate: the split of the raw data is what must
+    # be stratified (prepare once refused every retraining whose months moved the rate)
+    table = pd.DataFrame(
+        {
+            "cust": [f"c{i}" for i in range(50)],
+            "months": [str(i) for i in range(50)],
+            "spend": ["1"] * 50,
+            "plan": ["basic", "pro"] * 25,
+            "region": ["north"] * 50,
+            "left": ["yes"] * 10 + ["no"] * 40,
+        }
+    )
+    table.to_csv(tmp_path / "raw.csv", index=False)
+    months = table.assign(cust=[f"2026-08-{i:06d}" for i in range(50)], left="yes")
+    months.to_csv(tmp_path / "months.csv", index=False)
+    prepare = {"seed": 1, "test_size": 0.2, "fill_missing": {}, "sample_rows": None}
+    alone, test_alone, _ = load_prepared(tmp_path / "raw.csv", SCHEMA, prepare)
+    train, test, _ = load_prepared(
+        tmp_path / "raw.csv", SCHEMA, prepare, months=tmp_path / "months.csv"
+    )
+    assert test.equals(test_alone), "the test split stays the raw data's own"
+    assert (
+        len(train) == len(alone) + 50
+        and train[TARGET_COLUMN].sum() == alone[TARGET_COLUMN].sum() + 50
+    )
+
+
 # --- the real data ------------------------------------------------------------------------
 
 

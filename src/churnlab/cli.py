@@ -331,6 +331,43 @@ def _cycle_state(root, today):
     return done, batches, reference_month, run
 
 
+def _replay(args) -> None:
+    import platform
+    import tempfile
+    from datetime import UTC, datetime
+
+    from churnlab.cycle.replay import replace_block, results_markdown, run_replay
+    from churnlab.cycle.replay_page import write_replay_outputs
+
+    root = project_root()
+    with tempfile.TemporaryDirectory(prefix="churnlab-replay-") as folder:
+        scratch = Path(args.keep).resolve() if args.keep else Path(folder)
+        if scratch.exists() and any(scratch.iterdir()):
+            raise ChurnlabError(f"--keep: {scratch}: expected an empty or new folder")
+        scratch.mkdir(parents=True, exist_ok=True)
+        result = run_replay(root, scratch, echo=lambda line: print(line, file=sys.stderr))
+    for path in write_replay_outputs(root, result):
+        print(f"[replay] {path.relative_to(root)}", file=sys.stderr)
+    settings = result["settings"]
+    text = results_markdown(
+        result["figures"],
+        {
+            "months": len(result["months"]),
+            "customers": settings.simulate["customers"],
+            "when": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work",
+            "label_lag": settings.label_lag,
+            "within_months": settings.within_months,
+        },
+    )
+    print(text)
+    if args.results:
+        target = Path(args.results)
+        body = target.read_text() if target.is_file() else ""
+        target.write_text(replace_block(body, text))
+        print(f"[replay] the acceptance figures are in {args.results}", file=sys.stderr)
+
+
 def _server(args) -> None:
     from churnlab.tracking import server
 
@@ -447,6 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     schedule.add_argument("--today", metavar="YYYY-MM-DD", help="the clock's date (default: today)")
     schedule.set_defaults(handler=_schedule)
+    replay = commands.add_parser(
+        "replay",
+        help="a simulated year through the real cycle in a scratch copy: reports/replay.html "
+        "and the acceptance figures (params/replay.yaml)",
+    )
+    replay.add_argument(
+        "--results", metavar="FILE", help="write the acceptance figures into FILE (markers)"
+    )
+    replay.add_argument(
+        "--keep", metavar="DIR", help="run the copy in DIR (new or empty) and keep it"
+    )
+    replay.set_defaults(handler=_replay)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

@@ -191,8 +191,9 @@ def load_prepared(
             are compared on the same held-out customers).
 
     Raises:
-        ChurnlabError: data that does not match the schema, or a month's customer id that is
-            also in the raw data.
+        ChurnlabError: data that does not match the schema, a split that is not disjoint and
+            stratified (:func:`check_split`), or a month's customer id that is also in the
+            raw data.
     """
     spec = TableSpec.from_params(schema)
     typed = validate_table(
@@ -201,6 +202,9 @@ def load_prepared(
     table = clean_table(typed, spec, prepare.get("fill_missing") or {})
     table = sample_rows(table, prepare.get("sample_rows"), int(prepare["seed"]))
     train, test = split_customers(table, float(prepare["test_size"]), int(prepare["seed"]))
+    # Stratification is a property of the split of the raw data: checked before the cycle's
+    # months join the training split, whose churn rate is their own (drift moves it).
+    check_split(train, test)
     if months is not None and months.is_file():
         added = clean_table(
             validate_table(read_table(months), spec, str(months)),
