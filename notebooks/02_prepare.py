@@ -36,14 +36,13 @@ from pathlib import Path
 
 from churnlab.data import ID_COLUMN, TARGET_COLUMN, churn_rate
 from churnlab.files import write_json, write_parquet
-from churnlab.split import load_prepared
+from churnlab.split import add_cycle_months, check_split, load_prepared
 
 train, test, spec = load_prepared(
     Path(paths_raw),
     schema,
     {"seed": prepare_seed, "test_size": prepare_test_size,
      "fill_missing": prepare_fill_missing, "sample_rows": prepare_sample_rows},
-    months=Path(paths_cycle_training),
 )
 
 # %% [markdown]
@@ -67,10 +66,22 @@ summary = {
 summary
 
 # %% [markdown]
-# No customer is in both splits, and the two churn rates of the raw data's split agree
-# (stratified split): `load_prepared` checked both before the continuous-training cycle's
-# labelled months, when there are any, joined the training split (their churn rate is their
-# own).
+# No customer may be in both splits, and the two churn rates must agree (stratified split).
+
+# %%
+check_split(train, test)
+
+# %% [markdown]
+# The labelled months of the continuous-training cycle (docs/cycle.md), when there are any,
+# join the training split after the check: the split and the test customers stay the raw
+# data's own.
+
+# %%
+train, cycle_rows = add_cycle_months(
+    train, test, Path(paths_cycle_training), spec, prepare_fill_missing
+)
+if cycle_rows:
+    summary["rows"]["cycle_months"] = cycle_rows
 
 # %%
 write_parquet(Path(paths_train), train)

@@ -24,7 +24,14 @@ from churnlab.data import (
     validate_table,
 )
 from churnlab.errors import ChurnlabError
-from churnlab.split import SplitPlan, check_split, check_usable, load_prepared, split_customers
+from churnlab.split import (
+    SplitPlan,
+    add_cycle_months,
+    check_split,
+    check_usable,
+    load_prepared,
+    split_customers,
+)
 
 
 def raw(**changes) -> pd.DataFrame:
@@ -321,32 +328,33 @@ def test_a_small_valid_table_is_split_with_a_clear_check(tmp_path):
         check_split(train, test.assign(**{TARGET_COLUMN: 1}))
 
 
-def test_the_cycles_months_join_the_training_split_whatever_their_churn_rate(tmp_path):
-    # months of concept drift churn at their own rate: the split of the raw data is what must
-    # be stratified (prepare once refused every retraining whose months moved the rate)
-    table = pd.DataFrame(
-        {
-            "cust": [f"c{i}" for i in range(50)],
-            "months": [str(i) for i in range(50)],
-            "spend": ["1"] * 50,
-            "plan": ["basic", "pro"] * 25,
-            "region": ["north"] * 50,
-            "left": ["yes"] * 10 + ["no"] * 40,
-        }
-    )
-    table.to_csv(tmp_path / "raw.csv", index=False)
-    months = table.assign(cust=[f"2026-08-{i:06d}" for i in range(50)], left="yes")
-    months.to_csv(tmp_path / "months.csv", index=False)
+def test_the_cycles_months_join_the_training_split_only(tmp_path):
+    def table(prefix: str, rows: int, leavers: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "cust": [f"{prefix}{i}" for i in range(rows)],
+                "months": [str(i) for i in range(rows)],
+                "spend": ["1"] * rows,
+                "plan": ["basic", "pro"] * (rows // 2),
+                "region": ["north"] * rows,
+                "left": ["yes"] * leavers + ["no"] * (rows - leavers),
+            }
+        )
+
+    raw, months = tmp_path / "raw.csv", tmp_path / "training.parquet"
+    table("c", 50, 10).to_csv(raw, index=False)
     prepare = {"seed": 1, "test_size": 0.2, "fill_missing": {}, "sample_rows": None}
-    alone, test_alone, _ = load_prepared(tmp_path / "raw.csv", SCHEMA, prepare)
-    train, test, _ = load_prepared(
-        tmp_path / "raw.csv", SCHEMA, prepare, months=tmp_path / "months.csv"
-    )
-    assert test.equals(test_alone), "the test split stays the raw data's own"
-    assert (
-        len(train) == len(alone) + 50
-        and train[TARGET_COLUMN].sum() == alone[TARGET_COLUMN].sum() + 50
-    )
+    train, test, spec = load_prepared(raw, SCHEMA, prepare)
+    same, added = add_cycle_months(train, test, months, spec, {})
+    assert same is train and added == 0  # no file: as before
+    table("m", 20, 5).to_parquet(months, index=False)
+    grown, added = add_cycle_months(train, test, months, spec, {})
+    assert added == 20 and grown.head(len(train)).equals(train)
+    assert list(grown.iloc[len(train) :][ID_COLUMN]) == [f"m{i}" for i in range(20)]
+    assert grown.iloc[len(train) :][TARGET_COLUMN].sum() == 5
+    table("c", 20, 5).to_parquet(months, index=False)  # ids the raw data has
+    with pytest.raises(ChurnlabError, match="also in the raw data"):
+        add_cycle_months(train, test, months, spec, {})
 
 
 # --- the real data ------------------------------------------------------------------------

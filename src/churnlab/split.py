@@ -174,26 +174,12 @@ def split_customers(
 
 
 def load_prepared(
-    raw_path: Path, schema: dict, prepare: dict, months: Path | None = None
+    raw_path: Path, schema: dict, prepare: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, TableSpec]:
     """Read, validate, clean, sample and split the raw file: what prepare and explore share.
 
     The pandera pass runs once per content: skipped when ``churnlab fetch`` recorded that
     these very bytes passed this schema (:func:`churnlab.data.validated_before`).
-
-    Args:
-        raw_path: the raw table (``paths.raw``).
-        schema: the data description.
-        prepare: the ``prepare`` params.
-        months: the continuous-training cycle's labelled months (``paths.cycle_training``),
-            when the file is there: checked like the raw data and added to the training
-            split only, so the test split stays the raw data's own (models of every cycle
-            are compared on the same held-out customers).
-
-    Raises:
-        ChurnlabError: data that does not match the schema, a split that is not disjoint and
-            stratified (:func:`check_split`), or a month's customer id that is also in the
-            raw data.
     """
     spec = TableSpec.from_params(schema)
     typed = validate_table(
@@ -202,21 +188,36 @@ def load_prepared(
     table = clean_table(typed, spec, prepare.get("fill_missing") or {})
     table = sample_rows(table, prepare.get("sample_rows"), int(prepare["seed"]))
     train, test = split_customers(table, float(prepare["test_size"]), int(prepare["seed"]))
-    # Stratification is a property of the split of the raw data: checked before the cycle's
-    # months join the training split, whose churn rate is their own (drift moves it).
-    check_split(train, test)
-    if months is not None and months.is_file():
-        added = clean_table(
-            validate_table(read_table(months), spec, str(months)),
-            spec,
-            prepare.get("fill_missing") or {},
-        )
-        both = sorted(set(added[ID_COLUMN].astype(str)) & set(table[ID_COLUMN].astype(str)))
-        if both:
-            raise ChurnlabError(
-                f"{months}: column '{spec.id_column}': {len(both)} customers of the cycle's "
-                f"months are also in the raw data (e.g. {both[:3]}): a month's customers need "
-                "ids of their own"
-            )
-        train = pd.concat([train, added], ignore_index=True)
     return train, test, spec
+
+
+def add_cycle_months(
+    train: pd.DataFrame, test: pd.DataFrame, months: Path, spec: TableSpec, fill_missing: dict
+) -> tuple[pd.DataFrame, int]:
+    """The training split with the continuous-training cycle's labelled months added.
+
+    The months (``paths.cycle_training``, written by ``churnlab cycle``; docs/cycle.md) are
+    checked like the raw data and go to the training split only, after the split is made
+    and checked: the test split stays the raw data's own, so the models of every cycle are
+    compared on the same held-out customers.
+
+    Returns:
+        The training split (the same object when there is no months file) and the number
+        of rows added.
+
+    Raises:
+        ChurnlabError: months that do not match the schema, or a month's customer whose id
+            is also in the raw data.
+    """
+    if not months.is_file():
+        return train, 0
+    added = clean_table(validate_table(read_table(months), spec, str(months)), spec, fill_missing)
+    known = set(train[ID_COLUMN].astype(str)) | set(test[ID_COLUMN].astype(str))
+    both = sorted(set(added[ID_COLUMN].astype(str)) & known)
+    if both:
+        raise ChurnlabError(
+            f"{months}: column '{spec.id_column}': {len(both)} customers of the cycle's "
+            f"months are also in the raw data (e.g. {both[:3]}): a month's customers need "
+            "ids of their own"
+        )
+    return pd.concat([train, added], ignore_index=True), len(added)

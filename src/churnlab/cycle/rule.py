@@ -193,9 +193,8 @@ def paired_difference(
         (the interval of the difference); the numbers are None when the customers hold one
         class only.
     """
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
+    labels = np.asarray(labels).astype(int)
+    champion, challenger = np.asarray(champion, float), np.asarray(challenger, float)
     found: dict[str, Any] = {"customers": int(len(labels))}
     if len(set(labels.tolist())) < 2:
         return {**found, **dict.fromkeys(("champion", "challenger", "difference", "low", "high"))}
@@ -203,15 +202,13 @@ def paired_difference(
     differences = []
     for _ in range(samples):
         pick = rng.integers(0, len(labels), len(labels))
-        if labels[pick].min() == labels[pick].max():
-            continue  # one class only: no AUC for this resample
         truth = labels[pick]
-        differences.append(
-            roc_auc_score(truth, challenger[pick]) - roc_auc_score(truth, champion[pick])
-        )
+        if truth.min() == truth.max():
+            continue  # one class only: no AUC for this resample
+        differences.append(roc_auc(truth, challenger[pick]) - roc_auc(truth, champion[pick]))
     tail = (1 - confidence) / 2
     low, high = np.quantile(differences, [tail, 1 - tail])
-    a, b = roc_auc_score(labels, champion), roc_auc_score(labels, challenger)
+    a, b = roc_auc(labels, champion), roc_auc(labels, challenger)
     return {
         **found,
         "champion": float(a),
@@ -220,6 +217,18 @@ def paired_difference(
         "low": float(low),
         "high": float(high),
     }
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC from ranks (Mann-Whitney U, ties averaged): what scikit-learn gives, without
+    its input checks, which dominate thousands of small resamples."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    positives = labels == 1
+    n1 = int(positives.sum())
+    n0 = len(labels) - n1
+    return float((ranks[positives].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def promotion_verdict(

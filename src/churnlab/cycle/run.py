@@ -30,6 +30,7 @@ from churnlab.cycle.decisions import (
     LOCK,
     append_decision,
     clear_journal,
+    decision_line,
     read_journal,
     read_log,
     write_journal,
@@ -202,19 +203,24 @@ def _champion_facts(root: Path, champion, log: list[dict], today: date) -> dict:
     with store_lock(settings.uri):
         metrics = client.get_run(champion.run_id).data.metrics
         created = client.get_model_version(champion.name, str(champion.version))
-    born = None
-    for line in log:  # a model the cycle promoted was born on that cycle's date
-        if line["outcome"] == "promoted" and line["champion_after"]["version"] == champion.version:
-            born = date.fromisoformat(line["date"])
-    if born is None:
-        born = datetime.fromtimestamp(created.creation_timestamp / 1000, UTC).date()
+    registered = datetime.fromtimestamp(created.creation_timestamp / 1000, UTC).date()
     return {
         "version": champion.version,
         "run_id": champion.run_id,
         "roc_auc": metrics.get("test.roc_auc"),
         "recall": metrics.get("test.recall"),
-        "age_days": max((today - born).days, 0),
+        "age_days": _champion_age(champion.version, log, today, registered),
     }
+
+
+def _champion_age(version: int, log: list[dict], today: date, registered: date) -> int:
+    """Days since the champion was trained: since the cycle that promoted it (its date, from
+    the cycle's clock), else since it was registered."""
+    born = registered
+    for line in log:
+        if line["outcome"] == "promoted" and line["champion_after"]["version"] == version:
+            born = date.fromisoformat(line["date"])
+    return max((today - born).days, 0)
 
 
 def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, notify):
@@ -435,6 +441,7 @@ def _complete(root: Path, month: str, today: date, notify: Notify | None) -> Dec
         journal = {**journal, "step": "recording", "record": record}
         write_journal(root, journal)
     append_decision(log_path, record)
+    record = json.loads(decision_line(record))  # as the log holds it
     clear_journal(root)
     _rebuild_monitoring(root)
     if record["outcome"] == "promoted":

@@ -50,3 +50,24 @@ def month_files(root: Path, batches: str, labels: str, month: str) -> tuple[Path
 def prepared_rows(raw: pd.DataFrame, spec: TableSpec, fill_missing: dict, where: str):
     """Raw rows as the prepare stage makes them (typed, checked, cleaned)."""
     return clean_table(validate_table(raw, spec, where), spec, fill_missing)
+
+
+def all_labelled_rows(
+    root: Path, batches: str, labels: str, spec: TableSpec, fill_missing: dict
+) -> pd.DataFrame:
+    """Every labelled customer of every month that passes the schema, prepared: where the
+    customers of a champion trained on months no longer in the training table are found."""
+    from churnlab.errors import ChurnlabError
+    from churnlab.monitoring.months import batch_months
+
+    tables = []
+    for month in batch_months(root / batches):
+        batch, labelled = month_files(root, batches, labels, month)
+        if batch is None or labelled is None:
+            continue
+        try:
+            rows = labelled_rows(batch, labelled, spec)
+            tables.append(prepared_rows(rows, spec, fill_missing, str(batch)))
+        except ChurnlabError:  # a month that fails the schema was never trained on
+            continue
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,17 @@ def load_champion(root: Path, alias: str = "champion") -> Champion:
     )
 
 
-def reference_table(champion: Champion, prepared: list[Path]) -> pd.DataFrame:
+def reference_table(
+    champion: Champion, prepared: list[Path], more: Callable[[], pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """The champion's training customers, from the prepared tables that hold them.
+
+    Args:
+        champion: the champion.
+        prepared: the prepared tables (``paths.train``, ``paths.test``).
+        more: called only when some customers are in none of them: more prepared rows (the
+            labelled months of the continuous-training cycle: a champion the cycle kept was
+            trained on months that later retraining no longer holds).
 
     Raises:
         ChurnlabError: when some of them are in none of the tables.
@@ -141,6 +151,8 @@ def reference_table(champion: Champion, prepared: list[Path]) -> pd.DataFrame:
         )
     table = pd.concat(tables, ignore_index=True).drop_duplicates(ID_COLUMN)
     wanted = set(champion.training_ids)
+    if more is not None and not wanted <= set(table[ID_COLUMN].astype(str)):
+        table = pd.concat([table, more()], ignore_index=True).drop_duplicates(ID_COLUMN)
     reference = table[table[ID_COLUMN].astype(str).isin(wanted)].reset_index(drop=True)
     if len(reference) < len(wanted):
         shown = ", ".join(str(p) for p in prepared)

@@ -140,7 +140,16 @@ class Monitor:
         spec = TableSpec.from_params(get_key(params, "schema", "params/data.yaml"))
         paths = get_key(params, "paths", "params/paths.yaml")
         champion = load_champion(root)
-        reference = reference_table(champion, [root / paths["train"], root / paths["test"]])
+        fill_missing = get_key(params, "prepare", "params/prepare.yaml").get("fill_missing") or {}
+
+        def labelled_months() -> pd.DataFrame:
+            from churnlab.cycle.training import all_labelled_rows
+
+            return all_labelled_rows(root, settings.batches, settings.labels, spec, fill_missing)
+
+        reference = reference_table(
+            champion, [root / paths["train"], root / paths["test"]], labelled_months
+        )
         importance = feature_importance(
             root,
             champion,
