@@ -247,3 +247,28 @@ def test_the_cycles_own_events_read_as_messages(settings):
     assert "reports/monitoring.html" in drift["blocks"][3]["elements"][0]["text"]
     assert kept["text"] == "churnlab: Champion kept (2026-04): no rule fired"
     assert kept["blocks"][2]["text"]["text"] == "*rule*: none"
+
+
+def test_the_cycle_keeps_what_the_notifier_warned_for_the_decision(settings, capsys):
+    from churnlab.cycle.run import _event, _send, _sent
+
+    down = notifier(
+        {"notify": {**dataclasses.asdict(settings), "attempts": 1}},
+        {VARIABLE: f"http://127.0.0.1:{free_port()}{TOKEN_PATH}"},
+    )
+    record: dict = {}
+    _sent(record, _send(down, _event("promotion", "2026-04", "a better model")))
+    [warning] = record["notifications"]
+    assert "the New champion promoted message of 2026-04 was not delivered" in warning
+    assert TOKEN_PATH not in warning
+
+    def broken(event):
+        raise RuntimeError("the notifier itself failed")
+
+    _sent(record, _send(broken, _event("retrain", "2026-04", "drift")))
+    assert (
+        record["notifications"][1] == "notification of retrain failed: the notifier itself failed"
+    )
+    _sent(record, _send(None, _event("retrain", "2026-04", "drift")))  # no notifier: nothing
+    assert len(record["notifications"]) == 2
+    assert capsys.readouterr().err.count("churnlab: warning: ") == 2
