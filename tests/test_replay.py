@@ -116,9 +116,13 @@ def test_acceptance_of_a_year_from_its_decisions(settings):
     assert figures["age_retrains"] == ["2026-11"]
     assert figures["pre_drift_roc_auc"] == pytest.approx((0.84 + 0.86 + 0.85) / 3)
     first, second = figures["recovery"]
-    assert (first["month"], first["promoted"], first["passed"]) == ("2026-05", True, True)
+    assert (first["retrain_month"], first["month"], first["passed"]) == ("2026-04", "2026-05", True)
     assert first["difference"] == pytest.approx(0.84 - 0.85)
-    assert (second["month"], second["passed"]) == ("2026-10", False)  # 0.03 below
+    assert (second["retrain_month"], second["month"], second["passed"]) == (
+        "2026-09",
+        "2026-10",
+        False,
+    )  # 0.03 below
     assert second["difference"] == pytest.approx(0.82 - 0.85)
     assert figures["time_passed"] and figures["minutes"] == 10
     assert figures["passed"] is False
@@ -136,8 +140,17 @@ def test_a_change_answered_late_fails_and_a_retrain_the_champion_needed_counts_o
         "outcome": None,
         "passed": False,
     }
-    # 10 answers the concept drift the champion of 04 never saw: needed, if late
+    # 10 answers the concept drift the champion of 04 never saw: needed, if late; and it
+    # is the first new champion since 08, measured in 11 (no labels: not passed)
     assert figures["unneeded"]["months"] == ["2026-02"] and figures["unneeded"]["passed"]
+    assert figures["recovery"][1]["retrain_month"] == "2026-10"
+    assert figures["recovery"][1]["roc_auc"] == 0.80 and not figures["recovery"][1]["passed"]
+    # an age-limit retrain is never unneeded, even when another rule fired first
+    aged = [dict(d) for d in YEAR]
+    aged[11] = {**aged[11], "fired": ["feature_drift", "max_age"]}
+    assert acceptance(aged, SCENARIOS, MONTHS, AUC, 60.0, settings)["unneeded"]["months"] == [
+        "2026-02"
+    ]
     slow = acceptance(YEAR, SCENARIOS, MONTHS, AUC, 16 * 60.0, settings)
     assert not slow["time_passed"]
 
