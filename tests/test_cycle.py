@@ -31,7 +31,7 @@ from conftest import (
 
 pytestmark = pytest.mark.pipeline
 
-CUSTOMERS = 2000  # per simulated month: the comparison holds out 30% of one month
+CUSTOMERS = 1000  # per simulated month: the comparison holds out 30% of one month
 LOG = "monitoring/decisions.jsonl"
 JOURNAL = ".churnlab/cycle/journal.json"
 
@@ -43,7 +43,10 @@ def project(tmp_path_factory, pipeline_project) -> Path:
     for folder in ("monitoring", "data/batches", "data/labels"):
         shutil.rmtree(target / folder, ignore_errors=True)
     set_param(target, "params/monitor.yaml", "monitor.simulate.customers", CUSTOMERS)
-    set_param(target, "params/monitor.yaml", "monitor.chunks", 100)  # quicker thresholds
+    # quicker thresholds and importance: the monitor's own tests judge their quality
+    set_param(target, "params/monitor.yaml", "monitor.chunks", 50)
+    set_param(target, "params/monitor.yaml", "monitor.importance_repeats", 1)
+    set_param(target, "params/monitor.yaml", "monitor.importance_max_rows", 1000)
     # the engineered month below moves the test split too; the rule's margins are the point
     set_param(target, "params/cycle.yaml", "cycle.promote.test_margin", 0.05)
     run(["churnlab", "simulate"], target)

@@ -101,6 +101,7 @@ def test_a_month_that_failed_quality_never_triggers_training_on_itself():
     outcome = decide(broken, PARAMS)
     assert not outcome.retrain and outcome.fired == []
     assert "failed data quality" in outcome.checks[2]["note"]
+    assert outcome.reason.startswith("2026-03 failed data quality")
     # the age limit still counts, on the months that passed
     aged = decide(dataclasses.replace(broken, age_days=40, trainable_months=("2026-02",)), PARAMS)
     assert aged.retrain and aged.rule == "max_age"

@@ -179,7 +179,7 @@ def compare(root: Path, params: dict, record: dict, challenger: dict) -> dict:
     )
     return {
         **record,
-        "challenger": {"version": new.version, "run_id": new.run_id},
+        "challenger": {"version": new.version},  # no run id: a fresh store gives new ones
         "promotion": {"metric": "roc_auc", "held_out_month": on_month, "test_split": on_test},
         "outcome": "promoted" if promoted else "kept champion",
         "reason": f"{record['reason']}; {reason}",

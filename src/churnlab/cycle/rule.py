@@ -151,7 +151,13 @@ def decide(evidence: Evidence, params: RuleParams) -> RuleOutcome:
     )
     fired = [c["rule"] for c in checks if c["fired"]]
     if not fired:
-        return RuleOutcome(checks, fired, False, "none", "no rule fired: the champion is kept")
+        said = "no rule fired: the champion is kept"
+        if not e.quality_passed:
+            said = (
+                f"{e.month} failed data quality (never trained on, its drift and estimated "
+                f"performance not judged); {said}"
+            )
+        return RuleOutcome(checks, fired, False, "none", said)
     first = next(c for c in checks if c["fired"])
     because = f"{first['rule']} fired ({first['note']}: {_shown(first['value'])} against "
     because += f"{_shown(first['limit'])})"

@@ -255,13 +255,18 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
     verdict, _ = monitor_month(monitor, month)
     window = _months_in_window(month, section["window"])
     labelled = []  # (month, verdict) of labelled months in the window, oldest first
+    labels_used = []  # their labels files: what the decision was made on
     from churnlab.monitoring.months import month_file
 
     for name in window:
-        if name <= mp.reference_month or month_file(root / mp.labels, name, "the labels") is None:
+        labels = month_file(root / mp.labels, name, "the labels")
+        if name <= mp.reference_month or labels is None:
             continue
         found = verdict if name == month else json.loads((verdicts / f"{name}.json").read_text())
         labelled.append((name, found))
+        labels_used.append(
+            {"month": name, "path": _relative(root, labels), "sha256": _sha256(labels)}
+        )
     trainable = [name for name, v in labelled if v["usable_for_training"]]
     latest = trainable[-1] if trainable else None
     if latest is not None and latest != month:  # its labels may have come since it was judged
@@ -302,10 +307,6 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
         )
     elif verdict["alerts"]["any"]:
         warning = _send(notify, _event("drift_alert", month, verdict["summary"], verdict=verdict))
-    labels_used = [
-        {"month": n, "path": v["labels"]["path"], "sha256": v["labels"]["sha256"]}
-        for n, v in labelled
-    ]
     record = {
         "format": FORMAT,
         "month": month,
@@ -318,7 +319,9 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
             "verdict_status": verdict["status"],
         },
         "champion_before": {
-            k: champion[k] for k in ("version", "run_id", "roc_auc", "recall", "age_days")
+            # versions, not run ids: the same months in a fresh store give the same bytes
+            k: champion[k]
+            for k in ("version", "roc_auc", "recall", "age_days")
         },
         "statistics": {
             "quality_passed": evidence.quality_passed,

@@ -1,0 +1,77 @@
+"""The cycle's training table on small tables: labelled rows of a month, the held-out share,
+and the reference of a champion trained on months the training table no longer holds
+(churnlab.cycle.training, churnlab.monitoring.champion.reference_table)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from small_schema import SCHEMA
+
+from churnlab.cycle.training import all_labelled_rows, holdout_ids, labelled_rows
+from churnlab.data import ID_COLUMN, TARGET_COLUMN, TableSpec
+from churnlab.errors import ChurnlabError
+from churnlab.monitoring.champion import Champion, reference_table
+
+SPEC = TableSpec.from_params(SCHEMA)
+
+
+def _month(folder, month: str, rows: int, labelled: int) -> None:
+    ids = [f"{month}-{i:03d}" for i in range(rows)]
+    batch = pd.DataFrame(
+        {
+            "cust": ids,
+            "months": [str(i % 50) for i in range(rows)],
+            "spend": ["" if i == 0 else "12.5" for i in range(rows)],
+            "plan": ["basic", "pro"] * (rows // 2),
+            "region": ["north"] * rows,
+        }
+    )
+    (folder / "batches").mkdir(exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    batch.to_parquet(folder / "batches" / f"{month}.parquet", index=False)
+    left = ["yes" if i % 3 == 0 else "no" for i in range(labelled)]
+    labels = pd.DataFrame({"cust": ids[:labelled][::-1], "left": left[::-1]})  # any order
+    labels.to_parquet(folder / "labels" / f"{month}.parquet", index=False)
+
+
+def test_labelled_rows_are_the_labelled_customers_with_their_target(tmp_path):
+    _month(tmp_path, "2026-01", 10, 6)
+    rows = labelled_rows(
+        tmp_path / "batches/2026-01.parquet", tmp_path / "labels/2026-01.parquet", SPEC
+    )
+    assert list(rows.columns) == ["cust", "months", "spend", "plan", "region", "left"]
+    assert list(rows["cust"]) == [f"2026-01-{i:03d}" for i in range(6)]  # the batch's order
+    assert list(rows["left"]) == ["yes" if i % 3 == 0 else "no" for i in range(6)]
+    assert rows.loc[0, "spend"] == ""  # raw text, as the raw data is
+
+
+def test_the_held_out_share_is_seeded_by_month():
+    ids = pd.Series([f"c{i}" for i in range(100)])
+    held = holdout_ids(ids, 0.3, 17, "2026-03")
+    assert len(held) == 30 and held <= set(ids)
+    assert holdout_ids(ids.sample(frac=1, random_state=1), 0.3, 17, "2026-03") == held
+    assert holdout_ids(ids, 0.3, 17, "2026-04") != held
+
+
+def test_a_kept_champions_months_are_found_among_the_labelled_months(tmp_path):
+    _month(tmp_path, "2026-01", 10, 6)
+    _month(tmp_path, "2026-02", 10, 10)
+    prepared = tmp_path / "train.parquet"
+    pd.DataFrame(
+        {ID_COLUMN: ["r1"], "months": [1.0], "spend": [2.0], "plan": ["pro"], "region": ["x"]}
+        | {TARGET_COLUMN: np.array([1], dtype="int8")}
+    ).to_parquet(prepared, index=False)
+    wanted = np.array(["r1", "2026-01-002", "2026-02-009"])
+    champion = Champion("m", 2, "run", 0.5, None, ["months", "spend"], ["plan"], wanted)
+    with pytest.raises(ChurnlabError, match="2 of the 3 customers"):
+        reference_table(champion, [prepared])
+
+    def labelled():
+        return all_labelled_rows(tmp_path, "batches", "labels", SPEC, {"spend": 0.0})
+
+    reference = reference_table(champion, [prepared], labelled)
+    assert sorted(reference[ID_COLUMN]) == sorted(wanted)
+    row = reference.set_index(ID_COLUMN).loc["2026-01-002"]
+    assert row["spend"] == 12.5 and row[TARGET_COLUMN] == 0
