@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run cycle history
+.PHONY: help setup test-fast repro report exps baseline ui server server-stop test lab lint format clean distclean lock bench monitor serve bench-serve base-image image-deps image image-run cycle history replay
 
 help: ## print every target with one line of help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -140,3 +140,6 @@ cycle: setup ## one month of continuous training (MONTH=YYYY-MM): monitor, decid
 
 history: setup ## the cycle's decision log as a table (monitoring/decisions.jsonl)
 	$(BIN)/churnlab history
+
+replay: setup ## twelve simulated months through the real cycle in a scratch copy: reports/replay.html, the acceptance figures into bench/RESULTS.md
+	$(BIN)/churnlab replay --results bench/RESULTS.md

@@ -295,10 +295,11 @@ def _score(args) -> None:
 
 
 def _cycle(args) -> None:
+    from churnlab.cycle.notify import notifier
     from churnlab.cycle.run import run_cycle
 
     root = project_root()
-    decision = run_cycle(root, args.month)
+    decision = run_cycle(root, args.month, notify=notifier(load_params(root)))
     record = decision.record
     if decision.already_done:
         print(
@@ -326,6 +327,112 @@ def _history(args) -> None:
         print(f"[history] {log}: no decision yet (run `churnlab cycle MONTH`)", file=sys.stderr)
         return
     print(history_table(decisions, width=args.width))
+
+
+def _schedule(args) -> None:
+    from churnlab.cycle.schedule import cron_line, month_of, systemd_units, write_units
+
+    root = project_root()
+    if args.install == "cron":
+        print(cron_line(root))
+        print(
+            "[schedule] add it to your crontab: (crontab -l; bin/churnlab schedule --install "
+            "cron) | crontab -   (set the webhook's variable at the top of the crontab)",
+            file=sys.stderr,
+        )
+        return
+    if args.install == "systemd":
+        folder = Path(args.unit_dir).expanduser()
+        written = write_units(systemd_units(root), folder)
+        print(
+            f"[schedule] wrote {', '.join(str(p) for p in written)}; start the timer with\n"
+            "  systemctl --user daemon-reload && systemctl --user enable --now "
+            f"{written[-1].name}",
+            file=sys.stderr,
+        )
+        return
+    from datetime import date
+
+    from churnlab.cycle.schedule import run_due
+
+    try:
+        today = date.fromisoformat(args.today) if args.today else date.today()
+    except ValueError:
+        raise ChurnlabError(
+            f"--today: expected a date as YYYY-MM-DD (2026-03-01), found {args.today!r}"
+        ) from None
+    done, batches, reference_month, run = _cycle_state(root, today)
+    due = run_due(today, run, done, batches, reference_month)
+    if not due:
+        last = max([reference_month, *done])
+        print(
+            f"[schedule] nothing due on {today}: the last month done is {last}, and no later "
+            f"batch up to {month_of(today)} is there",
+            file=sys.stderr,
+        )
+
+
+def _cycle_state(root, today):
+    """What the schedule needs from the cycle: months done, batches, and the cycle itself."""
+    from datetime import UTC, datetime
+
+    from churnlab.cycle.decisions import read_log
+    from churnlab.cycle.notify import notifier
+    from churnlab.cycle.run import run_cycle
+    from churnlab.monitoring.months import MONITOR_FILE, batch_months
+    from churnlab.param_rules import check_params
+
+    check_params(root)
+    params = load_params(root)
+    log = root / get_key(params, "cycle.log", "params/cycle.yaml")
+    done = [decision["month"] for decision in read_log(log)]
+    batches = batch_months(root / get_key(params, "monitor.batches", MONITOR_FILE))
+    reference_month = get_key(params, "monitor.reference_month", MONITOR_FILE)
+    notify = notifier(params)
+
+    def run(month: str) -> None:
+        print(f"[schedule] {month} is due: churnlab cycle {month}", file=sys.stderr)
+        now = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        run_cycle(root, month, clock=lambda: now, notify=notify)
+
+    return done, batches, reference_month, run
+
+
+def _replay(args) -> None:
+    import platform
+    import tempfile
+    from datetime import UTC, datetime
+
+    from churnlab.cycle.replay import replace_block, results_markdown, run_replay
+    from churnlab.cycle.replay_page import write_replay_outputs
+
+    root = project_root()
+    with tempfile.TemporaryDirectory(prefix="churnlab-replay-") as folder:
+        scratch = Path(args.keep).resolve() if args.keep else Path(folder)
+        if scratch.exists() and any(scratch.iterdir()):
+            raise ChurnlabError(f"--keep: {scratch}: expected an empty or new folder")
+        scratch.mkdir(parents=True, exist_ok=True)
+        result = run_replay(root, scratch, echo=lambda line: print(line, file=sys.stderr))
+    for path in write_replay_outputs(root, result):
+        print(f"[replay] {path.relative_to(root)}", file=sys.stderr)
+    settings = result["settings"]
+    text = results_markdown(
+        result["figures"],
+        {
+            "months": len(result["months"]),
+            "customers": settings.simulate["customers"],
+            "when": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work",
+            "label_lag": settings.label_lag,
+            "within_months": settings.within_months,
+        },
+    )
+    print(text)
+    if args.results:
+        target = Path(args.results)
+        body = target.read_text() if target.is_file() else ""
+        target.write_text(replace_block(body, text))
+        print(f"[replay] the acceptance figures are in {args.results}", file=sys.stderr)
 
 
 def _server(args) -> None:
@@ -499,6 +606,34 @@ def main(argv: list[str] | None = None) -> int:
     history = commands.add_parser("history", help="the cycle's decision log as a table")
     history.add_argument("--width", type=int, default=70, help="characters of each reason")
     history.set_defaults(handler=_history)
+    schedule = commands.add_parser(
+        "schedule",
+        help="run the cycle for every month that is due (or --install a daily cron/systemd job)",
+    )
+    schedule.add_argument(
+        "--install",
+        choices=["cron", "systemd"],
+        help="print the crontab line, or write a systemd user timer and service",
+    )
+    schedule.add_argument(
+        "--unit-dir",
+        default="~/.config/systemd/user",
+        help="where --install systemd writes its units (~/.config/systemd/user)",
+    )
+    schedule.add_argument("--today", metavar="YYYY-MM-DD", help="the clock's date (default: today)")
+    schedule.set_defaults(handler=_schedule)
+    replay = commands.add_parser(
+        "replay",
+        help="a simulated year through the real cycle in a scratch copy: reports/replay.html "
+        "and the acceptance figures (params/replay.yaml)",
+    )
+    replay.add_argument(
+        "--results", metavar="FILE", help="write the acceptance figures into FILE (markers)"
+    )
+    replay.add_argument(
+        "--keep", metavar="DIR", help="run the copy in DIR (new or empty) and keep it"
+    )
+    replay.set_defaults(handler=_replay)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

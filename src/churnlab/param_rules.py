@@ -23,6 +23,7 @@ from churnlab.param_types import (
     SEED,
     SHARE,
     Anything,
+    EnvironmentName,
     Flag,
     Integer,
     ListOf,
@@ -48,6 +49,9 @@ SCENARIO_KINDS = (
     "blank_column",
     "new_category",
 )
+# what `churnlab cycle` tells people about, and the webhook formats (churnlab.cycle.notify)
+NOTIFY_EVENTS = ("drift_alert", "quality_failure", "retrain", "promotion", "kept_champion")
+NOTIFY_FORMATS = ("slack", "teams")
 MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -63,6 +67,8 @@ COMMAND_SECTIONS: dict[str, str] = {
     "score": "churnlab score",
     "serve": "churnlab serve",
     "cycle": "churnlab cycle and churnlab history",
+    "notify": "churnlab cycle (its messages) and churnlab schedule",
+    "replay": "churnlab replay (make replay)",
 }
 
 
@@ -78,6 +84,29 @@ def rules() -> dict[str, Rule]:
     text_list = ListOf(Text())
     gate_range = {name: SHARE for name in GATES}
     gate_range.update(min_top_lift=Number(0), min_brier_skill=Number(high=1))
+    # simulated months and their drift scenarios (monitor.simulate, replay.simulate)
+    simulated_months = Section(
+        {
+            "seed": SEED,
+            "start": MONTH,
+            "months": Integer(1, 600),
+            "customers": Integer(1, 10_000_000),
+            "format": Text(("parquet", "csv")),
+            "scenarios": ListOf(
+                Section(
+                    {
+                        "kind": Text(SCENARIO_KINDS),
+                        "start": MONTH,
+                        "months": Nullable(Integer(1)),
+                        "column": Text(),
+                        "category": Scalar(),
+                        "size": Number(),
+                    },
+                    optional=frozenset({"months", "category", "size"}),
+                )
+            ),
+        }
+    )
     return {
         "data": Section(
             {
@@ -222,28 +251,7 @@ def rules() -> dict[str, Rule]:
                 "importance_repeats": Integer(1, 100),
                 "importance_max_rows": Integer(10),
                 "seed": SEED,
-                "simulate": Section(
-                    {
-                        "seed": SEED,
-                        "start": MONTH,
-                        "months": Integer(1, 600),
-                        "customers": Integer(1, 10_000_000),
-                        "format": Text(("parquet", "csv")),
-                        "scenarios": ListOf(
-                            Section(
-                                {
-                                    "kind": Text(SCENARIO_KINDS),
-                                    "start": MONTH,
-                                    "months": Nullable(Integer(1)),
-                                    "column": Text(),
-                                    "category": Scalar(),
-                                    "size": Number(),
-                                },
-                                optional=frozenset({"months", "category", "size"}),
-                            )
-                        ),
-                    }
-                ),
+                "simulate": simulated_months,
             }
         ),
         "serve": Section(
@@ -279,6 +287,31 @@ def rules() -> dict[str, Rule]:
                         "bootstrap_samples": Integer(50, 100_000),
                         "confidence": FRACTION,
                         "seed": SEED,
+                    }
+                ),
+            }
+        ),
+        "notify": Section(
+            {
+                "url_variable": EnvironmentName(),
+                "format": Text(NOTIFY_FORMATS),
+                "timeout": Number(0, 120, low_open=True),
+                "attempts": Integer(1, 10),
+                "backoff": Number(0, 60),
+                "report_url": Nullable(Text(hint="an http(s) address where reports/ is served")),
+                "events": ListOf(Text(NOTIFY_EVENTS)),
+            }
+        ),
+        "replay": Section(
+            {
+                "simulate": simulated_months,
+                "label_lag": Integer(0, 12),
+                "acceptance": Section(
+                    {
+                        "within_months": Integer(0, 12),
+                        "unneeded_retrains": Integer(0),
+                        "roc_auc_tolerance": SHARE,
+                        "max_minutes": Number(0, low_open=True),
                     }
                 ),
             }
@@ -358,6 +391,8 @@ def _join_problems(params: Mapping[str, Any], stage_names: list[str]) -> Iterato
                     "point the report at your own columns, or [] for none",
                 )
     yield from _monitor_problems(params.get("monitor"))
+    replay = params.get("replay")
+    yield from _monitor_problems(replay, "replay") if isinstance(replay, dict) else ()
     tracking = params.get("tracking")
     if isinstance(tracking, dict) and stage_names:
         stage = tracking.get("register_stage")
@@ -370,20 +405,26 @@ def _join_problems(params: Mapping[str, Any], stage_names: list[str]) -> Iterato
             )
 
 
-def _monitor_problems(monitor: Any) -> Iterator[Problem]:
-    """Months are written as YYYY-MM. (The columns of the simulated scenarios are checked by
-    `churnlab simulate` itself: a user's own schema must not stop the pipeline over them.)"""
+def _monitor_problems(monitor: Any, section: str = "monitor") -> Iterator[Problem]:
+    """Months are written as YYYY-MM (in ``monitor`` and in ``replay``, whose simulated
+    months have the same form). (The columns of the simulated scenarios are checked by
+    `churnlab simulate` and `churnlab replay` themselves: a user's own schema must not stop
+    the pipeline over them.)"""
     import re
 
     if not isinstance(monitor, dict):
         return
     simulate = monitor.get("simulate") if isinstance(monitor.get("simulate"), dict) else {}
-    months = [("monitor.reference_month", monitor.get("reference_month"))]
-    months.append(("monitor.simulate.start", simulate.get("start")))
+    months = (
+        []
+        if section != "monitor"
+        else [("monitor.reference_month", monitor.get("reference_month"))]
+    )
+    months.append((f"{section}.simulate.start", simulate.get("start")))
     scenarios = simulate.get("scenarios") if isinstance(simulate.get("scenarios"), list) else []
     for index, item in enumerate(scenarios):
         if isinstance(item, dict):
-            months.append((f"monitor.simulate.scenarios[{index}].start", item.get("start")))
+            months.append((f"{section}.simulate.scenarios[{index}].start", item.get("start")))
     for key, value in months:
         if isinstance(value, str) and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
             yield Problem(key, "a month as YYYY-MM", value)

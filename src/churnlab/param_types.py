@@ -129,6 +129,27 @@ class Text(Rule):
 
 
 @dataclass(frozen=True)
+class EnvironmentName(Rule):
+    """The name of an environment variable that holds a secret. A value that is not a name
+    (a pasted URL or token) is not repeated in the message: it may be the secret itself."""
+
+    expected: str = "the name of an environment variable (letters, digits and _)"
+
+    def problems(self, value: Any, key: str) -> Iterator[Problem]:
+        if isinstance(value, str) and not self.accepts(value):
+            text = (
+                f"expected {self.expected}, found another text (not repeated here: it may be "
+                "the secret itself); put the secret in the environment and its name here"
+            )
+            yield Problem(key, "", value, text=text)
+        elif not self.accepts(value):
+            yield Problem(key, self.expected, value)
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value.isascii() and value.isidentifier()
+
+
+@dataclass(frozen=True)
 class Flag(Rule):
     expected: str = "true or false"
 

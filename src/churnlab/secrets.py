@@ -1,7 +1,8 @@
 """Keeping secrets out of everything churnlab writes: executed notebooks, reports, messages.
 
 A value is secret when it comes from an environment variable or a param whose *name* marks it
-as one (``MLFLOW_TRACKING_TOKEN``, ``DB_PASSWORD``, ``data.api_key``). Such values are
+as one (``MLFLOW_TRACKING_TOKEN``, ``DB_PASSWORD``, ``data.api_key``, ``SLACK_WEBHOOK_URL``),
+or from the variable ``notify.url_variable`` names (the webhook's URL). Such values are
 replaced by ``***`` wherever they would be written. Short values (under 8 characters) are
 left alone: redacting "1" or "true" everywhere would change ordinary output and helps nobody.
 """
@@ -20,7 +21,7 @@ MASK = "***"
 MIN_SECRET_LENGTH = 8
 SECRET_NAME = re.compile(
     r"(?:^|[_.-])(?:token|secret|password|passwd|api_?key|access_?key|private_?key"
-    r"|credentials?|auth)(?:$|[_.-])",
+    r"|credentials?|auth|webhook)(?:$|[_.-])",
     re.IGNORECASE,
 )
 
@@ -35,12 +36,17 @@ def secret_values(
 ) -> list[str]:
     """The secret values to mask, longest first (so a value inside another goes second)."""
     environ = os.environ if environ is None else environ
+    flat = flatten(dict(params or {}))
     found = {value for name, value in environ.items() if is_secret_name(name)}
     found |= {
         str(value)
-        for key, value in flatten(dict(params or {})).items()
+        for key, value in flat.items()
         if value is not None and is_secret_name(key.rsplit(".", 1)[-1])
     }
+    # the notification webhook's URL (whoever has it can post), whatever its variable's name
+    webhook = environ.get(str(flat.get("notify.url_variable") or ""), "")
+    if webhook:
+        found.add(webhook)
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=lambda v: (-len(v), v))
 
 

@@ -45,7 +45,7 @@ from churnlab.cycle.rule import (
 from churnlab.errors import ChurnlabError
 
 KILL_AT = "CHURNLAB_CYCLE_KILL_AT"  # tests: SIGKILL the cycle at this step (a real kill)
-Notify = Callable[[dict], None]
+Notify = Callable[[dict], str | None]  # a warning when the message did not get through
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,28 @@ def cycle_lock(root: Path, month: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _send(notify: Notify | None, event: dict) -> None:
-    """Tell ``notify`` (if any) about an event; a failing callable never fails the cycle."""
+def _send(notify: Notify | None, event: dict) -> str | None:
+    """Tell ``notify`` (if any) about an event; a failing callable never fails the cycle.
+
+    Returns:
+        The warning when the message did not get through (what the notifier returned, or
+        what it raised), for the month's decision line; None otherwise.
+    """
     if notify is None:
-        return
+        return None
     try:
-        notify(event)
+        warning = notify(event)
     except Exception as exc:  # the cycle's work is done or recorded either way
-        print(f"churnlab: warning: notification of {event['event']} failed: {exc}", file=sys.stderr)
+        warning = f"notification of {event['event']} failed: {exc}"
+        print(f"churnlab: warning: {warning}", file=sys.stderr)
+    return warning if isinstance(warning, str) else None
+
+
+def _sent(record: dict, warning: str | None) -> None:
+    """Keep a notification's warning in the decision (``notifications``)."""
+    record.setdefault("notifications", [])
+    if warning:
+        record["notifications"].append(warning)
 
 
 def _sha256(path: Path) -> str:
@@ -286,10 +300,13 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
         trainable_months=tuple(trainable),
     )
     outcome = decide(evidence, RuleParams.from_section(section))
+    warning = None
     if not verdict["quality"]["passed"]:
-        _send(notify, _event("quality_failure", month, verdict["summary"], verdict=verdict))
+        warning = _send(
+            notify, _event("quality_failure", month, verdict["summary"], verdict=verdict)
+        )
     elif verdict["alerts"]["any"]:
-        _send(notify, _event("drift_alert", month, verdict["summary"], verdict=verdict))
+        warning = _send(notify, _event("drift_alert", month, verdict["summary"], verdict=verdict))
     record = {
         "format": FORMAT,
         "month": month,
@@ -324,6 +341,7 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
         "promotion": None,
         "challenger": None,
         "champion_after": {"version": champion["version"]},
+        "notifications": [warning] if warning else [],
     }
     return record
 
@@ -412,7 +430,10 @@ def _complete(root: Path, month: str, today: date, notify: Notify | None) -> Dec
     record = journal["record"]
     if journal["step"] == "decided":
         if record["action"] == "retrain":
-            _send(notify, _event("retrain", month, record["reason"], rule=record["rule"]))
+            _sent(
+                record,
+                _send(notify, _event("retrain", month, record["reason"], rule=record["rule"])),
+            )
             from churnlab.cycle.retrain import write_training_table
 
             record["training"] = write_training_table(root, params, month, record)
@@ -443,14 +464,21 @@ def _complete(root: Path, month: str, today: date, notify: Notify | None) -> Dec
             _kill_point("promoted")
         journal = {**journal, "step": "recording", "record": record}
         write_journal(root, journal)
+    # The page and the last message before the line: a message that did not get through is
+    # recorded with the month (a cycle killed here sends it again, and records it once).
+    _rebuild_monitoring(root)
+    if record["outcome"] == "promoted":
+        _sent(
+            record, _send(notify, _event("promotion", month, record["reason"], rule=record["rule"]))
+        )
+    elif record["action"] == "retrain" or record["rule"] != "none":
+        _sent(
+            record,
+            _send(notify, _event("kept_champion", month, record["reason"], rule=record["rule"])),
+        )
     append_decision(log_path, record)
     record = json.loads(decision_line(record))  # as the log holds it
     clear_journal(root)
-    _rebuild_monitoring(root)
-    if record["outcome"] == "promoted":
-        _send(notify, _event("promotion", month, record["reason"], rule=record["rule"]))
-    elif record["action"] == "retrain" or record["rule"] != "none":
-        _send(notify, _event("kept_champion", month, record["reason"], rule=record["rule"]))
     return Decision(record)
 
 

@@ -1,0 +1,247 @@
+"""The replay's arithmetic and page: the changes of a simulated year, the acceptance figures
+from a decision log, the block of bench/RESULTS.md, and a self-contained, escaped page. (The
+replay itself, twelve months of real cycles, is `make replay`: minutes, not a test.)"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from churnlab.cycle.replay import (
+    END,
+    START,
+    ReplayParams,
+    acceptance,
+    change_months,
+    clock_for,
+    isolated_environment,
+    replace_block,
+    results_markdown,
+)
+from churnlab.cycle.replay_page import active_scenarios, page_context, render_page
+from churnlab.errors import ChurnlabError
+from churnlab.param_rules import check_section
+
+MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
+
+
+@pytest.fixture
+def settings(params) -> ReplayParams:
+    return ReplayParams.from_params(params)
+
+
+def decision(month, rule="none", outcome="no retrain", before=1, after=None, reason="why"):
+    action = "retrain" if outcome in ("promoted", "kept champion") else "keep"
+    return {
+        "month": month,
+        "rule": rule,
+        "fired": [] if rule == "none" else [rule],
+        "action": action,
+        "outcome": outcome,
+        "champion_before": {"version": before},
+        "champion_after": {"version": after or before},
+        "reason": reason,
+    }
+
+
+# a year: a false alarm in 02 (stable), the covariate shift of 04 answered in 04 (promoted,
+# though trained on months before it: labels come a month late), again in 06 (kept: the
+# champion in use still has not seen the shift), concept drift from 08 answered in 09
+# (promoted, trained up to 08), an age-limit retrain in 11, and a retrain in 12 that no
+# change called for (the champion of 09 has learnt both changes)
+YEAR = [
+    decision("2026-01"),
+    decision("2026-02", "feature_drift", "kept champion"),
+    decision("2026-03"),
+    decision("2026-04", "feature_drift", "promoted", 1, 2),
+    decision("2026-05", before=2),
+    decision("2026-06", "feature_drift", "kept champion", 2),
+    decision("2026-07", before=2),
+    decision("2026-08", before=2),
+    decision("2026-09", "realised_drop", "promoted", 2, 3),
+    decision("2026-10", before=3),
+    decision("2026-11", "max_age", "kept champion", 3),
+    decision("2026-12", "feature_drift", "kept champion", 3),
+]
+SCENARIOS = [
+    {"kind": "category_mix", "start": "2026-04", "months": None, "column": "plan"},
+    {"kind": "concept_drift", "start": "2026-08", "months": None, "column": "plan"},
+]
+AUC = {m: {"in_use": 0.80, "never_retrained": 0.80} for m in MONTHS}
+AUC.update(
+    {
+        "2026-01": {"in_use": 0.84, "never_retrained": 0.84},
+        "2026-02": {"in_use": 0.86, "never_retrained": 0.86},
+        "2026-03": {"in_use": 0.85, "never_retrained": 0.85},
+        "2026-05": {"in_use": 0.84, "never_retrained": 0.79},
+        "2026-10": {"in_use": 0.82, "never_retrained": 0.70},
+    }
+)
+
+
+def test_the_world_changes_when_a_scenario_starts_or_ends_inside_the_year():
+    scenarios = [
+        {"kind": "category_mix", "start": "2026-04", "months": None, "column": "plan"},
+        {"kind": "concept_drift", "start": "2026-08", "months": 2, "column": "plan"},
+        {"kind": "numeric_shift", "start": "2026-01", "months": None, "column": "spend"},
+        {"kind": "numeric_shift", "start": "2026-12", "months": 3, "column": "spend"},
+    ]
+    assert change_months(scenarios, MONTHS) == ["2026-04", "2026-08", "2026-10", "2026-12"]
+    assert change_months([], MONTHS) == []
+
+
+def test_a_months_cycle_runs_on_the_first_day_of_the_next():
+    assert clock_for("2026-12") == datetime(2027, 1, 1, tzinfo=UTC)
+    assert clock_for("2026-02") == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_acceptance_of_a_year_from_its_decisions(settings):
+    figures = acceptance(YEAR, SCENARIOS, MONTHS, AUC, 600.0, settings)
+    assert [
+        (c["change"], c["retrain_month"], c["rule"], c["passed"]) for c in figures["changes"]
+    ] == [
+        ("2026-04", "2026-04", "feature_drift", True),
+        ("2026-08", "2026-09", "realised_drop", True),
+    ]
+    assert figures["unneeded"] == {
+        "months": ["2026-02", "2026-12"],
+        "count": 2,
+        "limit": 1,
+        "passed": False,
+    }
+    assert figures["age_retrains"] == ["2026-11"]
+    assert figures["pre_drift_roc_auc"] == pytest.approx((0.84 + 0.86 + 0.85) / 3)
+    first, second = figures["recovery"]
+    assert (first["retrain_month"], first["month"], first["passed"]) == ("2026-04", "2026-05", True)
+    assert first["difference"] == pytest.approx(0.84 - 0.85)
+    assert (second["retrain_month"], second["month"], second["passed"]) == (
+        "2026-09",
+        "2026-10",
+        False,
+    )  # 0.03 below
+    assert second["difference"] == pytest.approx(0.82 - 0.85)
+    assert figures["time_passed"] and figures["minutes"] == 10
+    assert figures["passed"] is False
+
+
+def test_a_change_answered_late_fails_and_a_retrain_the_champion_needed_counts_once(settings):
+    late = [d for d in YEAR if d["month"] not in ("2026-09", "2026-10", "2026-12")]
+    late.append(decision("2026-10", "realised_drop", "promoted", 2, 3))
+    late.sort(key=lambda d: d["month"])
+    figures = acceptance(late, SCENARIOS, MONTHS, AUC, 60.0, settings)
+    assert figures["changes"][1] == {
+        "change": "2026-08",
+        "retrain_month": None,
+        "rule": None,
+        "outcome": None,
+        "passed": False,
+    }
+    # 10 answers the concept drift the champion of 04 never saw: needed, if late; and it
+    # is the first new champion since 08, measured in 11 (no labels: not passed)
+    assert figures["unneeded"]["months"] == ["2026-02"] and figures["unneeded"]["passed"]
+    assert figures["recovery"][1]["retrain_month"] == "2026-10"
+    assert figures["recovery"][1]["roc_auc"] == 0.80 and not figures["recovery"][1]["passed"]
+    # an age-limit retrain is never unneeded, even when another rule fired first
+    aged = [dict(d) for d in YEAR]
+    aged[11] = {**aged[11], "fired": ["feature_drift", "max_age"]}
+    assert acceptance(aged, SCENARIOS, MONTHS, AUC, 60.0, settings)["unneeded"]["months"] == [
+        "2026-02"
+    ]
+    slow = acceptance(YEAR, SCENARIOS, MONTHS, AUC, 16 * 60.0, settings)
+    assert not slow["time_passed"]
+
+
+def test_the_results_block_replaces_only_its_own_markers(settings):
+    figures = acceptance(YEAR, SCENARIOS, MONTHS, AUC, 600.0, settings)
+    context = {
+        "months": 12,
+        "customers": 2000,
+        "when": "2026-11-27",
+        "machine": "x86_64, 2 cores",
+        "label_lag": 1,
+        "within_months": 1,
+    }
+    text = results_markdown(figures, context)
+    assert "| retrain after the change of 2026-08 | within 1 month(s) | retrain in 2026-09" in text
+    assert "| replay time | at most 15 min | 10.0 min | pass |" in text
+    assert text.rstrip().endswith("All: FAIL. Page: `reports/replay.html`.")
+    body = f"# Results\n\nbefore\n\n{START}\nold figures\n{END}\n\nafter\n"
+    replaced = replace_block(body, text)
+    assert replaced.startswith("# Results\n\nbefore\n\n") and replaced.endswith("\n\nafter\n")
+    assert "old figures" not in replaced and replaced.count(START) == 1
+    assert replace_block("# Results\n", "x") == f"# Results\n\n{START}\nx\n{END}\n"
+
+
+def test_the_page_is_self_contained_and_escapes_what_it_shows(settings):
+    hostile = "<script>alert(1)</script> & <img src=http://evil.example/x>"
+    decisions = [dict(d) for d in YEAR]
+    decisions[3]["reason"] = hostile
+    result = {
+        "settings": settings,
+        "months": MONTHS,
+        "changes": ["2026-04", "2026-08"],
+        "scenarios": settings.simulate["scenarios"],
+        "decisions": decisions,
+        "in_use": {d["month"]: d["champion_before"]["version"] for d in decisions},
+        "first_version": 1,
+        "roc_auc": AUC,
+        "events": [{"event": "drift_alert", "month": "2026-04", "cycle": "2026-04"}],
+        "figures": acceptance(decisions, SCENARIOS, MONTHS, AUC, 600.0, settings),
+        "seconds": 600.0,
+    }
+    html = render_page(page_context(result, "Churn <b>model</b>"))
+    assert "<script" not in html and "evil.example/x>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img" in html
+    assert "Churn &lt;b&gt;model&lt;/b&gt;" in html
+    assert 'http-equiv="Content-Security-Policy"' in html
+    assert not re.search(r"""<[^>]*\s(src|href)=["']?(https?:)?//""", html)  # nothing remote
+    assert re.search(r'<img src="data:image/png;base64,', html)
+    # one row per month, the world and the model in use as they were
+    for month in MONTHS:
+        assert f"<td>{month}</td>" in html
+    assert "category mix: Contract = Month-to-month (0.15)" in html
+    assert html.count("drift_alert") == 1
+
+
+def test_scenarios_at_work_in_a_month():
+    scenarios = [
+        {
+            "kind": "concept_drift",
+            "start": "2026-08",
+            "months": 2,
+            "column": "plan",
+            "category": "x",
+            "size": 3.0,
+        },
+    ]
+    assert active_scenarios(scenarios, "2026-07") == []
+    assert active_scenarios(scenarios, "2026-09") == ["concept drift: plan = x (3)"]
+    assert active_scenarios(scenarios, "2026-10") == []
+
+
+def test_replay_params_are_checked_like_monitor_simulate(params):
+    replay = params["replay"]
+    check_section("params/replay.yaml", "replay", replay)
+    wrong = {**replay, "label_lag": -1}
+    with pytest.raises(
+        ChurnlabError,
+        match=r"params/replay.yaml: replay.label_lag: expected an integer from 0 to 12",
+    ):
+        check_section("params/replay.yaml", "replay", wrong)
+    typo = {**replay, "simulate": {**replay["simulate"], "customer": 10}}
+    with pytest.raises(ChurnlabError, match=r"replay.simulate.customer: unknown key"):
+        check_section("params/replay.yaml", "replay", typo)
+
+
+def test_the_replay_never_reaches_the_users_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server.example:5000")
+    monkeypatch.setenv("CHURNLAB_TRACKING", "off")
+    with isolated_environment(tmp_path):
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "CHURNLAB_TRACKING" not in os.environ
+        assert os.environ["PATH"].split(os.pathsep)[0] == str(tmp_path)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://team-server.example:5000"
+    assert Path(os.environ["PATH"].split(os.pathsep)[0]) != tmp_path
