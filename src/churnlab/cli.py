@@ -150,9 +150,12 @@ def _simulate(args) -> None:
         )
     raw = read_table(source)
     typed = validate_table(raw, spec, str(source.relative_to(root)))
-    months, truth = simulate_year(raw, typed, spec, settings)
     batches = root / get_key(params, "monitor.batches", MONITOR_FILE)
     labels = root / get_key(params, "monitor.labels", MONITOR_FILE)
+    if args.month:
+        _simulate_large(args, root, settings, raw, typed, spec, (batches, labels))
+        return
+    months, truth = simulate_year(raw, typed, spec, settings)
     written = write_year(months, truth, batches, labels, f".{settings['format']}")
     print(
         f"[simulate] {len(months)} months of {settings['customers']} customers in "
@@ -163,7 +166,38 @@ def _simulate(args) -> None:
     )
 
 
+def _simulate_large(args, root, settings, raw, typed, spec, folders) -> None:
+    """``churnlab simulate --month M --customers N``: one partitioned month (compute engine)."""
+    from contextlib import nullcontext
+
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.generate import MonthPlan, generate_month
+    from churnlab.monitoring.months import MONITOR_FILE, check_month
+    from churnlab.monitoring.simulate import scenarios_from_params
+
+    month = check_month(args.month, "--month")
+    if args.customers < 1:
+        raise ChurnlabError(f"--customers: expected a positive number, found {args.customers}")
+    compute = ComputeSettings.load(root)
+    scenarios = scenarios_from_params(settings.get("scenarios") or [], spec)
+    plan = MonthPlan(month, args.customers, compute.partition_rows, int(settings["seed"]))
+    targets = tuple(folder / f"{month}.parquet" for folder in folders)
+    with connect(compute) if compute.on_cluster else nullcontext() as client:
+        count = generate_month(raw, typed, spec, scenarios, plan, targets, client, compute)
+    where = "on the Dask cluster" if compute.on_cluster else "here"
+    print(
+        f"[simulate] {month}: {count} customers in {plan.partitions} partitions ({where}) in "
+        f"{targets[0].relative_to(root)}/ and their labels in {targets[1].relative_to(root)}/ "
+        f"(seed {MONITOR_FILE} monitor.simulate.seed)",
+        file=sys.stderr,
+    )
+
+
 def _monitor(args) -> None:
+    from contextlib import nullcontext
+
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.monitor import monitor_month_on_cluster
     from churnlab.monitoring.months import batch_months, check_month
     from churnlab.monitoring.verdict import (
         Monitor,
@@ -190,21 +224,27 @@ def _monitor(args) -> None:
         months = [check_month(m) for m in args.months]
         for month in months:  # what can be told without the champion, before loading it
             locate_month(root, settings, month)
-    monitor = Monitor.open(root)
-    failed, unjudged = [], []
-    for month in months:
-        try:
-            verdict, target = monitor_month(monitor, month)
-        except ChurnlabError as exc:
-            if not args.all:
-                raise
-            # the batch job goes on with the other months and fails at the end
-            print(f"churnlab: error: {exc}", file=sys.stderr)
-            unjudged.append(month)
-            continue
-        print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
-        if not verdict["quality"]["passed"]:
-            failed.append(verdict)
+    compute = ComputeSettings.load(root)
+    # the cluster is reached (or refused) before the champion loads and before any verdict
+    with connect(compute) if compute.on_cluster else nullcontext() as client:
+        monitor = Monitor.open(root)
+        failed, unjudged = [], []
+        for month in months:
+            try:
+                if client is None:
+                    verdict, target = monitor_month(monitor, month)
+                else:
+                    verdict, target = monitor_month_on_cluster(monitor, month, client, compute)
+            except ChurnlabError as exc:
+                if not args.all:
+                    raise
+                # the batch job goes on with the other months and fails at the end
+                print(f"churnlab: error: {exc}", file=sys.stderr)
+                unjudged.append(month)
+                continue
+            print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
+            if not verdict["quality"]["passed"]:
+                failed.append(verdict)
     if args.all:
         from churnlab.monitoring.page import write_monitoring_outputs
 
@@ -304,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     simulate = commands.add_parser(
         "simulate",
         help="write a seeded year of monthly batches with drift scenarios (params/monitor.yaml)",
+    )
+    simulate.add_argument(
+        "--month",
+        metavar="MONTH",
+        help="instead of the year: one large month (YYYY-MM) as a partitioned Parquet dataset, "
+        "drawn where params/compute.yaml says (docs/scale-out.md)",
+    )
+    simulate.add_argument(
+        "--customers", type=int, default=1_000_000, help="customers of --month (1000000)"
     )
     simulate.set_defaults(handler=_simulate)
     monitor = commands.add_parser(

@@ -48,6 +48,8 @@ SCENARIO_KINDS = (
     "blank_column",
     "new_category",
 )
+# where heavy work runs (churnlab.compute.cluster; params/compute.yaml)
+ENGINES = ("local", "dask")
 MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -60,6 +62,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "compute": "churnlab monitor and churnlab simulate (the train stage declares what it reads)",
 }
 
 
@@ -133,8 +136,18 @@ def rules() -> dict[str, Rule]:
                     min_samples_leaf=Integer(1),
                     l2_regularization=Number(0),
                 ),
+                "search": Section(
+                    {
+                        "enabled": Flag(),
+                        "method": Text(("grid", "random")),
+                        "candidates": Integer(1, 10_000),
+                        "seed": SEED,
+                        # values per hyper-parameter: build_model checks the names
+                        "space": OpenMapping(ListOf(Anything(), min_items=1)),
+                    }
+                ),
             },
-            optional=frozenset({"logistic_regression", "gradient_boosting"}),
+            optional=frozenset({"logistic_regression", "gradient_boosting", "search"}),
         ),
         "evaluate": Section(
             {
@@ -198,6 +211,17 @@ def rules() -> dict[str, Rule]:
         ),
         # where stages read and write: dvc.yaml interpolates them
         "paths": OpenMapping(Text()),
+        "compute": Section(
+            {
+                "engine": Text(ENGINES),
+                "scheduler": Nullable(
+                    Text(hint="a scheduler address (tcp://host:8786), or null for a local one")
+                ),
+                "workers": Integer(1, 1024),
+                "memory_per_worker": Text(hint="a size as Dask writes it: 4GiB, 512MiB"),
+                "partition_rows": Integer(1000, 100_000_000),
+            }
+        ),
         "monitor": Section(
             {
                 "batches": Text(hint="a folder of the project"),
