@@ -224,16 +224,21 @@ def test_a_worker_killed_mid_job_changes_nothing(drawing, scheduler, tmp_path):
         client.wait_for_workers(2, timeout=60)  # the nanny brought it back
 
 
-def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(project):
+def test_an_unreachable_scheduler_is_one_line_and_moves_nothing(project):
+    """An earlier month stays as it was; no verdict is written."""
+    run(["churnlab", "simulate", "--month", MONTH, "--customers", "2000"], project)
+    month = project / "data" / "batches" / f"{MONTH}.parquet"
+    before = _digests(month)
     address = f"tcp://127.0.0.1:{free_port()}"
     set_param(project, "params/compute.yaml", "compute.engine", "dask")
     try:
         env_cmd = ["env", f"CHURNLAB_DASK_SCHEDULER={address}", "churnlab"]
         result = run(
-            [*env_cmd, "simulate", "--month", MONTH, "--customers", "2000"], project, check=False
+            [*env_cmd, "simulate", "--month", MONTH, "--customers", "3000"], project, check=False
         )
         assert_one_clean_error(result, address, "CHURNLAB_DASK_SCHEDULER")
-        assert not (project / "data" / "batches").exists()
+        assert _digests(month) == before
+        assert sorted(p.name for p in month.parent.iterdir()) == [f"{MONTH}.parquet"]
         result = run([*env_cmd, "monitor", MONTH], project, check=False)
         assert_one_clean_error(result, address)
         assert not (project / "monitoring").exists()
@@ -245,6 +250,7 @@ def test_a_worker_out_of_memory_is_one_line_and_no_partial_output(drawing, tmp_p
     """A partition far larger than a worker's memory: the nanny kills the worker; after
     ``allowed-failures`` the job stops with one error and neither folder exists."""
     import dask
+    import distributed  # noqa: F401 (its config defaults first: the override restores them)
 
     folder = tmp_path / "batches"
     folder.mkdir()
