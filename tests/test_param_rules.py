@@ -135,6 +135,19 @@ def test_the_projects_own_params_pass():
             "params/monitor.yaml: monitor.simulate.format: expected one of 'parquet', 'csv', "
             "found 'xlsx'",
         ),
+        (
+            "params/score.yaml",
+            "score.max_reject_fraction",
+            5,
+            "params/score.yaml: score.max_reject_fraction: expected a number from 0 to 1, "
+            "found 5",
+        ),
+        (
+            "params/score.yaml",
+            "score.reject",
+            "{stem}.bad{suffix}",
+            "params/score.yaml: score.reject: unknown key (a typo?); known: ",
+        ),
     ],
 )
 def test_a_wrong_param_names_file_key_expected_and_found(file_name, key, value, message):

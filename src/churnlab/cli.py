@@ -267,6 +267,70 @@ def _monitor(args) -> None:
         )
 
 
+def _score(args) -> None:
+    import time
+
+    from churnlab.data import TableSpec
+    from churnlab.param_rules import check_params
+    from churnlab.serving.rows import extra_columns
+    from churnlab.serving.score import (
+        ScoreSettings,
+        ScoringModel,
+        load_file_model,
+        read_customers,
+        rejects_path,
+        score_file,
+    )
+
+    root = project_root()
+    check_params(root)
+    params = load_params(root)
+    spec = TableSpec.from_params(get_key(params, "schema", "params/data.yaml"))
+    settings = ScoreSettings.from_params(params)
+    rejects = args.rejects or rejects_path(args.output, settings.rejects)
+    started = time.perf_counter()
+    raw = read_customers(args.input)  # the input's problems show before the model loads
+    print(
+        f"[score] read {len(raw):,} rows of {args.input} ({time.perf_counter() - started:.1f} s)",
+        file=sys.stderr,
+    )
+    extra = extra_columns(raw.columns, spec)
+    if extra:
+        print(
+            f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)", file=sys.stderr
+        )
+    if args.model:
+        model = load_file_model(root, args.model, params)
+    else:
+        from churnlab.monitoring.champion import load_champion
+
+        champion = load_champion(root, args.version)
+        model = ScoringModel.from_champion(champion, None if args.version else "champion")
+    print(f"[score] model: {model.label}, threshold {model.threshold:.4f}", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if total > settings.chunk_rows:  # one line for a small file is noise
+            print(f"[score] scored {done:,} of {total:,}", file=sys.stderr)
+
+    counts = score_file(
+        args.input,
+        args.output,
+        rejects,
+        spec,
+        model,
+        settings,
+        get_key(params, "prepare", "params/prepare.yaml").get("fill_missing"),
+        raw=raw,
+        progress=progress,
+    )
+    print(
+        f"[score] {args.output}: {counts['scored']:,} customers scored; {rejects}: "
+        f"{counts['rejected']:,} rows rejected ({counts['rejected'] / counts['rows']:.1%}) "
+        f"in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+
+
 def _server(args) -> None:
     from churnlab.tracking import server
 
@@ -366,6 +430,34 @@ def main(argv: list[str] | None = None) -> int:
         "reports/monitoring.html and monitoring/metrics.prom",
     )
     monitor.set_defaults(handler=_monitor)
+    score = commands.add_parser(
+        "score",
+        help="score a CSV or Parquet file of customers with the champion (params/score.yaml)",
+    )
+    score.add_argument("input", type=Path, metavar="INPUT", help="customers, .csv or .parquet")
+    score.add_argument(
+        "output",
+        type=Path,
+        metavar="OUTPUT",
+        help="id, probability, decision, model_version (.csv or .parquet)",
+    )
+    which = score.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="a model file (models/model.skops) instead of the registry's champion",
+    )
+    which.add_argument(
+        "--version", type=int, metavar="N", help="registered version N instead of the champion"
+    )
+    score.add_argument(
+        "--rejects",
+        type=Path,
+        metavar="PATH",
+        help="the rejected rows' file (default: score.rejects in params/score.yaml)",
+    )
+    score.set_defaults(handler=_score)
     serve = commands.add_parser(
         "server", help="start or stop the team MLflow server on PostgreSQL (localhost)"
     )

@@ -62,7 +62,8 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
-    "compute": "churnlab monitor and churnlab simulate (the train stage declares what it reads)",
+    "compute": "churnlab monitor, simulate and score (the train stage declares what it reads)",
+    "score": "churnlab score",
 }
 
 
@@ -220,6 +221,13 @@ def rules() -> dict[str, Rule]:
                 "workers": Integer(1, 1024),
                 "memory_per_worker": Text(hint="a size as Dask writes it: 4GiB, 512MiB"),
                 "partition_rows": Integer(1000, 100_000_000),
+            }
+        ),
+        "score": Section(
+            {
+                "max_reject_fraction": SHARE,
+                "rejects": Text(hint="a file name with {stem} and {suffix}: the output's"),
+                "chunk_rows": Integer(1000, hint="smaller chunks only print more progress"),
             }
         ),
         "monitor": Section(

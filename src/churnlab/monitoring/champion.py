@@ -52,14 +52,19 @@ class Champion:
         return self.model.predict_proba(inputs)[:, 1]
 
 
-def _input_columns(model) -> tuple[list[str], list[str]]:
+def model_columns(model) -> tuple[list[str], list[str]]:
     """The numeric and categorical columns of a model built by churnlab.model.build_model."""
     columns = {name: list(cols) for name, _, cols in model.named_steps["preprocess"].transformers_}
     return columns.get("numeric", []), columns.get("categorical", [])
 
 
-def load_champion(root: Path) -> Champion:
+def load_champion(root: Path, version: int | None = None) -> Champion:
     """The ``champion`` of the registered model, with its threshold and training ids.
+
+    Args:
+        root: the project.
+        version: a registered version to load instead of the champion (``churnlab score
+            --version``).
 
     Raises:
         ChurnlabError: no champion yet (say what to run), or a champion without the
@@ -76,22 +81,32 @@ def load_champion(root: Path) -> Champion:
     client = mlflow.MlflowClient(settings.uri)
     try:
         with store_lock(settings.uri):
-            version = client.get_model_version_by_alias(name, "champion")
+            if version is not None:
+                entry = client.get_model_version(name, str(version))
+            else:
+                entry = client.get_model_version_by_alias(name, "champion")
     except MlflowException as exc:
+        if version is not None:
+            raise ChurnlabError(
+                f"params/tracking.yaml: tracking.registered_model: no version {version} of "
+                f"'{name}' in {display_uri(settings.uri)} ({first_line(exc)}): name a "
+                "registered version (the MLflow UI, `make ui`, lists them), or leave the "
+                "version out to use the champion"
+            ) from None
         raise ChurnlabError(
             f"params/tracking.yaml: tracking.registered_model: no champion of '{name}' in "
             f"{display_uri(settings.uri)} yet ({first_line(exc)}): run `make repro` first; its "
             "evaluate stage registers the first model as champion"
         ) from None
-    where = f"{name} version {version.version}"
+    where = f"{name} version {entry.version}"
     with tempfile.TemporaryDirectory() as folder, store_lock(settings.uri):
         with fluent_uri(settings.uri):
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version.version}", dst_path=f"{folder}/model"
+                artifact_uri=f"models:/{name}/{entry.version}", dst_path=f"{folder}/model"
             )
             try:
                 ids_file = mlflow.artifacts.download_artifacts(
-                    run_id=version.run_id, artifact_path=TRAINING_IDS, dst_path=f"{folder}/ids"
+                    run_id=entry.run_id, artifact_path=TRAINING_IDS, dst_path=f"{folder}/ids"
                 )
             except MlflowException:
                 raise ChurnlabError(
@@ -107,17 +122,17 @@ def load_champion(root: Path) -> Champion:
                 "model (`dvc repro -f evaluate`)"
             ) from None
         training_ids = pd.read_parquet(ids_file).iloc[:, 0].astype(str).to_numpy()
-        metrics = client.get_run(version.run_id).data.metrics
+        metrics = client.get_run(entry.run_id).data.metrics
     if THRESHOLD_METRIC not in metrics:
         raise ChurnlabError(
             f"{where}: its run has no metric {THRESHOLD_METRIC} (the operating threshold): "
             "register a new model (`dvc repro -f evaluate`)"
         )
-    numeric, categorical = _input_columns(model)
+    numeric, categorical = model_columns(model)
     return Champion(
         name,
-        int(version.version),
-        version.run_id,
+        int(entry.version),
+        entry.run_id,
         float(metrics[THRESHOLD_METRIC]),
         model,
         numeric,

@@ -1,0 +1,1 @@
+"""Serving the champion: batch scoring of files (and the HTTP service beside it)."""
