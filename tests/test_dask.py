@@ -324,3 +324,52 @@ def test_a_search_on_the_cluster_finds_what_it_finds_here(project, scheduler):
     means = [c["roc_auc_mean"] for c in here["candidates"]]
     assert here["best"] == candidates[means.index(max(means))]
     assert len(set(means)) > 1  # the candidates differ: the comparison means something
+
+
+def _score(project: Path, source: str, output: str, scheduler: str | None):
+    cmd = ["churnlab", "score", source, output]
+    if scheduler is None:
+        return run(cmd, project, check=False)
+    set_param(project, "params/compute.yaml", "compute.engine", "dask")
+    try:
+        return run(["env", f"CHURNLAB_DASK_SCHEDULER={scheduler}", *cmd], project, check=False)
+    finally:
+        set_param(project, "params/compute.yaml", "compute.engine", "local")
+
+
+def test_scoring_on_a_cluster_writes_the_local_bytes(project, scheduler, drawing):
+    """`churnlab score` of a partitioned month with bad rows in two parts, and of one CSV
+    file cut into parts: the scores and the rejects (rows numbered across the parts) have
+    the local run's bytes; an id repeated across two parts is refused, nothing written."""
+    spec = drawing[2]
+    folder = project / "scoring" / "month"
+    plan = MonthPlan(MONTH, 2500, 1000, seed=4)
+    targets = (folder, project / "scoring" / "labels")
+    folder.parent.mkdir()
+    generate_month(*drawing[:2], spec, drawing[3], plan, targets)
+    numeric = next(iter(spec.numeric))
+    parts = sorted(folder.iterdir())
+    second = pd.read_parquet(parts[1])
+    second.loc[5, numeric] = "-5"  # below every schema minimum: rejected, row 1006
+    second.to_parquet(parts[1], index=False)
+    third = pd.read_parquet(parts[2])
+    third.loc[7, spec.id_column] = third.loc[3, spec.id_column]  # a repeat inside a part
+    third.to_parquet(parts[2], index=False)
+    whole = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    whole.to_csv(project / "scoring" / "month.csv", index=False)
+    for source, suffix in (("scoring/month", ".parquet"), ("scoring/month.csv", ".csv")):
+        here = _score(project, source, f"scoring/here{suffix}", None)
+        there = _score(project, source, f"scoring/there{suffix}", scheduler)
+        assert here.returncode == 0 and there.returncode == 0, there.stderr[-2000:]
+        for name in ("", ".rejects"):
+            local = (project / f"scoring/here{name}{suffix}").read_bytes()
+            assert (project / f"scoring/there{name}{suffix}").read_bytes() == local
+    rejects = pd.read_parquet(project / "scoring/here.rejects.parquet")
+    assert rejects["row"].tolist() == [1006, 2004, 2008]
+    first = pd.read_parquet(parts[0])
+    first.loc[0, spec.id_column] = whole.loc[1500, spec.id_column]  # the same id in part 2
+    first.to_parquet(parts[0], index=False)
+    (project / "scoring/there.parquet").unlink()
+    result = _score(project, "scoring/month", "scoring/there.parquet", scheduler)
+    assert_one_clean_error(result, "more than one part", "compute.engine local")
+    assert not (project / "scoring/there.parquet").exists()

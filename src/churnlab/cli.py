@@ -269,15 +269,18 @@ def _monitor(args) -> None:
 
 def _score(args) -> None:
     import time
+    from contextlib import ExitStack
 
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.score import input_parts, read_input, score_on_cluster
     from churnlab.data import TableSpec
     from churnlab.param_rules import check_params
     from churnlab.serving.rows import extra_columns
     from churnlab.serving.score import (
         ScoreSettings,
         ScoringModel,
+        _format,
         load_file_model,
-        read_customers,
         rejects_path,
         score_file,
     )
@@ -288,43 +291,69 @@ def _score(args) -> None:
     spec = TableSpec.from_params(get_key(params, "schema", "params/data.yaml"))
     settings = ScoreSettings.from_params(params)
     rejects = args.rejects or rejects_path(args.output, settings.rejects)
+    compute = ComputeSettings.load(root)
     started = time.perf_counter()
-    raw = read_customers(args.input)  # the input's problems show before the model loads
-    print(
-        f"[score] read {len(raw):,} rows of {args.input} ({time.perf_counter() - started:.1f} s)",
-        file=sys.stderr,
-    )
-    extra = extra_columns(raw.columns, spec)
-    if extra:
-        print(
-            f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)", file=sys.stderr
-        )
-    if args.model:
-        model = load_file_model(root, args.model, params)
+    if compute.on_cluster:
+        # the workers read the parts; here only the folder is checked, before the model loads
+        input_parts(args.input)
+        _format(args.output, "OUTPUT")
     else:
-        from churnlab.monitoring.champion import load_champion
+        raw = read_input(args.input)  # the input's problems show before the model loads
+        print(
+            f"[score] read {len(raw):,} rows of {args.input} "
+            f"({time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
+        )
+        extra = extra_columns(raw.columns, spec)
+        if extra:
+            print(
+                f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)",
+                file=sys.stderr,
+            )
+    with ExitStack() as stack:
+        # an unreachable scheduler is one line before the model loads or anything is written
+        client = stack.enter_context(connect(compute)) if compute.on_cluster else None
+        if args.model:
+            model = load_file_model(root, args.model, params)
+        else:
+            from churnlab.monitoring.champion import load_champion
 
-        champion = load_champion(root, args.version)
-        model = ScoringModel.from_champion(champion, None if args.version else "champion")
-    print(f"[score] model: {model.label}, threshold {model.threshold:.4f}", file=sys.stderr)
+            champion = load_champion(root, args.version)
+            model = ScoringModel.from_champion(champion, None if args.version else "champion")
+        print(f"[score] model: {model.label}, threshold {model.threshold:.4f}", file=sys.stderr)
 
-    def progress(done: int, total: int) -> None:
-        if total > settings.chunk_rows:  # one line for a small file is noise
-            print(f"[score] scored {done:,} of {total:,}", file=sys.stderr)
+        def progress(done: int, total: int) -> None:
+            if total > settings.chunk_rows:  # one line for a small file is noise
+                print(f"[score] scored {done:,} of {total:,}", file=sys.stderr)
 
-    counts = score_file(
-        args.input,
-        args.output,
-        rejects,
-        spec,
-        model,
-        settings,
-        get_key(params, "prepare", "params/prepare.yaml").get("fill_missing"),
-        raw=raw,
-        progress=progress,
-    )
+        fill_missing = get_key(params, "prepare", "params/prepare.yaml").get("fill_missing")
+        if client is not None:
+            counts = score_on_cluster(
+                args.input,
+                args.output,
+                rejects,
+                spec,
+                model,
+                settings,
+                fill_missing,
+                client,
+                compute,
+            )
+        else:
+            counts = score_file(
+                args.input,
+                args.output,
+                rejects,
+                spec,
+                model,
+                settings,
+                fill_missing,
+                raw=raw,
+                progress=progress,
+            )
+    where = " on the Dask cluster" if compute.on_cluster else ""
     print(
-        f"[score] {args.output}: {counts['scored']:,} customers scored; {rejects}: "
+        f"[score] {args.output}: {counts['scored']:,} customers scored{where}; {rejects}: "
         f"{counts['rejected']:,} rows rejected ({counts['rejected'] / counts['rows']:.1%}) "
         f"in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
@@ -434,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         "score",
         help="score a CSV or Parquet file of customers with the champion (params/score.yaml)",
     )
-    score.add_argument("input", type=Path, metavar="INPUT", help="customers, .csv or .parquet")
+    score.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="customers, .csv or .parquet, or a folder of part-*.parquet files",
+    )
     score.add_argument(
         "output",
         type=Path,
@@ -493,6 +527,10 @@ def console() -> None:
     leaves without the teardown.
     """
     code = main()
+    # thread-pool workers (a Dask client leaves some) end only when the interpreter's
+    # thread-exit hooks run, before it joins threads: run them first, as it does
+    for hook in reversed(list(getattr(threading, "_threading_atexits", []))):
+        hook()
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
