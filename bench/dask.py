@@ -1,3 +1,4 @@
+# ruff: noqa: E402 (the import path is fixed before the imports)
 """Benchmark of scale-out on Dask: 10 million customers generated, scored and monitored.
 
 On a project whose pipeline has run (a champion in its registry), with a ``LocalCluster``
@@ -22,6 +23,13 @@ Prints the figures and writes them into ``bench/RESULTS.md`` between the dask ma
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This file is named like the dask package: with bench/ first on the import path (as Python
+# puts a script's folder), `import dask` would find this file, here and in the workers.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import os
 import platform
@@ -30,7 +38,6 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import psutil
