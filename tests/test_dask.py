@@ -120,6 +120,10 @@ def project(tmp_path_factory, pipeline_project) -> Path:
     for folder in ("monitoring", "data/batches", "data/labels"):
         shutil.rmtree(target / folder, ignore_errors=True)
     set_param(target, "params/compute.yaml", "compute.partition_rows", 1000)
+    # the verdicts only need to agree: fewer draws and a smaller importance keep it quick
+    set_param(target, "params/monitor.yaml", "monitor.chunks", 50)
+    set_param(target, "params/monitor.yaml", "monitor.importance_repeats", 1)
+    set_param(target, "params/monitor.yaml", "monitor.importance_max_rows", 300)
     return target
 
 

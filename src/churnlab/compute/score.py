@@ -65,7 +65,10 @@ def score_part(
     where: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """One part's scored rows, its rejects (rows numbered across the input), its id hashes."""
-    raw = read_customers(Path(part)) if isinstance(part, str) else part.reset_index(drop=True)
+    if isinstance(part, str):
+        raw = read_customers(Path(part))
+    else:
+        raw = part.reset_index(drop=True)
     scored, rejects = score_frame(raw, spec, model, fill_missing, where, max(len(raw), 1))
     rejects = rejects.assign(**{ROW: rejects[ROW] + offset})
     ids = _as_text(raw[spec.id_column]).dropna()
@@ -110,8 +113,9 @@ def score_on_cluster(
         where = [str(source)] * len(sizes)
     else:
         sizes = [pq.read_metadata(part).num_rows for part in parts]
-        tasks = [str(part) for part in parts]
-        where = tasks
+        # workers started elsewhere have another working folder: absolute paths for them
+        tasks = [str(part.resolve()) for part in parts]
+        where = [str(part) for part in parts]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
     shared = client.scatter([spec, model, fill_missing], broadcast=True)
     futures = client.map(
