@@ -75,6 +75,17 @@ def score_part(
     return scored, rejects, np.unique(pd.util.hash_array(ids.to_numpy(dtype=object)))
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The parts' frames as one, with the dtypes the whole input's frame has.
+
+    An empty frame's text columns are ``object``, a filled one's ``str``: concatenated,
+    they become ``object`` and the Parquet bytes differ from the local run's. Only the
+    frames with rows go in (all empty: the first, as the local run has it).
+    """
+    filled = [f for f in frames if len(f)]
+    return pd.concat(filled, ignore_index=True) if filled else frames[0].reset_index(drop=True)
+
+
 def _repeated_across_parts(hashes: list[np.ndarray]) -> int:
     every = np.concatenate(hashes)
     _, counts = np.unique(every, return_counts=True)
@@ -134,8 +145,8 @@ def score_on_cluster(
             "part; every row of a repeated id is rejected, which needs the whole input at "
             "once: score it with compute.engine local, or remove the repeats; nothing written"
         )
-    scored = pd.concat([r[0] for r in results], ignore_index=True)
-    rejected = pd.concat([r[1] for r in results], ignore_index=True)
+    scored = _concat([r[0] for r in results])
+    rejected = _concat([r[1] for r in results])
     total = int(sum(sizes))
     check_reject_share(rejected, total, settings.max_reject_fraction, str(source))
     write_atomic_all(
