@@ -330,27 +330,21 @@ def test_a_search_on_the_cluster_finds_what_it_finds_here(project, scheduler):
     assert len(set(means)) > 1  # the candidates differ: the comparison means something
 
 
-def _score(project: Path, source: str, output: str, scheduler: str | None):
-    cmd = ["churnlab", "score", source, output]
-    if scheduler is None:
-        return run(cmd, project, check=False)
-    set_param(project, "params/compute.yaml", "compute.engine", "dask")
-    try:
-        return run(["env", f"CHURNLAB_DASK_SCHEDULER={scheduler}", *cmd], project, check=False)
-    finally:
-        set_param(project, "params/compute.yaml", "compute.engine", "local")
-
-
 def test_scoring_on_a_cluster_writes_the_local_bytes(project, scheduler, drawing):
-    """`churnlab score` of a partitioned month with bad rows in two parts, and of one CSV
-    file cut into parts: the scores and the rejects (rows numbered across the parts) have
-    the local run's bytes; an id repeated across two parts is refused, nothing written."""
+    """Scoring a partitioned month with bad rows in two parts, and one CSV file cut into
+    parts: the scores and the rejects (rows numbered across the parts) have the local run's
+    bytes; `churnlab score` of an id repeated across two parts is refused, nothing written."""
+    from churnlab.compute.score import read_input, score_on_cluster
+    from churnlab.config import load_params
+    from churnlab.monitoring.champion import load_champion
+    from churnlab.serving.score import ScoreSettings, ScoringModel, score_file
+
     spec = drawing[2]
-    folder = project / "scoring" / "month"
+    scoring = project / "scoring"
+    folder = scoring / "month"
+    scoring.mkdir()
     plan = MonthPlan(MONTH, 2500, 1000, seed=4)
-    targets = (folder, project / "scoring" / "labels")
-    folder.parent.mkdir()
-    generate_month(*drawing[:2], spec, drawing[3], plan, targets)
+    generate_month(*drawing[:2], spec, drawing[3], plan, (folder, scoring / "labels"))
     numeric = next(iter(spec.numeric))
     parts = sorted(folder.iterdir())
     second = pd.read_parquet(parts[1])
@@ -360,20 +354,33 @@ def test_scoring_on_a_cluster_writes_the_local_bytes(project, scheduler, drawing
     third.loc[7, spec.id_column] = third.loc[3, spec.id_column]  # a repeat inside a part
     third.to_parquet(parts[2], index=False)
     whole = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    whole.to_csv(project / "scoring" / "month.csv", index=False)
-    for source, suffix in (("scoring/month", ".parquet"), ("scoring/month.csv", ".csv")):
-        here = _score(project, source, f"scoring/here{suffix}", None)
-        there = _score(project, source, f"scoring/there{suffix}", scheduler)
-        assert here.returncode == 0 and there.returncode == 0, there.stderr[-2000:]
-        for name in ("", ".rejects"):
-            local = (project / f"scoring/here{name}{suffix}").read_bytes()
-            assert (project / f"scoring/there{name}{suffix}").read_bytes() == local
-    rejects = pd.read_parquet(project / "scoring/here.rejects.parquet")
-    assert rejects["row"].tolist() == [1006, 2004, 2008]
+    whole.to_csv(scoring / "month.csv", index=False)
+    params = load_params(project)
+    model = ScoringModel.from_champion(load_champion(project))
+    settings = ScoreSettings.from_params(params)
+    fill = params["prepare"]["fill_missing"]
+    compute = _settings(scheduler=scheduler)
+    with connect(compute) as client:
+        for source, suffix in ((folder, ".parquet"), (scoring / "month.csv", ".csv")):
+            here, there = scoring / f"here{suffix}", scoring / f"there{suffix}"
+            rejects = {f: f.with_name(f"{f.stem}.rejects{suffix}") for f in (here, there)}
+            raw = read_input(source)
+            score_file(source, here, rejects[here], spec, model, settings, fill, raw=raw)
+            score_on_cluster(
+                source, there, rejects[there], spec, model, settings, fill, client, compute
+            )
+            assert there.read_bytes() == here.read_bytes()
+            assert rejects[there].read_bytes() == rejects[here].read_bytes()
+    rejected = pd.read_parquet(scoring / "here.rejects.parquet")
+    assert rejected["row"].tolist() == [1006, 2004, 2008]
     first = pd.read_parquet(parts[0])
     first.loc[0, spec.id_column] = whole.loc[1500, spec.id_column]  # the same id in part 2
     first.to_parquet(parts[0], index=False)
-    (project / "scoring/there.parquet").unlink()
-    result = _score(project, "scoring/month", "scoring/there.parquet", scheduler)
+    set_param(project, "params/compute.yaml", "compute.engine", "dask")
+    try:
+        cmd = ["env", f"CHURNLAB_DASK_SCHEDULER={scheduler}", "churnlab", "score"]
+        result = run([*cmd, "scoring/month", "scoring/again.parquet"], project, check=False)
+    finally:
+        set_param(project, "params/compute.yaml", "compute.engine", "local")
     assert_one_clean_error(result, "more than one part", "compute.engine local")
-    assert not (project / "scoring/there.parquet").exists()
+    assert not (scoring / "again.parquet").exists()
