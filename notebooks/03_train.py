@@ -37,27 +37,55 @@ train_family: str = param("train.family")  # logistic_regression or gradient_boo
 train_calibration: str = param("train.calibration")  # none, isotonic or sigmoid
 train_logistic_regression: dict = param("train.logistic_regression")  # its hyper-parameters
 train_gradient_boosting: dict = param("train.gradient_boosting")  # its hyper-parameters
+train_search: dict = param("train.search")  # hyper-parameter search, off unless enabled
+compute_engine: str = param("compute.engine")  # where the search runs: local or dask
+compute_scheduler = param("compute.scheduler")  # str: a Dask scheduler; None: a local cluster
+compute_workers: int = param("compute.workers")  # workers of the local cluster
+compute_memory_per_worker: str = param("compute.memory_per_worker")  # memory of each
 
 # %%
 from pathlib import Path
 
 import pandas as pd
 
+from churnlab.compute.cluster import ComputeSettings
 from churnlab.data import ID_COLUMN, TARGET_COLUMN, feature_columns
 from churnlab.files import write_json, write_parquet
 from churnlab.model import build_model, cross_validate, fit_model, save_model
+from churnlab.search import search_from_params
 
 train = pd.read_parquet(paths_train)
 numeric, categorical = feature_columns(train)
-model = build_model(numeric, categorical, train_family, train_seed,
-                    calibration=train_calibration, calibration_folds=train_cv_folds,
-                    logistic_regression=train_logistic_regression,
-                    gradient_boosting=train_gradient_boosting)
-print(model)
+hyperparams = {"logistic_regression": train_logistic_regression,
+               "gradient_boosting": train_gradient_boosting}
 
 # %% keep_output=true
 # NBVAL_CHECK_OUTPUT
 print(f"features: {len(numeric)} numeric, {len(categorical)} categorical")
+
+# %% [markdown]
+# ## Hyper-parameter search
+#
+# Off by default (`train.search.enabled`). When on, every candidate of `train.search` is
+# cross-validated on the folds below, here or on a Dask cluster (`params/compute.yaml`),
+# and the best one (mean ROC AUC) replaces the family's hyper-parameters.
+
+# %%
+# papermill_description=search
+search = None
+if train_search["enabled"]:
+    compute = ComputeSettings.from_section(
+        {"engine": compute_engine, "scheduler": compute_scheduler, "workers": compute_workers,
+         "memory_per_worker": compute_memory_per_worker})
+    search = search_from_params(train, numeric, categorical, TARGET_COLUMN, train_family,
+                                hyperparams[train_family], train_search, train_cv_folds,
+                                train_seed, compute)
+    hyperparams[train_family] = {**hyperparams[train_family], **search["best"]}
+    display(pd.DataFrame(search["candidates"]))
+model = build_model(numeric, categorical, train_family, train_seed,
+                    calibration=train_calibration, calibration_folds=train_cv_folds,
+                    **hyperparams)
+print(model)
 
 # %% [markdown]
 # ## Cross-validation
@@ -76,6 +104,8 @@ cv_metrics = {
     "pr_auc_mean": round(float(folds["pr_auc"].mean()), 6),
     "pr_auc_std": round(float(folds["pr_auc"].std(ddof=1)), 6),
 }
+if search is not None:
+    cv_metrics["search"] = search
 cv_metrics
 
 # %% [markdown]

@@ -150,9 +150,12 @@ def _simulate(args) -> None:
         )
     raw = read_table(source)
     typed = validate_table(raw, spec, str(source.relative_to(root)))
-    months, truth = simulate_year(raw, typed, spec, settings)
     batches = root / get_key(params, "monitor.batches", MONITOR_FILE)
     labels = root / get_key(params, "monitor.labels", MONITOR_FILE)
+    if args.month:
+        _simulate_large(args, root, settings, raw, typed, spec, (batches, labels))
+        return
+    months, truth = simulate_year(raw, typed, spec, settings)
     written = write_year(months, truth, batches, labels, f".{settings['format']}")
     print(
         f"[simulate] {len(months)} months of {settings['customers']} customers in "
@@ -163,7 +166,38 @@ def _simulate(args) -> None:
     )
 
 
+def _simulate_large(args, root, settings, raw, typed, spec, folders) -> None:
+    """``churnlab simulate --month M --customers N``: one partitioned month (compute engine)."""
+    from contextlib import nullcontext
+
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.generate import MonthPlan, generate_month
+    from churnlab.monitoring.months import MONITOR_FILE, check_month
+    from churnlab.monitoring.simulate import scenarios_from_params
+
+    month = check_month(args.month, "--month")
+    if args.customers < 1:
+        raise ChurnlabError(f"--customers: expected a positive number, found {args.customers}")
+    compute = ComputeSettings.load(root)
+    scenarios = scenarios_from_params(settings.get("scenarios") or [], spec)
+    plan = MonthPlan(month, args.customers, compute.partition_rows, int(settings["seed"]))
+    targets = tuple(folder / f"{month}.parquet" for folder in folders)
+    with connect(compute) if compute.on_cluster else nullcontext() as client:
+        count = generate_month(raw, typed, spec, scenarios, plan, targets, client, compute)
+    where = "on the Dask cluster" if compute.on_cluster else "here"
+    print(
+        f"[simulate] {month}: {count} customers in {plan.partitions} partitions ({where}) in "
+        f"{targets[0].relative_to(root)}/ and their labels in {targets[1].relative_to(root)}/ "
+        f"(seed {MONITOR_FILE} monitor.simulate.seed)",
+        file=sys.stderr,
+    )
+
+
 def _monitor(args) -> None:
+    from contextlib import nullcontext
+
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.monitor import monitor_month_on_cluster
     from churnlab.monitoring.months import batch_months, check_month
     from churnlab.monitoring.verdict import (
         Monitor,
@@ -190,21 +224,27 @@ def _monitor(args) -> None:
         months = [check_month(m) for m in args.months]
         for month in months:  # what can be told without the champion, before loading it
             locate_month(root, settings, month)
-    monitor = Monitor.open(root)
-    failed, unjudged = [], []
-    for month in months:
-        try:
-            verdict, target = monitor_month(monitor, month)
-        except ChurnlabError as exc:
-            if not args.all:
-                raise
-            # the batch job goes on with the other months and fails at the end
-            print(f"churnlab: error: {exc}", file=sys.stderr)
-            unjudged.append(month)
-            continue
-        print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
-        if not verdict["quality"]["passed"]:
-            failed.append(verdict)
+    compute = ComputeSettings.load(root)
+    # the cluster is reached (or refused) before the champion loads and before any verdict
+    with connect(compute) if compute.on_cluster else nullcontext() as client:
+        monitor = Monitor.open(root)
+        failed, unjudged = [], []
+        for month in months:
+            try:
+                if client is None:
+                    verdict, target = monitor_month(monitor, month)
+                else:
+                    verdict, target = monitor_month_on_cluster(monitor, month, client, compute)
+            except ChurnlabError as exc:
+                if not args.all:
+                    raise
+                # the batch job goes on with the other months and fails at the end
+                print(f"churnlab: error: {exc}", file=sys.stderr)
+                unjudged.append(month)
+                continue
+            print(f"[monitor] {target.relative_to(root)}: {verdict['summary']}", file=sys.stderr)
+            if not verdict["quality"]["passed"]:
+                failed.append(verdict)
     if args.all:
         from churnlab.monitoring.page import write_monitoring_outputs
 
@@ -229,15 +269,18 @@ def _monitor(args) -> None:
 
 def _score(args) -> None:
     import time
+    from contextlib import ExitStack
 
+    from churnlab.compute.cluster import ComputeSettings, connect
+    from churnlab.compute.score import input_parts, read_input, score_on_cluster
     from churnlab.data import TableSpec
     from churnlab.param_rules import check_params
     from churnlab.serving.rows import extra_columns
     from churnlab.serving.score import (
         ScoreSettings,
         ScoringModel,
+        _format,
         load_file_model,
-        read_customers,
         rejects_path,
         score_file,
     )
@@ -248,17 +291,26 @@ def _score(args) -> None:
     spec = TableSpec.from_params(get_key(params, "schema", "params/data.yaml"))
     settings = ScoreSettings.from_params(params)
     rejects = args.rejects or rejects_path(args.output, settings.rejects)
+    compute = ComputeSettings.load(root)
     started = time.perf_counter()
-    raw = read_customers(args.input)  # the input's problems show before the model loads
-    print(
-        f"[score] read {len(raw):,} rows of {args.input} ({time.perf_counter() - started:.1f} s)",
-        file=sys.stderr,
-    )
-    extra = extra_columns(raw.columns, spec)
-    if extra:
+    raw = None
+    if compute.on_cluster:
+        # the workers read the parts; here only the folder is checked, before the model loads
+        input_parts(args.input)
+        _format(args.output, "OUTPUT")
+    else:
+        raw = read_input(args.input)  # the input's problems show before the model loads
         print(
-            f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)", file=sys.stderr
+            f"[score] read {len(raw):,} rows of {args.input} "
+            f"({time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
         )
+        extra = extra_columns(raw.columns, spec)
+        if extra:
+            print(
+                f"[score] ignored: column(s) {extra} (not in params/data.yaml schema)",
+                file=sys.stderr,
+            )
 
     def load_model() -> ScoringModel:
         if args.model:
@@ -275,19 +327,37 @@ def _score(args) -> None:
         if total > settings.chunk_rows:  # one line for a small file is noise
             print(f"[score] scored {done:,} of {total:,}", file=sys.stderr)
 
-    counts = score_file(
-        args.input,
-        args.output,
-        rejects,
-        spec,
-        load_model,
-        settings,
-        get_key(params, "prepare", "params/prepare.yaml").get("fill_missing"),
-        raw=raw,
-        progress=progress,
-    )
+    fill_missing = get_key(params, "prepare", "params/prepare.yaml").get("fill_missing")
+    with ExitStack() as stack:
+        if compute.on_cluster:
+            # an unreachable scheduler is one line before the model loads or anything is written
+            client = stack.enter_context(connect(compute))
+            counts = score_on_cluster(
+                args.input,
+                args.output,
+                rejects,
+                spec,
+                load_model(),
+                settings,
+                fill_missing,
+                client,
+                compute,
+            )
+        else:
+            counts = score_file(
+                args.input,
+                args.output,
+                rejects,
+                spec,
+                load_model,
+                settings,
+                fill_missing,
+                raw=raw,
+                progress=progress,
+            )
+    where = " on the Dask cluster" if compute.on_cluster else ""
     print(
-        f"[score] {args.output}: {counts['scored']:,} customers scored; {rejects}: "
+        f"[score] {args.output}: {counts['scored']:,} customers scored{where}; {rejects}: "
         f"{counts['rejected']:,} rows rejected ({counts['rejected'] / counts['rows']:.1%}) "
         f"in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
@@ -535,6 +605,15 @@ def main(argv: list[str] | None = None) -> int:
         "simulate",
         help="write a seeded year of monthly batches with drift scenarios (params/monitor.yaml)",
     )
+    simulate.add_argument(
+        "--month",
+        metavar="MONTH",
+        help="instead of the year: one large month (YYYY-MM) as a partitioned Parquet dataset, "
+        "drawn where params/compute.yaml says (docs/scale-out.md)",
+    )
+    simulate.add_argument(
+        "--customers", type=int, default=1_000_000, help="customers of --month (1000000)"
+    )
     simulate.set_defaults(handler=_simulate)
     monitor = commands.add_parser(
         "monitor", help="judge months of new customers against the champion (monitoring/)"
@@ -551,7 +630,12 @@ def main(argv: list[str] | None = None) -> int:
         "score",
         help="score a CSV or Parquet file of customers with the champion (params/score.yaml)",
     )
-    score.add_argument("input", type=Path, metavar="INPUT", help="customers, .csv or .parquet")
+    score.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="customers, .csv or .parquet, or a folder of part-*.parquet files",
+    )
     score.add_argument(
         "output",
         type=Path,
@@ -669,6 +753,10 @@ def console() -> None:
     leaves without the teardown.
     """
     code = main()
+    # thread-pool workers (a Dask client leaves some) end only when the interpreter's
+    # thread-exit hooks run, before it joins threads: run them first, as it does
+    for hook in reversed(list(getattr(threading, "_threading_atexits", []))):
+        hook()
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

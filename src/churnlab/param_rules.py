@@ -52,6 +52,8 @@ SCENARIO_KINDS = (
 # what `churnlab cycle` tells people about, and the webhook formats (churnlab.cycle.notify)
 NOTIFY_EVENTS = ("drift_alert", "quality_failure", "retrain", "promotion", "kept_champion")
 NOTIFY_FORMATS = ("slack", "teams")
+# where heavy work runs (churnlab.compute.cluster; params/compute.yaml)
+ENGINES = ("local", "dask")
 MONTH = Text(hint='a month as YYYY-MM, quoted: "2026-01"')
 
 # Each fold fits the model once more and more folds barely sharpen the estimate (2,000
@@ -64,6 +66,7 @@ MAX_CV_FOLDS = 20
 # unknown key instead, so a typo in them is still caught. A new command's section goes here.
 COMMAND_SECTIONS: dict[str, str] = {
     "monitor": "churnlab monitor and churnlab simulate",
+    "compute": "churnlab monitor, simulate and score (the train stage declares what it reads)",
     "score": "churnlab score",
     "serve": "churnlab serve",
     "cycle": "churnlab cycle and churnlab history",
@@ -166,8 +169,18 @@ def rules() -> dict[str, Rule]:
                     min_samples_leaf=Integer(1),
                     l2_regularization=Number(0),
                 ),
+                "search": Section(
+                    {
+                        "enabled": Flag(),
+                        "method": Text(("grid", "random")),
+                        "candidates": Integer(1, 10_000),
+                        "seed": SEED,
+                        # values per hyper-parameter: build_model checks the names
+                        "space": OpenMapping(ListOf(Anything(), min_items=1)),
+                    }
+                ),
             },
-            optional=frozenset({"logistic_regression", "gradient_boosting"}),
+            optional=frozenset({"logistic_regression", "gradient_boosting", "search"}),
         ),
         "evaluate": Section(
             {
@@ -231,6 +244,17 @@ def rules() -> dict[str, Rule]:
         ),
         # where stages read and write: dvc.yaml interpolates them
         "paths": OpenMapping(Text()),
+        "compute": Section(
+            {
+                "engine": Text(ENGINES),
+                "scheduler": Nullable(
+                    Text(hint="a scheduler address (tcp://host:8786), or null for a local one")
+                ),
+                "workers": Integer(1, 1024),
+                "memory_per_worker": Text(hint="a size as Dask writes it: 4GiB, 512MiB"),
+                "partition_rows": Integer(1000, 100_000_000),
+            }
+        ),
         "score": Section(
             {
                 "max_reject_fraction": SHARE,

@@ -1,11 +1,14 @@
 """Months of new customers and their labels: names, where their files are, reading them.
 
 A month is named ``YYYY-MM``; its batch is ``<monitor.batches>/YYYY-MM.csv`` or ``.parquet``
-and its labels ``<monitor.labels>/YYYY-MM.csv`` or ``.parquet`` (params/monitor.yaml).
+and its labels ``<monitor.labels>/YYYY-MM.csv`` or ``.parquet`` (params/monitor.yaml). A
+large month may be a partitioned Parquet dataset instead: a folder ``YYYY-MM.parquet/`` of
+``part-*.parquet`` files (``churnlab simulate --month``), read part by part in name order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,41 @@ def month_file(folder: Path, month: str, what: str) -> Path | None:
     return found[0] if found else None
 
 
+def month_parts(path: Path) -> list[Path]:
+    """The files of a month: itself, or the ``part-*.parquet`` files of a dataset folder.
+
+    Raises:
+        ChurnlabError: a dataset folder without a part file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    parts = sorted(path.glob("part-*.parquet"))
+    if not parts:
+        raise ChurnlabError(
+            f"{path}: a partitioned dataset without a part file (part-*.parquet): expected "
+            "the parts of the month, found none"
+        )
+    return parts
+
+
+def read_month(path: Path) -> pd.DataFrame:
+    """A month's file, or every part of its dataset folder, as one text table."""
+    parts = [read_table(part) for part in month_parts(path)]
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def table_sha256(path: Path) -> str:
+    """SHA-256 of a month's file; of a dataset folder: over its parts' names and hashes."""
+    parts = month_parts(path)
+    if parts == [Path(path)]:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part.name} {hashlib.sha256(part.read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
 def batch_months(folder: Path) -> list[str]:
     """The months with a batch file in ``folder``, in order."""
     if not folder.is_dir():
@@ -76,14 +114,18 @@ class Labels:
     churned: np.ndarray
 
 
-def read_labels(path: Path, spec: TableSpec, month_ids: pd.Series) -> Labels:
+def read_labels(path: Path, spec: TableSpec, month_ids: pd.Series | None) -> Labels:
     """Read and check a month's labels against the month's ids.
+
+    ``month_ids`` None leaves the last check (ids the month does not have) to the caller:
+    the monitor on a cluster counts matches partition by partition
+    (``unknown_labels_error``).
 
     Raises:
         ChurnlabError: naming the file and the column: a missing column, a value other than
             the two labels, a repeated id, or ids that are not in the month.
     """
-    table = read_table(path)
+    table = read_month(path)
     for column in (spec.id_column, spec.target):
         if column not in table.columns:
             raise ChurnlabError(
@@ -107,10 +149,17 @@ def read_labels(path: Path, spec: TableSpec, month_ids: pd.Series) -> Labels:
             f"{path}: column '{spec.id_column}': each customer once, found {len(repeated)} ids "
             f"more than once (e.g. {repeated[:3]})"
         )
-    unknown = sorted(set(ids) - set(month_ids.astype(str)))
-    if unknown:
-        raise ChurnlabError(
-            f"{path}: column '{spec.id_column}': {len(unknown)} ids are not customers of the "
-            f"month's batch (e.g. {unknown[:3]}): labels belong to the month of the same name"
-        )
+    if month_ids is not None:
+        unknown = sorted(set(ids) - set(month_ids.astype(str)))
+        if unknown:
+            raise unknown_labels_error(path, spec, len(unknown), unknown[:3])
     return Labels(path, ids.to_numpy(), (values == spec.positive_label).to_numpy(dtype=int))
+
+
+def unknown_labels_error(path: Path, spec: TableSpec, count: int, examples: list) -> ChurnlabError:
+    """The error for labels of customers the month does not have."""
+    shown = f" (e.g. {examples})" if examples else ""
+    return ChurnlabError(
+        f"{path}: column '{spec.id_column}': {count} ids are not customers of the "
+        f"month's batch{shown}: labels belong to the month of the same name"
+    )

@@ -8,8 +8,8 @@ writes ``monitoring/YYYY-MM.json`` atomically.
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from churnlab.config import get_key, load_params
-from churnlab.data import TableSpec, read_table
+from churnlab.data import TableSpec
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_json
 from churnlab.monitoring import drift
@@ -34,6 +34,8 @@ from churnlab.monitoring.months import (
     check_month,
     month_file,
     read_labels,
+    read_month,
+    table_sha256,
 )
 from churnlab.monitoring.performance import estimated_performance, realised_performance
 from churnlab.monitoring.quality import check_quality, type_month
@@ -85,7 +87,7 @@ def _file_record(root: Path, path: Path, rows: int) -> dict:
         shown = path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         shown = str(path)
-    return {"path": shown, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "rows": rows}
+    return {"path": shown, "sha256": table_sha256(path), "rows": rows}
 
 
 def _score_summary(scores: np.ndarray, threshold: float) -> dict:
@@ -108,6 +110,24 @@ def _severity(entry: dict) -> float:
         if s["value"] is not None
     ]
     return max(ratios, default=0.0)
+
+
+@dataclass(frozen=True)
+class MonthColumns:
+    """What judging a scored month needs from its rows.
+
+    Attributes:
+        rows: customers in the month.
+        values: per model input column: a numeric column's values (blanks as NaN, after
+            ``prepare.fill_missing``), or a categorical column's counts per category.
+        scores: the champion's scores of every customer.
+        labelled: ``(churned, scores)`` of the labelled customers, or None without labels.
+    """
+
+    rows: int
+    values: Mapping[str, Any]
+    scores: np.ndarray
+    labelled: tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclass
@@ -205,13 +225,15 @@ class Monitor:
             self._thresholds[n] = found
         return self._thresholds[n]
 
-    def _features(self, month: pd.DataFrame, thresholds: dict) -> list[dict]:
+    def _features(self, month: Mapping[str, Any], thresholds: dict) -> list[dict]:
+        """One entry per model input column; ``month[name]`` is a numeric column's values
+        (blanks as NaN) or a categorical column's counts (``drift.categorical_shares``)."""
         entries = []
         for name in self.champion.columns:
             limit = thresholds[name]
             if name in self.numeric:
                 ref = self.numeric[name]
-                values = month[name].to_numpy(float)
+                values = np.asarray(month[name], dtype=float)
                 found = drift.numeric_statistics(ref, values)
                 statistics = [_statistic(s, found[s], limit[s]) for s in ("wasserstein", "psi")]
                 ref_values = self.reference[name].to_numpy(float)
@@ -230,7 +252,7 @@ class Monitor:
                 }
             else:
                 ref_counts = self.categorical[name]
-                counts = drift.categorical_shares(month[name])
+                counts = month[name]
                 found = drift.categorical_statistics(ref_counts, counts)
                 statistics = [
                     _statistic("jensen_shannon", found["jensen_shannon"], limit["jensen_shannon"]),
@@ -261,9 +283,34 @@ class Monitor:
 
     def judge(self, month: str, raw: pd.DataFrame, labels: Labels | None) -> dict:
         """The verdict of a month (without the file records), from its tables."""
-        champion, p = self.champion, self.params
         typed = type_month(raw, self.spec)
         quality = check_quality(raw, self.spec, typed)
+        if quality["missing_columns"]:
+            return self.judge_columns(month, quality, None)
+        for name, value in self.fill_missing.items():
+            if name in typed.columns:
+                typed[name] = typed[name].fillna(float(value))
+        scores = self.champion.scores(typed)
+        labelled = None
+        if labels is not None and self.spec.id_column in typed.columns:
+            position = pd.Series(np.arange(len(typed)), index=typed[self.spec.id_column].array)
+            position = position[~position.index.duplicated()]
+            rows = position.reindex(labels.ids).to_numpy()
+            labelled = (labels.churned, scores[rows])
+        values = {name: typed[name].to_numpy(float) for name in self.numeric}
+        values.update({name: drift.categorical_shares(typed[name]) for name in self.categorical})
+        return self.judge_columns(
+            month, quality, MonthColumns(len(typed), values, scores, labelled)
+        )
+
+    def judge_columns(self, month: str, quality: dict, columns: MonthColumns | None) -> dict:
+        """The verdict of a month from its quality section and what its columns hold.
+
+        ``columns`` is None when the month cannot be scored (a column is missing). The
+        monitor on a Dask cluster (churnlab.compute.monitor) builds ``columns`` from sums
+        over partitions and comes here, so both ways judge with the same code.
+        """
+        champion, p = self.champion, self.params
         verdict: dict[str, Any] = {
             "format": FORMAT,
             "month": month,
@@ -287,13 +334,10 @@ class Monitor:
                 "alert_importance": p.alert_importance,
             },
         }
-        scored = not quality["missing_columns"]
+        scored = columns is not None and not quality["missing_columns"]
         if scored:
-            for name, value in self.fill_missing.items():
-                if name in typed.columns:
-                    typed[name] = typed[name].fillna(float(value))
-            thresholds = self.thresholds(len(typed))
-            features = self._features(typed, thresholds)
+            thresholds = self.thresholds(columns.rows)
+            features = self._features(columns.values, thresholds)
             drifted = [e["column"] for e in features if e["drifted"]]
             verdict["features"] = features
             verdict["drift"] = {
@@ -303,9 +347,8 @@ class Monitor:
                     e["drifted"] and e["importance"] >= p.alert_importance for e in features
                 ),
             }
-            scores = champion.scores(typed)
-            verdict["prediction"] = self._prediction(scores, thresholds["(scores)"])
-            verdict["performance"] = self._performance(typed, scores, labels)
+            verdict["prediction"] = self._prediction(columns.scores, thresholds["(scores)"])
+            verdict["performance"] = self._performance(columns.scores, columns.labelled)
         alerts = {
             "quality": not quality["passed"],
             "feature_drift": bool(scored and verdict["drift"]["alert"]),
@@ -346,15 +389,10 @@ class Monitor:
             "alert": any(s["drifted"] for s in statistics),
         }
 
-    def _performance(self, typed: pd.DataFrame, scores: np.ndarray, labels: Labels | None):
+    def _performance(self, scores: np.ndarray, labelled: tuple | None) -> dict:
         threshold = self.champion.threshold
         estimated = estimated_performance(scores, threshold, self.params.confidence)
-        realised = None
-        if labels is not None and self.spec.id_column in typed.columns:
-            position = pd.Series(np.arange(len(typed)), index=typed[self.spec.id_column].array)
-            position = position[~position.index.duplicated()]
-            rows = position.reindex(labels.ids).to_numpy()
-            realised = realised_performance(labels.churned, scores[rows], threshold)
+        realised = None if labelled is None else realised_performance(*labelled, threshold)
         gate = self.gate_recall
         interval = estimated["recall_interval"]
         recall = realised["recall"] if realised is not None else None
@@ -500,7 +538,7 @@ def monitor_month(monitor: Monitor, month: str) -> tuple[dict, Path]:
     root, p = monitor.root, monitor.params
     batch_path = locate_month(root, p, month)
     try:
-        raw = read_table(batch_path)
+        raw = read_month(batch_path)
         labels_path = month_file(root / p.labels, month, "the labels")
         labels = None
         if labels_path is not None:

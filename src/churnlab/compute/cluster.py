@@ -1,0 +1,178 @@
+"""Where the heavy work runs: this process, or a Dask cluster (``params/compute.yaml``).
+
+``ComputeSettings.load`` reads the ``compute`` section after the environment
+(``CHURNLAB_DASK_SCHEDULER`` wins over ``compute.scheduler``). ``connect`` is the one way to
+reach a cluster: it connects to the scheduler at the address, or starts a ``LocalCluster``
+bound to 127.0.0.1 when there is none, and always stops what it started. It fails with one
+line naming the address before any caller has moved an output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from churnlab.errors import ChurnlabError
+
+COMPUTE_FILE = "params/compute.yaml"
+SCHEDULER_VARIABLE = "CHURNLAB_DASK_SCHEDULER"
+CONNECT_TIMEOUT = "10s"  # a scheduler that does not answer in this is not there
+PROBE_TIMEOUT = 5.0  # seconds for the first TCP connection (a filtered port hangs)
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """The ``compute`` section of params/compute.yaml (checked by churnlab.param_rules)."""
+
+    engine: str
+    scheduler: str | None
+    workers: int
+    memory_per_worker: str
+    partition_rows: int | None  # None where it is not read (the train stage)
+
+    @classmethod
+    def from_section(
+        cls, section: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> ComputeSettings:
+        """From the section's values; ``CHURNLAB_DASK_SCHEDULER`` overrides the address."""
+        environ = os.environ if environ is None else environ
+        scheduler = environ.get(SCHEDULER_VARIABLE, "").strip() or section["scheduler"]
+        return cls(
+            engine=section["engine"],
+            scheduler=scheduler,
+            workers=int(section["workers"]),
+            memory_per_worker=str(section["memory_per_worker"]),
+            partition_rows=section.get("partition_rows"),
+        )
+
+    @classmethod
+    def load(cls, root: Path, environ: Mapping[str, str] | None = None) -> ComputeSettings:
+        from churnlab.config import get_key, load_params
+
+        return cls.from_section(get_key(load_params(root), "compute", COMPUTE_FILE), environ)
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.engine == "dask"
+
+
+def _probe(address: str) -> str | None:
+    """Why a TCP connection to the scheduler's address fails now, or None when it opens."""
+    import socket
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return None  # other transports: let the client try
+        host, port = parse_host_port(location, 8786)  # Dask's default port
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            return None
+    except (OSError, ValueError, TypeError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _where(settings: ComputeSettings) -> str:
+    if os.environ.get(SCHEDULER_VARIABLE, "").strip():
+        return f"{SCHEDULER_VARIABLE} (environment)"
+    return f"{COMPUTE_FILE}: compute.scheduler"
+
+
+@contextmanager
+def connect(settings: ComputeSettings) -> Iterator[Any]:
+    """A ``distributed.Client`` for the settings' cluster, closed (and stopped) on exit.
+
+    With an address: connect to that scheduler. Without one: start a ``LocalCluster`` of
+    ``workers`` processes (one thread each, ``memory_per_worker`` each) on 127.0.0.1, which is
+    stopped on exit whatever happens inside.
+
+    Raises:
+        ChurnlabError: the scheduler cannot be reached (naming the address and where it was
+            set), or the local cluster cannot start.
+    """
+    from distributed import Client, LocalCluster
+
+    if settings.scheduler:
+
+        def unreachable(reason: str) -> ChurnlabError:
+            return ChurnlabError(
+                f"{_where(settings)}: expected a Dask scheduler at {settings.scheduler}, "
+                f"found none answering ({reason}): start one (`dask scheduler --host "
+                "127.0.0.1`, then `dask worker ADDRESS`), fix the address, or set "
+                "compute.scheduler to null for a local cluster"
+            )
+
+        # a refused port fails at once here; the client itself would retry until its timeout
+        problem = _probe(settings.scheduler)
+        if problem:
+            raise unreachable(problem)
+        try:
+            client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise unreachable(type(exc).__name__) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    try:
+        cluster = LocalCluster(
+            n_workers=settings.workers,
+            threads_per_worker=1,
+            memory_limit=settings.memory_per_worker,
+            host="127.0.0.1",
+            dashboard_address=None,
+            processes=True,
+        )
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ChurnlabError(
+            f"{COMPUTE_FILE}: compute: a local Dask cluster of {settings.workers} workers "
+            f"({settings.memory_per_worker} each) could not start: {exc}"
+        ) from None
+    try:
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def gather(client: Any, futures: list, settings: ComputeSettings, what: str) -> list:
+    """The results of ``futures``, in order; a task that killed its workers is one error.
+
+    A worker that dies mid-job (killed, or out of memory) is not an error: the scheduler runs
+    its tasks again on another worker, and a task gives the same result wherever it runs.
+    Only a task that took down ``distributed.scheduler.allowed-failures`` workers fails.
+
+    Raises:
+        ChurnlabError: that task, in one line naming ``compute.memory_per_worker``; or what
+            a task raised itself (a ``ChurnlabError`` passes through unchanged).
+    """
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return client.gather(futures)
+    except KilledWorker as exc:
+        raise worker_failure(exc, settings, what) from None
+    finally:
+        for future in futures:
+            future.release()
+
+
+def worker_failure(exc: BaseException, settings: ComputeSettings, what: str) -> ChurnlabError:
+    """The one-line error for a job the cluster could not finish (a worker died on it)."""
+    return ChurnlabError(
+        f"{COMPUTE_FILE}: compute.memory_per_worker: {what} failed on the Dask cluster: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; a worker died "
+        f"on the same task again and again, usually out of memory (each has "
+        f"{settings.memory_per_worker}): give workers more memory or lower "
+        "compute.partition_rows; no output was written"
+    )
