@@ -75,3 +75,43 @@ def test_a_kept_champions_months_are_found_among_the_labelled_months(tmp_path):
     assert sorted(reference[ID_COLUMN]) == sorted(wanted)
     row = reference.set_index(ID_COLUMN).loc["2026-01-002"]
     assert row["spend"] == 12.5 and row[TARGET_COLUMN] == 0
+
+
+def test_dvc_lock_entries_of_dead_and_zombie_processes_are_dropped_and_live_ones_kept(tmp_path):
+    """A cycle killed during `dvc repro` leaves DVC's rwlock entries behind, held by a dvc
+    that is dead or a zombie nobody reaps; the next cycle must not be refused for them."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    from churnlab.cycle.retrain import release_dead_dvc_locks
+
+    zombie = subprocess.Popen(["true"])  # exits and is not waited for: a zombie
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{zombie.pid}/stat").read().split(") ")[1][0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    live = {"pid": os.getpid(), "cmd": "dvc repro"}
+    lock = {
+        "read": {
+            "data/raw/churn.csv": [{"pid": zombie.pid, "cmd": "dvc repro"}, live],
+            "params": [{"pid": dead.pid, "cmd": "dvc repro"}],
+        },
+        "write": {"data/prepared": {"pid": zombie.pid, "cmd": "dvc repro"}, "models": live},
+    }
+    path = tmp_path / ".dvc" / "tmp" / "rwlock"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(lock))
+    try:
+        assert release_dead_dvc_locks(tmp_path) == sorted({zombie.pid, dead.pid})
+    finally:
+        zombie.wait()
+    assert json.loads(path.read_text()) == {
+        "read": {"data/raw/churn.csv": [live]},
+        "write": {"models": live},
+    }
+    assert release_dead_dvc_locks(tmp_path) == []  # nothing more to drop
+    assert release_dead_dvc_locks(tmp_path / "elsewhere") == []  # no lock file: nothing to do

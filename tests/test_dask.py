@@ -365,7 +365,7 @@ def test_scoring_on_a_cluster_writes_the_local_bytes(project, scheduler, drawing
             here, there = scoring / f"here{suffix}", scoring / f"there{suffix}"
             rejects = {f: f.with_name(f"{f.stem}.rejects{suffix}") for f in (here, there)}
             raw = read_input(source)
-            score_file(source, here, rejects[here], spec, model, settings, fill, raw=raw)
+            score_file(source, here, rejects[here], spec, lambda: model, settings, fill, raw=raw)
             score_on_cluster(
                 source, there, rejects[there], spec, model, settings, fill, client, compute
             )

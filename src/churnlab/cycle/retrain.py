@@ -85,7 +85,50 @@ def write_training_table(root: Path, params: dict, month: str, record: dict) -> 
     }
 
 
+def release_dead_dvc_locks(root: Path) -> list[int]:
+    """Drop the entries of DVC's stage lock (``.dvc/tmp/rwlock``) whose process is gone.
+
+    A cycle killed during ``dvc repro`` leaves DVC's entries behind. DVC drops an entry itself
+    only when its process no longer exists, but a killed ``dvc`` whose parent died too stays a
+    zombie until init reaps it (late, or never, under some container inits), and the next
+    ``dvc repro`` then refuses the month. Entries of live processes (a user's own ``dvc
+    repro``) are kept.
+
+    Returns:
+        The process ids whose entries were dropped.
+    """
+    import psutil
+
+    path = root / ".dvc" / "tmp" / "rwlock"
+    if not path.exists():
+        return []
+    lock = json.loads(path.read_text() or "{}")
+
+    def alive(info: dict) -> bool:
+        try:
+            return psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    dropped: set[int] = set()
+    for entries in lock.values():
+        for target, infos in list(entries.items()):
+            holders = infos if isinstance(infos, list) else [infos]
+            kept = [info for info in holders if alive(info)]
+            dropped |= {int(info["pid"]) for info in holders if info not in kept}
+            if not kept:
+                del entries[target]
+            elif len(kept) != len(holders):
+                entries[target] = kept
+    if dropped:
+        staging = path.with_name(f"{path.name}.churnlab")
+        staging.write_text(json.dumps(lock))
+        os.replace(staging, path)
+    return sorted(dropped)
+
+
 def _dvc(root: Path, args: list[str], what: str, env: dict | None = None) -> None:
+    release_dead_dvc_locks(root)  # a cycle killed mid-repro left DVC's entries behind
     dvc = Path(sys.executable).parent / "dvc"
     command = [str(dvc) if dvc.exists() else (shutil.which("dvc") or "dvc"), *args]
     log = root / RETRAIN_LOG
