@@ -186,6 +186,8 @@ def measure(args) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env["DO_NOT_TRACK"] = "1"
     bin_dir = Path(sys.executable).parent
+    # `mlflow models serve` starts `uvicorn` by name: the project's, whatever PATH says
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     results: dict = {"loads": {}}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
