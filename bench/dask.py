@@ -29,11 +29,11 @@ from pathlib import Path
 # This file is named like the dask package: with bench/ first on the import path (as Python
 # puts a script's folder), `import dask` would find this file, here and in the workers.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # last: bench/results.py, after dask
 
 import argparse
 import os
 import platform
-import re
 import tempfile
 import threading
 import time
@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import psutil
+from results import write_section  # bench/, put last on sys.path above
 
 from churnlab.compute.cluster import ComputeSettings, connect, gather
 from churnlab.compute.generate import MonthPlan, generate_month
@@ -52,7 +53,6 @@ from churnlab.monitoring.simulate import scenarios_from_params
 from churnlab.monitoring.verdict import Monitor
 
 PROJECT = Path(__file__).resolve().parent.parent
-START, END = "<!-- dask -->", "<!-- /dask -->"
 MONTH = "2027-01"
 
 
@@ -236,7 +236,7 @@ def main() -> int:
             f"(speed-up {search['one'] / search['two']:.2f}x); same ranking: "
             f"{search['same']}."
         )
-    write_results("\n".join(lines), args.results)
+    write_section("dask", "\n".join(lines), args.results)
     return 0
 
 
@@ -286,16 +286,6 @@ def bench_search(dataset: Path, rows: int, compute, spec, fill_missing: dict) ->
             times[workers] = time.perf_counter() - started
     ranks = [[c["rank"] for c in found[w]["candidates"]] for w in (1, 2)]
     return {"one": times[1], "two": times[2], "same": ranks[0] == ranks[1]}
-
-
-def write_results(text: str, target: Path) -> None:
-    body = target.read_text() if target.exists() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in body and END in body:
-        body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(body)
 
 
 if __name__ == "__main__":

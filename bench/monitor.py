@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results import write_section  # bench/ is the script's folder, first on sys.path
 from scipy.stats import norm
 
 from churnlab.config import get_key, load_params
@@ -50,7 +50,6 @@ from churnlab.monitoring.simulate import Scenario, simulate_month
 from churnlab.monitoring.verdict import Monitor, MonitorParams
 
 PROJECT = Path(__file__).resolve().parent.parent
-START, END = "<!-- monitor -->", "<!-- /monitor -->"
 
 
 def _months(monitor: Monitor, raw, typed, scenarios, count, customers, seed, first):
@@ -283,16 +282,6 @@ def speed(monitor: Monitor, raw, typed, root: Path, args) -> dict:
     return results
 
 
-def write_results(text: str, target: Path) -> None:
-    body = target.read_text() if target.is_file() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in body and END in body:
-        body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(body)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=PROJECT)
@@ -382,7 +371,7 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    write_results(text, args.results)
+    write_section("monitor", text, args.results)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
@@ -37,6 +36,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from results import write_section  # bench/ is the script's folder
 from synth import generate_customers  # bench/ is the script's folder, so first on sys.path
 
 from churnlab.config import get_key, load_params
@@ -53,7 +53,6 @@ from churnlab.serving.score import (
 )
 
 PROJECT = Path(__file__).resolve().parent.parent
-START, END = "<!-- score -->", "<!-- /score -->"
 TARGET = 100_000  # customers per second, end to end (issue 13)
 
 
@@ -74,16 +73,6 @@ def timed(action, repeats: int, label: str = "") -> tuple[float, object]:
         cpu.append(time.process_time() - start_cpu)
     CPU[label] = statistics.median(cpu)
     return statistics.median(times), result
-
-
-def write_results(text: str, target: Path) -> None:
-    body = target.read_text() if target.is_file() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in body and END in body:
-        body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(body)
 
 
 def main() -> int:
@@ -208,7 +197,7 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    write_results(text, args.results)
+    write_section("score", text, args.results)
     return 0
 
 

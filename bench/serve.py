@@ -26,7 +26,6 @@ import io
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -41,11 +40,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+from results import write_section  # bench/ is the script's folder, first on sys.path
 
 from churnlab.config import get_key, load_params
 
 PROJECT = Path(__file__).resolve().parent.parent
-START, END = "<!-- serve -->", "<!-- /serve -->"
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
@@ -303,16 +302,6 @@ def report(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str, target: Path) -> None:
-    body = target.read_text() if target.is_file() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in body and END in body:
-        body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(body)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=PROJECT)
@@ -331,7 +320,7 @@ def main() -> int:
             )
     text = report(measure(args), args)
     print(text)
-    write_results(text, args.results)
+    write_section("serve", text, args.results)
     return 0
 
 

@@ -111,3 +111,21 @@ def test_exp_show_counts_an_experiment_only_with_the_set_value_and_its_metrics(b
     assert bench.shows_result(exp_show("cost", with_metrics), setting)
     assert not bench.shows_result(exp_show("max_f1", with_metrics), setting)  # workspace only
     assert not bench.shows_result(exp_show("cost", {}), setting)
+
+
+def test_a_benchmark_section_replaces_its_own_block_and_keeps_the_others(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_results", BENCH.with_name("results.py"))
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    target = tmp_path / "RESULTS.md"
+    results.write_section("score", "first", target)  # no file yet: the block alone
+    assert target.read_text() == "\n\n<!-- score -->\nfirst\n<!-- /score -->\n"
+    target.write_text("# Results\n\n<!-- serve -->\nkept\n<!-- /serve -->\n")
+    results.write_section("score", "one", target)
+    results.write_section("score", "two", target)
+    text = target.read_text()
+    assert text.count("<!-- score -->") == 1 and "one" not in text
+    assert text == (
+        "# Results\n\n<!-- serve -->\nkept\n<!-- /serve -->\n\n"
+        "<!-- score -->\ntwo\n<!-- /score -->\n"
+    )

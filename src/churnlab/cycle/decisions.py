@@ -11,34 +11,15 @@ through a temporary file), so a reader never sees half a line.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic
+from churnlab.monitoring.records import tidy
 
 JOURNAL = ".churnlab/cycle/journal.json"
 LOCK = ".churnlab/cycle/lock"
 FORMAT = 1
-
-
-def tidy(value: Any) -> Any:
-    """JSON-ready: 6 significant digits, NaN and infinity as null, numpy as Python."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): tidy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [tidy(v) for v in value]
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer | int):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        value = float(value)
-        return float(f"{value:.6g}") if math.isfinite(value) else None
-    return value
 
 
 def decision_line(decision: dict) -> bytes:

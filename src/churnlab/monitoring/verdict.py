@@ -8,7 +8,6 @@ writes ``monitoring/YYYY-MM.json`` atomically.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from churnlab.monitoring.months import (
 )
 from churnlab.monitoring.performance import estimated_performance, realised_performance
 from churnlab.monitoring.quality import check_quality, type_month
+from churnlab.monitoring.records import tidy
 
 FORMAT = 1
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -64,22 +64,6 @@ class MonitorParams:
     def from_params(cls, params: dict) -> MonitorParams:
         section = get_key(params, "monitor", MONITOR_FILE)
         return cls(**{name: section[name] for name in cls.__dataclass_fields__})
-
-
-def _tidy(value: Any) -> Any:
-    """JSON-ready: 6 significant digits, NaN and infinity as null, numpy as Python."""
-    if isinstance(value, dict):
-        return {str(k): _tidy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_tidy(v) for v in value]
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer | int):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        value = float(value)
-        return float(f"{value:.6g}") if math.isfinite(value) else None
-    return value
 
 
 def _file_record(root: Path, path: Path, rows: int) -> dict:
@@ -367,7 +351,7 @@ class Monitor:
             status = "ok"
         verdict["status"] = status
         verdict["summary"] = summary_sentence(verdict)
-        return _tidy(verdict)
+        return tidy(verdict)
 
     def _prediction(self, scores: np.ndarray, limits: dict) -> dict:
         threshold = self.champion.threshold
