@@ -169,30 +169,23 @@ def main() -> int:
                 return int(len(champion.scores(frame)))
 
             throughput = {}
+
+            def cluster_seconds(client) -> float:
+                """Wall seconds to score every part on the cluster's workers (map and gather)."""
+                return measure(
+                    lambda: client.gather(
+                        client.map(
+                            score, score_parts, champion=monitor.champion, spec=spec, pure=False
+                        )
+                    )
+                )[1]
+
             _, seconds, _ = measure(lambda: [score(p, monitor.champion, spec) for p in score_parts])
             throughput["here (one process)"] = scored / seconds
-            throughput["Dask, 2 workers"] = (
-                scored
-                / measure(
-                    lambda: client.gather(
-                        client.map(
-                            score, score_parts, champion=monitor.champion, spec=spec, pure=False
-                        )
-                    )
-                )[1]
-            )
+            throughput["Dask, 2 workers"] = scored / cluster_seconds(client)
         one = ComputeSettings("dask", None, 1, compute.memory_per_worker, compute.partition_rows)
         with connect(one) as client:
-            throughput["Dask, 1 worker"] = (
-                scored
-                / measure(
-                    lambda: client.gather(
-                        client.map(
-                            score, score_parts, champion=monitor.champion, spec=spec, pure=False
-                        )
-                    )
-                )[1]
-            )
+            throughput["Dask, 1 worker"] = scored / cluster_seconds(client)
         if not args.no_plain:
 
             def plain():

@@ -21,6 +21,7 @@ from churnlab.compute.cluster import ComputeSettings, gather
 from churnlab.data import TableSpec, _as_text
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic_all
+from churnlab.monitoring.months import dataset_parts
 from churnlab.serving.rows import ROW
 from churnlab.serving.score import (
     ScoreSettings,
@@ -33,21 +34,8 @@ from churnlab.serving.score import (
 
 
 def input_parts(source: Path) -> list[Path]:
-    """A dataset folder's ``part-*.parquet`` files in name order, or the file itself.
-
-    Raises:
-        ChurnlabError: a folder without a part file.
-    """
-    source = Path(source)
-    if not source.is_dir():
-        return [source]
-    parts = sorted(source.glob("part-*.parquet"))
-    if not parts:
-        raise ChurnlabError(
-            f"{source}: INPUT: a folder, but not a partitioned dataset: expected "
-            "part-*.parquet files in it, found none"
-        )
-    return parts
+    """The scoring command's INPUT: a file, or a dataset folder's ``part-*.parquet`` files."""
+    return dataset_parts(source, "INPUT")
 
 
 def read_input(source: Path) -> pd.DataFrame:

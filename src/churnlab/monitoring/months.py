@@ -61,8 +61,12 @@ def month_file(folder: Path, month: str, what: str) -> Path | None:
     return found[0] if found else None
 
 
-def month_parts(path: Path) -> list[Path]:
-    """The files of a month: itself, or the ``part-*.parquet`` files of a dataset folder.
+def dataset_parts(path: Path, what: str) -> list[Path]:
+    """A file itself, or the ``part-*.parquet`` files of a dataset folder in name order.
+
+    Args:
+        path: a file, or a partitioned dataset folder.
+        what: what the path is, for the error (a month, the scoring command's INPUT).
 
     Raises:
         ChurnlabError: a dataset folder without a part file.
@@ -73,10 +77,15 @@ def month_parts(path: Path) -> list[Path]:
     parts = sorted(path.glob("part-*.parquet"))
     if not parts:
         raise ChurnlabError(
-            f"{path}: a partitioned dataset without a part file (part-*.parquet): expected "
-            "the parts of the month, found none"
+            f"{path}: {what}: a partitioned dataset without a part file (part-*.parquet): "
+            "expected its parts, found none"
         )
     return parts
+
+
+def month_parts(path: Path) -> list[Path]:
+    """The files of a month: itself, or the ``part-*.parquet`` files of a dataset folder."""
+    return dataset_parts(path, "a month")
 
 
 def read_month(path: Path) -> pd.DataFrame:
