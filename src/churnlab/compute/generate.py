@@ -12,7 +12,6 @@ folders replace an earlier month of the same name, so a failed job leaves no hal
 
 from __future__ import annotations
 
-import io
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pandas as pd
 from churnlab.compute.cluster import gather
 from churnlab.data import TableSpec
 from churnlab.files import write_atomic
-from churnlab.monitoring.simulate import Scenario, simulate_month
+from churnlab.monitoring.simulate import Scenario, simulate_month, table_bytes
 
 PART = "part-{:05d}.parquet"
 
@@ -72,12 +71,6 @@ def draw_partition(
     return batch.assign(**{spec.id_column: ids}), labels.assign(**{spec.id_column: ids})
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
 def write_partition(
     raw: pd.DataFrame,
     typed: pd.DataFrame,
@@ -93,7 +86,7 @@ def write_partition(
     """
     batch, labels = draw_partition(raw, typed, spec, scenarios, plan, part)
     for folder, frame in zip(staging, (batch, labels), strict=True):
-        write_atomic(Path(folder) / PART.format(part), _parquet(frame))
+        write_atomic(Path(folder) / PART.format(part), table_bytes(frame, ".parquet"))
     return len(batch)
 
 

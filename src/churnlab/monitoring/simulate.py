@@ -180,7 +180,8 @@ def simulate_month(
     return batch, label_table
 
 
-def _table_bytes(frame: pd.DataFrame, suffix: str) -> bytes:
+def table_bytes(frame: pd.DataFrame, suffix: str) -> bytes:
+    """A month's file as bytes: CSV (LF line ends) or Parquet, without the frame's index."""
     if suffix == ".csv":
         return frame.to_csv(index=False, lineterminator="\n").encode()
     import io
@@ -229,7 +230,7 @@ def write_year(
     for month, (batch, label_table) in months.items():
         for folder, frame in ((batches, batch), (labels, label_table)):
             target = folder / f"{month}{suffix}"
-            write_atomic(target, _table_bytes(frame, suffix))
+            write_atomic(target, table_bytes(frame, suffix))
             other = folder / f"{month}{'.csv' if suffix == '.parquet' else '.parquet'}"
             other.unlink(missing_ok=True)  # a month is one file
             written.append(target)
