@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from churnlab.data import ID_COLUMN, TARGET_COLUMN
 from churnlab.errors import ChurnlabError
 from churnlab.model import (
     TRUSTED_TYPES,
     build_model,
+    calibrate_model,
     canonical_skops,
     cross_validate,
     fit_model,
@@ -40,6 +42,17 @@ def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
     )
 
 
+def trained(table, family, calibration, folds=3, **hyper):
+    """The train notebook's steps: cross-validate, fit on every row, calibrate."""
+    model = build_model(NUMERIC, CATEGORICAL, family, seed=1, **{family: hyper})
+    cv = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, folds, 1)
+    fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    calibrated, out_of_fold = calibrate_model(
+        fitted, cv, table[TARGET_COLUMN].to_numpy(), calibration
+    )
+    return cv, calibrated, out_of_fold
+
+
 @pytest.mark.parametrize(
     ("family", "calibration"),
     [
@@ -52,19 +65,24 @@ def customers(rows: int = 120, seed: int = 0) -> pd.DataFrame:
 def test_both_families_fit_cross_validate_and_round_trip(tmp_path, family, calibration):
     table = customers()
     hyper = {"max_iter": 30} if family == "gradient_boosting" else {"C": 1.0}
-    model = build_model(
-        NUMERIC, CATEGORICAL, family, seed=1, calibration=calibration, **{family: hyper}
-    )
-    folds, oof = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 3, 1)
-    assert len(folds) == 3 and oof.shape == (len(table),) and ((0 <= oof) & (oof <= 1)).all()
-    fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    cv, fitted, oof = trained(table, family, calibration, **hyper)
+    assert len(cv.folds) == 3 and oof.shape == (len(table),) and ((0 <= oof) & (oof <= 1)).all()
     features = {"numeric": NUMERIC, "categorical": CATEGORICAL}
     save_model(fitted, features, tmp_path / "m.skops", tmp_path / "f.json")
+    first = (tmp_path / "m.skops").read_bytes()
     loaded, loaded_features = load_model(tmp_path / "m.skops", tmp_path / "f.json")
     assert loaded_features == features
     np.testing.assert_array_equal(
         predict_scores(loaded, table, features), predict_scores(fitted, table, features)
     )
+    # trained again from nothing: the same bytes
+    save_model(
+        trained(table, family, calibration, **hyper)[1],
+        features,
+        tmp_path / "m.skops",
+        tmp_path / "f.json",
+    )
+    assert (tmp_path / "m.skops").read_bytes() == first
 
 
 def test_the_same_model_gives_the_same_bytes(tmp_path):
@@ -109,16 +127,14 @@ def test_calibration_lowers_the_calibration_error_on_held_out_customers():
     labels = held[TARGET_COLUMN].to_numpy()
     errors = {}
     for calibration in ("none", "sigmoid", "isotonic"):
-        model = build_model(
-            NUMERIC,
-            CATEGORICAL,
+        fitted = trained(
+            train,
             "gradient_boosting",
-            seed=1,
-            calibration=calibration,
-            calibration_folds=3,
-            gradient_boosting={"max_iter": 40, "learning_rate": 0.5, "min_samples_leaf": 5},
-        )
-        fitted = fit_model(model, train, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+            calibration,
+            max_iter=40,
+            learning_rate=0.5,
+            min_samples_leaf=5,
+        )[1]
         errors[calibration] = expected_calibration_error(
             labels, predict_scores(fitted, held, features)
         )
@@ -127,31 +143,83 @@ def test_calibration_lowers_the_calibration_error_on_held_out_customers():
     assert errors["isotonic"] < errors["none"] / 2, errors
 
 
-def test_the_calibrated_model_ranks_as_the_uncalibrated_one():
-    """sigmoid calibration (ensemble=False) maps the one estimator's scores monotonically:
-    the same order of customers, so the same ROC AUC, on new customers."""
+class CountingTrees(HistGradientBoostingClassifier):
+    """A real gradient-boosted classifier that counts its fits (clones share the count)."""
+
+    fits = 0
+
+    def fit(self, X, y, sample_weight=None):
+        CountingTrees.fits += 1
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+@pytest.mark.parametrize("calibration", ["sigmoid", "isotonic"])
+def test_the_calibrator_is_fitted_on_the_out_of_fold_scores_with_no_extra_fit(calibration):
+    """5 folds + 1 final fit, as without calibration; the calibrator is the one fitted on
+    out-of-fold margins computed here independently, not on the final model's own."""
+    from scipy.special import expit
+    from sklearn.base import clone
+    from sklearn.calibration import _SigmoidCalibration
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    table, held = customers(300, seed=5), customers(200, seed=6)
+    labels = table[TARGET_COLUMN].to_numpy()
+    model = build_model(NUMERIC, CATEGORICAL, "gradient_boosting", seed=1)
+    model.set_params(estimator=CountingTrees(max_iter=20, random_state=1))
+    CountingTrees.fits = 0
+    cv = cross_validate(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN, 5, 1)
+    fitted = fit_model(model, table, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+    calibrated, out_of_fold = calibrate_model(fitted, cv, labels, calibration)
+    assert CountingTrees.fits == 6
+
+    features = table[[*NUMERIC, *CATEGORICAL]].astype({"plan": object})
+    margins = np.zeros(len(table))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=1)
+    for fit_rows, held_rows in folds.split(features, labels):
+        fold_model = clone(model).fit(features.iloc[fit_rows], labels[fit_rows])
+        margins[held_rows] = fold_model.decision_function(features.iloc[held_rows])
+    in_sample = fitted.decision_function(features)
+    held_features = held[[*NUMERIC, *CATEGORICAL]].astype({"plan": object})
+    held_margins = fitted.decision_function(held_features)
+    held_scores = calibrated.predict_proba(held_features)[:, 1]
+    if calibration == "sigmoid":
+        expected = _SigmoidCalibration().fit(margins, labels)
+        a, b = expected.a_, expected.b_
+        wrong = _SigmoidCalibration().fit(in_sample, labels)
+        assert abs(wrong.a_ - a) > 0.05  # the final model's own margins give another map
+        np.testing.assert_allclose(out_of_fold, expit(-(a * margins + b)), rtol=1e-12)
+        np.testing.assert_allclose(held_scores, expit(-(a * held_margins + b)), rtol=1e-12)
+    else:
+        expected = IsotonicRegression(out_of_bounds="clip").fit(margins, labels)
+        np.testing.assert_allclose(out_of_fold, expected.predict(margins), rtol=1e-12)
+        np.testing.assert_allclose(held_scores, expected.predict(held_margins), rtol=1e-12)
+
+
+def test_sigmoid_calibration_keeps_the_ranking_and_the_customers_flagged():
+    """Sigmoid calibration is strictly increasing: the same ROC AUC on new customers, and
+    the threshold the evaluate stage picks on the calibrated out-of-fold scores flags the
+    same new customers as the one picked on the uncalibrated scores."""
     from sklearn.metrics import roc_auc_score
+
+    from churnlab.evaluation import choose_threshold
 
     train, held = customers(400, seed=3), customers(600, seed=4)
     features = {"numeric": NUMERIC, "categorical": CATEGORICAL}
-    scores = {}
+    labels = train[TARGET_COLUMN].to_numpy()
+    scores, flagged = {}, {}
     for calibration in ("none", "sigmoid"):
-        model = build_model(
-            NUMERIC,
-            CATEGORICAL,
-            "gradient_boosting",
-            seed=1,
-            calibration=calibration,
-            calibration_folds=3,
-            gradient_boosting={"max_iter": 30},
-        )
-        fitted = fit_model(model, train, NUMERIC, CATEGORICAL, TARGET_COLUMN)
+        _, fitted, out_of_fold = trained(train, "gradient_boosting", calibration, max_iter=30)
         scores[calibration] = predict_scores(fitted, held, features)
-    labels = held[TARGET_COLUMN].to_numpy()
+        threshold = choose_threshold(labels, out_of_fold, "max_f1")
+        flagged[calibration] = scores[calibration] >= threshold
+    held_labels = held[TARGET_COLUMN].to_numpy()
     assert not np.allclose(scores["none"], scores["sigmoid"])
-    assert roc_auc_score(labels, scores["sigmoid"]) == pytest.approx(
-        roc_auc_score(labels, scores["none"]), abs=1e-12
+    assert roc_auc_score(held_labels, scores["sigmoid"]) == pytest.approx(
+        roc_auc_score(held_labels, scores["none"]), abs=1e-12
     )
+    assert 0 < flagged["none"].sum() < len(held)
+    np.testing.assert_array_equal(flagged["sigmoid"], flagged["none"])
 
 
 @pytest.mark.parametrize(
@@ -176,7 +244,7 @@ def test_an_unknown_calibration_is_named():
         match=r"params/train.yaml: train.calibration: expected one of 'none', 'isotonic', "
         r"'sigmoid', found 'platt'",
     ):
-        build_model(NUMERIC, CATEGORICAL, "gradient_boosting", seed=1, calibration="platt")
+        trained(customers(), "logistic_regression", "platt")
 
 
 def test_a_missing_model_file_says_which_stage_to_run(tmp_path):
@@ -206,10 +274,9 @@ def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path, calibrati
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
         "from test_model import NUMERIC, CATEGORICAL, customers;"
         "from churnlab.data import TARGET_COLUMN;"
-        "from churnlab.model import build_model, fit_model, save_model;"
-        "m = build_model(NUMERIC, CATEGORICAL, 'gradient_boosting', 1,"
-        f" calibration={calibration!r}, gradient_boosting={{'max_iter': 20}});"
-        "f = fit_model(m, customers(200), NUMERIC, CATEGORICAL, TARGET_COLUMN);"
+        "from test_model import trained;"
+        "from churnlab.model import save_model;"
+        f"f = trained(customers(200), 'gradient_boosting', {calibration!r}, max_iter=20)[1];"
         "save_model(f, {}, Path(sys.argv[1]) / 'model.skops', Path(sys.argv[1]) / 'f.json')"
     )
     written = []

@@ -8,7 +8,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,8 @@ FAMILIES = {
     "gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
 }
 
-# How the estimator's probabilities are calibrated (train.calibration): not at all, or by
-# scikit-learn's CalibratedClassifierCV with that method on held-out folds of the training split
+# How the estimator's probabilities are calibrated (train.calibration): not at all, or by a
+# calibrator of that method fitted on the cross-validation's out-of-fold scores
 CALIBRATIONS = ("none", "isotonic", "sigmoid")
 
 # The only types a saved model may contain; skops refuses anything else when loading.
@@ -51,7 +51,8 @@ TRUSTED_TYPES = [
     "sklearn._loss.link.Interval",
     "sklearn._loss._loss.CyHalfBinomialLoss",
     "collections.OrderedDict",
-    # a calibrated model (train.calibration): the wrapper, its folds and its calibrators
+    # a calibrated model (train.calibration): the wrapper, the folds of its out-of-fold
+    # scores and its calibrator
     "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
@@ -67,39 +68,23 @@ def build_model(
     categorical: list[str],
     family: str,
     seed: int,
-    calibration: str = "none",
-    calibration_folds: int = 5,
     **hyperparams_by_family: dict,
 ) -> Pipeline:
-    """Preprocessing and estimator in one Pipeline.
+    """Preprocessing and estimator in one Pipeline (calibrated later: ``calibrate_model``).
 
     Args:
         numeric, categorical: the feature columns.
         family: ``logistic_regression`` or ``gradient_boosting`` (``train.family``).
-        seed: the estimator's seed, and the seed of the calibration folds.
-        calibration: ``none``, ``isotonic`` or ``sigmoid`` (``train.calibration``). Otherwise
-            the estimator is wrapped in ``CalibratedClassifierCV`` (``ensemble=False``): one
-            estimator fitted on all rows, as without calibration, whose scores are mapped by
-            a calibrator fitted on its out-of-fold scores over ``calibration_folds`` seeded
-            stratified folds. The monitor's estimated recall and precision (CBPE) take the
-            scores for probabilities; uncalibrated, they are wrong on the extremes.
-        calibration_folds: the folds of the calibration (``train.cv_folds``).
+        seed: the estimator's seed.
         hyperparams_by_family: each family's hyper-parameters as ``params/train.yaml`` holds
             them (``gradient_boosting={"max_iter": 200, ...}``); those of ``family`` are used.
 
     Raises:
-        ChurnlabError: an unknown family or calibration, or a hyper-parameter the estimator
-            does not take.
+        ChurnlabError: an unknown family, or a hyper-parameter the estimator does not take.
     """
     if family not in FAMILIES:
         raise ChurnlabError(
             f"params/train.yaml train.family: '{family}' is not one of {sorted(FAMILIES)}"
-        )
-    if calibration not in CALIBRATIONS:
-        raise ChurnlabError(
-            "params/train.yaml: train.calibration: expected one of "
-            f"{', '.join(map(repr, CALIBRATIONS))}, "
-            f"found {calibration!r}"
         )
     hyperparams = hyperparams_by_family.get(family) or {}
     from sklearn.compose import ColumnTransformer
@@ -136,14 +121,7 @@ def build_model(
         ],
         verbose_feature_names_out=False,
     )
-    estimator = estimator_class(**options)
-    if calibration != "none":
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.model_selection import StratifiedKFold
-
-        folds = StratifiedKFold(n_splits=calibration_folds, shuffle=True, random_state=seed)
-        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=folds, ensemble=False)
-    return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
+    return Pipeline([("preprocess", preprocess), ("estimator", estimator_class(**options))])
 
 
 def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str]):
@@ -154,6 +132,32 @@ def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str])
     return features
 
 
+class CrossValidation(NamedTuple):
+    """What ``cross_validate`` finds on the training split.
+
+    Attributes:
+        folds: one row per fold: ``fold``, ``roc_auc``, ``pr_auc`` of its held-out customers.
+        scores: each training customer's churn probability from the fold model that did not
+            see them (the out-of-fold scores).
+        margins: the same customers' out-of-fold input to a calibrator: the estimator's
+            ``decision_function`` (``predict_proba`` for one without), the response that
+            scikit-learn's calibrated classifier maps.
+        splitter: the seeded folds.
+    """
+
+    folds: pd.DataFrame
+    scores: np.ndarray
+    margins: np.ndarray
+    splitter: object
+
+
+def _margins(fitted: Pipeline, features: pd.DataFrame) -> np.ndarray:
+    """What a calibrator maps, as ``sklearn.calibration._CalibratedClassifier`` picks it."""
+    if hasattr(fitted, "decision_function"):
+        return fitted.decision_function(features)
+    return fitted.predict_proba(features)[:, 1]
+
+
 def cross_validate(
     model: Pipeline,
     train: pd.DataFrame,
@@ -162,8 +166,9 @@ def cross_validate(
     target: str,
     folds: int,
     seed: int,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities."""
+) -> CrossValidation:
+    """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities and margins
+    (one fit per fold)."""
     from sklearn.base import clone
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -179,13 +184,14 @@ def cross_validate(
             f"{folds} stayers in the training split; it has {int(np.sum(labels == 1))} leavers "
             f"and {int(np.sum(labels == 0))} stayers: lower train.cv_folds or add customers"
         )
-    out_of_fold = np.zeros(len(train))
+    out_of_fold, margins = np.zeros(len(train)), np.zeros(len(train))
     rows = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(features, labels), start=1):
         fitted = clone(model).fit(features.iloc[fit_rows], labels[fit_rows])
         scores = fitted.predict_proba(features.iloc[held_rows])[:, 1]
         out_of_fold[held_rows] = scores
+        margins[held_rows] = _margins(fitted, features.iloc[held_rows])
         rows.append(
             {
                 "fold": fold,
@@ -193,7 +199,7 @@ def cross_validate(
                 "pr_auc": average_precision_score(labels[held_rows], scores),
             }
         )
-    return pd.DataFrame(rows), out_of_fold
+    return CrossValidation(pd.DataFrame(rows), out_of_fold, margins, splitter)
 
 
 def fit_model(
@@ -204,6 +210,72 @@ def fit_model(
 
     features = model_input(train, numeric, categorical)
     return clone(model).fit(features, train[target].to_numpy())
+
+
+def calibrate_model(
+    fitted: Pipeline, cv: CrossValidation, labels: np.ndarray, calibration: str
+) -> tuple[Pipeline, np.ndarray]:
+    """The fitted model with its scores calibrated on the cross-validation's out-of-fold
+    scores, and those out-of-fold scores calibrated the same way. No estimator is fitted.
+
+    The estimator becomes the model scikit-learn's ``CalibratedClassifierCV(ensemble=False)``
+    makes: the one estimator fitted on all training rows, whose margins are mapped by a
+    calibrator fitted on out-of-fold margins. ``CalibratedClassifierCV`` would fit one
+    estimator per fold again to get them; ``cross_validate`` has them already, from the same
+    folds. The monitor's estimated recall and precision (CBPE) take the scores for
+    probabilities; uncalibrated, gradient-boosted trees are over-confident at the top.
+
+    Args:
+        fitted: the model ``fit_model`` fitted on the whole training split.
+        cv: ``cross_validate`` of the same model on the same training split.
+        labels: the training split's 0/1 labels, in the order of ``cv``.
+        calibration: ``none`` (the model and the scores come back as they are), ``sigmoid``
+            (Platt scaling of the margin: strictly increasing, so customers keep their order)
+            or ``isotonic`` (a non-decreasing step function: customers in one step tie).
+
+    Returns:
+        The calibrated model, and the out-of-fold scores it would give each training
+        customer (what the evaluate stage picks its threshold on).
+
+    Raises:
+        ChurnlabError: an unknown calibration.
+    """
+    if calibration not in CALIBRATIONS:
+        raise ChurnlabError(
+            "params/train.yaml: train.calibration: expected one of "
+            f"{', '.join(map(repr, CALIBRATIONS))}, found {calibration!r}: "
+            "pick one of them"
+        )
+    if calibration == "none":
+        return fitted, cv.scores
+    from sklearn.base import clone
+    from sklearn.calibration import (
+        CalibratedClassifierCV,
+        _CalibratedClassifier,
+        _SigmoidCalibration,
+    )
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.pipeline import Pipeline
+
+    estimator = fitted.named_steps["estimator"]
+    calibrator = (
+        _SigmoidCalibration()
+        if calibration == "sigmoid"
+        else IsotonicRegression(out_of_bounds="clip")
+    ).fit(cv.margins, (np.asarray(labels) == estimator.classes_[1]).astype(int))
+    # the fitted state CalibratedClassifierCV.fit leaves for ensemble=False
+    wrapper = CalibratedClassifierCV(
+        clone(estimator), method=calibration, cv=cv.splitter, ensemble=False
+    )
+    wrapper.classes_ = estimator.classes_
+    wrapper.n_features_in_ = estimator.n_features_in_
+    wrapper.calibrated_classifiers_ = [
+        _CalibratedClassifier(
+            estimator, [calibrator], classes=estimator.classes_, method=calibration
+        )
+    ]
+    model = Pipeline([*fitted.steps[:-1], ("estimator", wrapper)])
+    return model, calibrator.predict(cv.margins)
 
 
 def predict_scores(model: Pipeline, frame: pd.DataFrame, features: dict) -> np.ndarray:
