@@ -9,21 +9,30 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from churnlab.cycle.replay import (
     END,
+    ORIGIN,
     START,
     ReplayParams,
     acceptance,
     change_months,
     clock_for,
+    draw_months,
     isolated_environment,
+    pool_rows,
     replace_block,
     results_markdown,
+    seen_origins,
+    unseen_roc_auc,
 )
 from churnlab.cycle.replay_page import active_scenarios, page_context, render_page
+from churnlab.data import TableSpec, validate_table
 from churnlab.errors import ChurnlabError
+from churnlab.monitoring.simulate import simulate_year
 from churnlab.param_rules import check_section
 
 MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
@@ -245,3 +254,84 @@ def test_the_replay_never_reaches_the_users_store(monkeypatch, tmp_path):
         assert os.environ["PATH"].split(os.pathsep)[0] == str(tmp_path)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://team-server.example:5000"
     assert Path(os.environ["PATH"].split(os.pathsep)[0]) != tmp_path
+
+
+SPEC = TableSpec.from_params(
+    {
+        "id_column": "cust",
+        "target": "left",
+        "positive_label": "yes",
+        "negative_label": "no",
+        "numeric": {"spend": {"min": 0, "max": 500}},
+        "categorical": {"plan": ["basic", "pro"]},
+    }
+)
+
+
+def _customers(rows=400):
+    rng = np.random.default_rng(3)
+    raw = pd.DataFrame(
+        {
+            "cust": [f"c{i}" for i in range(rows)],
+            "spend": [f"{v:.2f}" for v in rng.gamma(4, 20, rows)],
+            "plan": rng.choice(["basic", "pro"], rows),
+            "left": rng.choice(["yes", "no"], rows),
+        }
+    )
+    return raw, validate_table(raw, SPEC, "customers")
+
+
+SIMULATE = {
+    "seed": 9,
+    "start": "2026-01",
+    "months": 3,
+    "customers": 500,
+    "format": "parquet",
+    "scenarios": [
+        {
+            "kind": "category_mix",
+            "start": "2026-02",
+            "column": "plan",
+            "category": "pro",
+            "size": 0.2,
+        }
+    ],
+}
+
+
+def test_the_months_are_drawn_from_customers_the_champion_never_saw():
+    raw, typed = _customers()
+    trained = [f"c{i}" for i in range(0, 400, 4)] + [f"c{i}" for i in range(1, 400, 4)]
+    rows = pool_rows(typed["cust"], trained)
+    assert sorted(raw["cust"].iloc[rows]) == sorted(set(raw["cust"]) - set(trained))
+    months, truth, origins = draw_months(raw, typed, SPEC, SIMULATE, rows)
+    assert truth["customers_drawn_from"] == 200
+    by_id = raw.set_index("cust")
+    for batch, labels in months.values():
+        assert ORIGIN not in batch.columns and len(batch) == 500
+        drawn = [origins[i] for i in batch["cust"]]
+        assert not set(drawn) & set(trained)  # none of them a training customer
+        # each simulated customer is its origin's row, with its origin's label
+        assert batch["spend"].tolist() == by_id.loc[drawn, "spend"].tolist()
+        assert labels["left"].tolist() == by_id.loc[drawn, "left"].tolist()
+    # the scenario acts on the pool: pro's share rises by about 0.2 from 02
+    share = [(b["plan"] == "pro").mean() for b, _ in months.values()]
+    pool_share = (raw["plan"].iloc[rows] == "pro").mean()
+    assert abs(share[0] - pool_share) < 0.07 and share[1] - pool_share > 0.12
+    # every customer (`all`): the months of `churnlab simulate`, byte for byte
+    everyone, _, _ = draw_months(raw, typed, SPEC, SIMULATE, np.arange(len(raw)))
+    plain, _ = simulate_year(raw, typed, SPEC, SIMULATE)
+    for month in plain:
+        pd.testing.assert_frame_equal(everyone[month][0], plain[month][0])
+        pd.testing.assert_frame_equal(everyone[month][1], plain[month][1])
+
+
+def test_a_retrained_model_is_judged_again_on_the_customers_it_never_saw():
+    origins = {"m1-1": "c1", "m1-2": "c2", "m2-1": "c1", "m2-2": "c3", "m2-3": "c4"}
+    seen = seen_origins(["c0", "m1-1", "m1-2"], origins)  # the split's c0, month 1's copies
+    assert seen == {"c0", "c1", "c2"}
+    ids = ["m2-1", "m2-2", "m2-3", "c0"]
+    scores = {"m2-1": 0.9, "m2-2": 0.2, "m2-3": 0.7, "c0": 0.1}
+    value, count = unseen_roc_auc(scores, ids, [True, False, True, False], origins, seen)
+    assert count == 2  # m2-2 (c3) and m2-3 (c4): m2-1 is a copy of c1, c0 was trained on
+    assert value == 1.0  # c4 (churned, 0.7) above c3 (stayed, 0.2)

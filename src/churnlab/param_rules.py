@@ -329,6 +329,7 @@ def rules() -> dict[str, Rule]:
         "replay": Section(
             {
                 "simulate": simulated_months,
+                "draw_from": Text(("unseen", "all")),
                 "label_lag": Integer(0, 12),
                 "acceptance": Section(
                     {
