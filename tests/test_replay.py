@@ -23,11 +23,14 @@ from churnlab.cycle.replay import (
     clock_for,
     draw_months,
     isolated_environment,
+    pipeline_rows,
     pool_rows,
     replace_block,
     results_markdown,
+    reuse_outputs,
     seen_origins,
     unseen_roc_auc,
+    user_cache,
 )
 from churnlab.cycle.replay_page import active_scenarios, page_context, render_page
 from churnlab.data import TableSpec, validate_table
@@ -299,8 +302,10 @@ SIMULATE = {
 }
 
 
-def test_the_months_are_drawn_from_customers_the_champion_never_saw():
+def test_the_months_are_drawn_from_customers_the_pipeline_left_out():
     raw, typed = _customers()
+    # the copy's pipeline keeps half the customers (its splits); the months copy the others
+    assert pipeline_rows(400, 0.5, None) == 200 and pipeline_rows(400, 0.5, 150) == 150
     trained = [f"c{i}" for i in range(0, 400, 4)] + [f"c{i}" for i in range(1, 400, 4)]
     rows = pool_rows(typed["cust"], trained)
     assert sorted(raw["cust"].iloc[rows]) == sorted(set(raw["cust"]) - set(trained))
@@ -310,7 +315,7 @@ def test_the_months_are_drawn_from_customers_the_champion_never_saw():
     for batch, labels in months.values():
         assert ORIGIN not in batch.columns and len(batch) == 500
         drawn = [origins[i] for i in batch["cust"]]
-        assert not set(drawn) & set(trained)  # none of them a training customer
+        assert not set(drawn) & set(trained)  # none of them a training or test customer
         # each simulated customer is its origin's row, with its origin's label
         assert batch["spend"].tolist() == by_id.loc[drawn, "spend"].tolist()
         assert labels["left"].tolist() == by_id.loc[drawn, "left"].tolist()
@@ -335,3 +340,32 @@ def test_a_retrained_model_is_judged_again_on_the_customers_it_never_saw():
     value, count = unseen_roc_auc(scores, ids, [True, False, True, False], origins, seen)
     assert count == 2  # m2-2 (c3) and m2-3 (c4): m2-1 is a copy of c1, c0 was trained on
     assert value == 1.0  # c4 (churned, 0.7) above c3 (stayed, 0.2)
+
+
+@pytest.mark.pipeline
+def test_the_copy_reuses_the_projects_run_from_its_cache(pipeline_project, tmp_path):
+    import subprocess
+    import sys
+
+    from churnlab.pipeline.workspace import commit_all, copy_project
+
+    tools = Path(sys.executable).parent
+    cache = pipeline_project / ".dvc" / "cache"
+    before = sorted((p, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    scratch = copy_project(pipeline_project, tmp_path / "copy")
+    commit_all(scratch, author="replay", message="the project, for a replay")
+    assert not (scratch / "models" / "model.skops").exists()  # DVC output: not copied
+    assert user_cache(pipeline_project, tools) == cache.resolve()
+    assert reuse_outputs(user_cache(pipeline_project, tools), scratch, tools, tmp_path / "log")
+    # every stage current in the copy: its `dvc repro` runs nothing it need not
+    status = subprocess.run(
+        [str(tools / "dvc"), "status", "-q"],
+        cwd=scratch,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    assert status.returncode == 0, (tmp_path / "log").read_text()
+    model = "models/model.skops"
+    assert (scratch / model).read_bytes() == (pipeline_project / model).read_bytes()
+    after = sorted((p, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    assert after == before  # the project's cache was only read
+    assert not reuse_outputs(None, scratch, tools, tmp_path / "log")  # no cache: run it all

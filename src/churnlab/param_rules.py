@@ -331,6 +331,7 @@ def rules() -> dict[str, Rule]:
             {
                 "simulate": simulated_months,
                 "draw_from": Text(("unseen", "all")),
+                "unseen_share": FRACTION,
                 "label_lag": Integer(0, 12),
                 "acceptance": Section(
                     {

@@ -4,8 +4,9 @@
 data, store or decision log), points the copy's tracking at a store of its own, runs the
 pipeline there for a first champion, writes a seeded year of months with the scenarios of
 ``params/replay.yaml`` (the format of ``monitor.simulate``; drawn, under ``draw_from:
-unseen``, only from the customers that champion was not trained on, so that its realised
-figures are its true level) and runs ``churnlab cycle`` for
+unseen``, only from a share of the customers that the copy's pipeline left out, so that the
+first champion's realised figures are its true level and the test split holds none of them)
+and runs ``churnlab cycle`` for
 each month in order, with the clock at the first day of the next month and the labels of a
 month arriving ``label_lag`` months later. Beside the cycle, it scores every month with the
 model in use and with the first champion, never retrained, so the page can show what
@@ -60,7 +61,8 @@ class ReplayParams:
     """``params/replay.yaml``."""
 
     simulate: dict
-    draw_from: str  # "unseen": customers the first champion was not trained on; "all"
+    draw_from: str  # "unseen": customers the copy's pipeline leaves out; "all": every one
+    unseen_share: float  # under "unseen": the share of the raw customers left out
     label_lag: int
     within_months: int
     unneeded_retrains: int
@@ -74,6 +76,7 @@ class ReplayParams:
         return cls(
             simulate=dict(section["simulate"]),
             draw_from=str(section.get("draw_from", "all")),
+            unseen_share=float(section.get("unseen_share", 0.5)),
             label_lag=int(section["label_lag"]),
             within_months=int(accept["within_months"]),
             unneeded_retrains=int(accept["unneeded_retrains"]),
@@ -309,15 +312,24 @@ def replace_block(body: str, text: str) -> str:
 # --- whom the months are drawn from ---------------------------------------------------------
 
 DRAWN = {
-    "unseen": "the customers the first champion was not trained on (its test split)",
+    "unseen": "the customers the copy's pipeline left out (the first champion neither trained "
+    "nor was tested on them)",
     "all": "every customer of the raw data, most of them the first champion's training customers",
 }
 ORIGIN = "__replay_origin__"  # a simulated customer's raw id, kept by the replay, never written
 
 
+def pipeline_rows(raw_rows: int, share: float, sample_rows: int | None) -> int:
+    """How many raw customers the copy's pipeline keeps (``prepare.sample_rows``) when
+    ``share`` of them are left out for the months."""
+    kept = max(round(raw_rows * (1 - share)), 20)
+    return kept if sample_rows is None else min(int(sample_rows), kept)
+
+
 def pool_rows(ids, seen) -> np.ndarray:
-    """Positions of the customers whose id is not in ``seen`` (the first champion's training
-    ids): the customers it never saw, whom the months are drawn from under ``unseen``."""
+    """Positions of the customers whose id is not in ``seen`` (the ids of the copy's training
+    and test splits): customers no model of the copy has seen, nor is tested on, whom the
+    months are drawn from under ``unseen``."""
     known = set(map(str, seen))
     return np.flatnonzero(~pd.Series(ids).astype(str).isin(known).to_numpy())
 
@@ -403,6 +415,24 @@ def prepare_copy(root: Path, scratch: Path, settings: ReplayParams, params: dict
     commit_all(scratch, author="replay", message="the project, for a replay")
 
 
+def leave_customers_out(scratch: Path, settings: ReplayParams, spec, tools: Path, log: Path):
+    """Keep ``unseen_share`` of the raw customers out of the copy's pipeline (a seeded
+    ``prepare.sample_rows``): the first champion neither trains nor is tested on them, so
+    the months drawn from them are new customers to it, and the test split holds none of
+    the customers the months copy (the promotion's test-split check stays honest)."""
+    from churnlab.data import read_table
+
+    _run([str(tools / "dvc"), "repro", "-q", "fetch"], scratch, log, "the fetch stage")
+    params = load_params(scratch)
+    raw = read_table(scratch / get_key(params, "paths.raw", "params/paths.yaml"))
+    current = (params.get("prepare") or {}).get("sample_rows")
+    kept = pipeline_rows(len(raw), settings.unseen_share, current)
+    _set_param(scratch, "params/prepare.yaml", "prepare.sample_rows", kept)
+    from churnlab.pipeline.workspace import commit_all
+
+    commit_all(scratch, author="replay", message=f"the pipeline keeps {kept} customers")
+
+
 def _run(command: list[str], cwd: Path, log: Path, what: str) -> None:
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(command)}\n")
@@ -414,6 +444,61 @@ def _run(command: list[str], cwd: Path, log: Path, what: str) -> None:
             f"{log}: {what} failed in the replay's copy (exit {proc.returncode}): "
             f"{tail[0][:300]}; the project itself is unchanged"
         )
+
+
+def user_cache(root: Path, tools: Path) -> Path | None:
+    """The DVC cache of the project at ``root`` (``dvc cache dir``, read only), if any."""
+    found = subprocess.run(
+        [str(tools / "dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True
+    )
+    folder = Path(found.stdout.strip()) if found.returncode == 0 else None
+    return folder if folder is not None and (folder / "files").is_dir() else None
+
+
+def reuse_outputs(cache: Path | None, scratch: Path, tools: Path, log: Path) -> bool:
+    """Bring the project's own pipeline outputs into the copy from its DVC cache.
+
+    The copy's ``dvc.lock`` is the project's (its files are copied as they are), so the
+    outputs that lock names are the ones the project has run: ``dvc pull`` from the
+    project's cache (a local remote of the copy; the cache is only read) puts them in place,
+    and the copy's ``dvc repro`` runs only what is not current. An object the cache lacks
+    (a project never run, or changed since) is left to ``dvc repro``.
+
+    Returns:
+        Whether every output was found.
+    """
+    if cache is None:
+        return False
+    dvc = str(tools / "dvc")
+    with open(log, "a") as handle:
+        for command in (
+            [dvc, "remote", "add", "--local", "-f", "project_cache", str(cache)],
+            # the stages' outputs only: data the user versioned (months, labels) stays out
+            [dvc, "pull", "-q", "-r", "project_cache", "dvc.yaml"],
+        ):
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            done = subprocess.run(command, cwd=scratch, stdout=handle, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                return False
+    return True
+
+
+def has_champion(scratch: Path) -> bool:
+    """Whether the copy's own store has a champion (its register stage ran there)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from churnlab.tracking.settings import load_settings
+
+    settings = load_settings(scratch)
+    try:
+        mlflow.MlflowClient(settings.uri).get_model_version_by_alias(
+            settings.registered_model, "champion"
+        )
+    except MlflowException:
+        return False
+    return True
 
 
 # --- scoring the months ----------------------------------------------------------------
@@ -474,7 +559,7 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
     """
     from churnlab.cycle.decisions import read_log
     from churnlab.cycle.run import run_cycle
-    from churnlab.data import TableSpec, read_table, validate_table
+    from churnlab.data import ID_COLUMN, TableSpec, read_table, validate_table
     from churnlab.monitoring.champion import load_champion
     from churnlab.monitoring.months import month_file, read_labels
     from churnlab.monitoring.quality import type_month
@@ -501,18 +586,39 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
         echo(f"[replay] copying the project to {scratch}")
         prepare_copy(root, scratch, settings, params)
         log.parent.mkdir(parents=True, exist_ok=True)
-        echo("[replay] the pipeline in the copy: a first champion (dvc repro)")
+        tick = time.perf_counter()
+        reused = reuse_outputs(user_cache(root, tools), scratch, tools, log)
+        echo(
+            "[replay] the pipeline in the copy: a first champion (dvc repro; the project's "
+            f"outputs {'reused from its DVC cache' if reused else 'not all in its DVC cache'})"
+        )
+        if settings.draw_from == "unseen":
+            leave_customers_out(scratch, settings, spec, tools, log)
         _run([str(tools / "dvc"), "repro", "-q"], scratch, log, "the first pipeline run")
+        if not has_champion(scratch):  # every stage was current: register in the copy's store
+            from churnlab.tracking.settings import load_settings
+
+            stage = load_settings(scratch).register_stage
+            _run(
+                [str(tools / "dvc"), "repro", "-q", "-f", "-s", stage],
+                scratch,
+                log,
+                f"the {stage} stage (registering the first champion)",
+            )
+        echo(f"[replay] the first champion in {time.perf_counter() - tick:.0f} s")
         copy_params = load_params(scratch)
         first = current = load_champion(scratch)
         source = scratch / get_key(copy_params, "paths.raw", "params/paths.yaml")
         raw = read_table(source)
         typed = validate_table(raw, spec, str(source))
-        rows = (
-            pool_rows(typed[spec.id_column], first.training_ids)
-            if settings.draw_from == "unseen"
-            else np.arange(len(raw))
-        )
+        rows = np.arange(len(raw))
+        if settings.draw_from == "unseen":
+            splits = [
+                pd.read_parquet(scratch / get_key(copy_params, key, "params/paths.yaml"))
+                for key in ("paths.train", "paths.test")
+            ]
+            seen = pd.concat([s[ID_COLUMN] for s in splits]).astype(str)
+            rows = pool_rows(typed[spec.id_column], seen)
         echo(
             f"[replay] {len(months)} months from {months[0]}, drawn from {len(rows):,} "
             f"customers ({settings.draw_from})"
