@@ -140,6 +140,35 @@ def test_acceptance_of_a_year_from_its_decisions(settings):
     assert figures["passed"] is False
 
 
+def test_the_level_and_the_recovery_are_judged_on_customers_the_model_never_saw(settings):
+    # after the retrain of 04 the new champion has seen copies of most customers of 05: on
+    # the whole month it looks better (0.93) than on those it never saw (0.80)
+    auc = {m: {**v, "in_use_unseen": v["in_use"], "unseen_customers": 2000} for m, v in AUC.items()}
+    auc["2026-05"] = {
+        "in_use": 0.93,
+        "never_retrained": 0.79,
+        "in_use_unseen": 0.80,
+        "unseen_customers": 310,
+    }
+    auc["2026-02"] = {**auc["2026-02"], "in_use_unseen": None}  # one class: left out
+    figures = acceptance(YEAR, SCENARIOS, MONTHS, auc, 600.0, settings)
+    assert figures["pre_drift_roc_auc"] == pytest.approx((0.84 + 0.85) / 2)
+    first = figures["recovery"][0]
+    assert (first["roc_auc"], first["whole_month"], first["customers"]) == (0.80, 0.93, 310)
+    assert first["difference"] == pytest.approx(0.80 - 0.845) and not first["passed"]
+    context = {
+        "months": 12,
+        "customers": 2000,
+        "when": "2026-11-27",
+        "machine": "x86_64",
+        "label_lag": 1,
+        "within_months": 1,
+    }
+    block = results_markdown(figures, context)
+    assert "0.800 in 2026-05 (-0.045; new champion of 2026-04 on the 310 customers" in block
+    assert "0.930 on the whole month" in block
+
+
 def test_a_change_answered_late_fails_and_a_retrain_the_champion_needed_counts_once(settings):
     late = [d for d in YEAR if d["month"] not in ("2026-09", "2026-10", "2026-12")]
     late.append(decision("2026-10", "realised_drop", "promoted", 2, 3))
