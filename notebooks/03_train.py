@@ -53,7 +53,14 @@ import pandas as pd
 from churnlab.compute.cluster import ComputeSettings
 from churnlab.data import ID_COLUMN, TARGET_COLUMN, feature_columns
 from churnlab.files import write_json, write_parquet
-from churnlab.model import build_model, calibrate_model, cross_validate, fit_model, save_model
+from churnlab.model import (
+    build_model,
+    calibrate_model,
+    cross_validate,
+    fit_model,
+    row_weights,
+    save_model,
+)
 from churnlab.search import search_from_params
 
 train = pd.read_parquet(paths_train)
@@ -92,8 +99,10 @@ print(model)
 
 # %%
 # papermill_description=cross-validation
+# the cycle's recent months weigh more when cycle.recent_half_life says so (docs/cycle.md)
+weights = row_weights(train)
 cv = cross_validate(model, train, numeric, categorical, TARGET_COLUMN, train_cv_folds,
-                    train_seed)
+                    train_seed, weights)
 folds = cv.folds
 folds.round(4)
 
@@ -118,7 +127,7 @@ cv_metrics
 
 # %%
 # papermill_description=final-fit
-fitted = fit_model(model, train, numeric, categorical, TARGET_COLUMN)
+fitted = fit_model(model, train, numeric, categorical, TARGET_COLUMN, weights)
 fitted, out_of_fold = calibrate_model(fitted, cv, train[TARGET_COLUMN].to_numpy(),
                                       train_calibration)
 features = {"numeric": numeric, "categorical": categorical, "family": train_family}

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from churnlab.cycle.rule import RULE_VERSION
+
 from conftest import (
     assert_one_clean_error,
     committed_copy,
@@ -208,7 +210,7 @@ def test_a_killed_retrain_and_promotion_are_finished_by_the_next_cycles(project)
     assert len(lines) == 1 and not (project / JOURNAL).exists()
     line = lines[0]
     assert line["rule"] in ("realised_drop", "realised_gate") and line["action"] == "retrain"
-    assert line["outcome"] == "promoted" and line["rule_version"] == 1
+    assert line["outcome"] == "promoted" and line["rule_version"] == RULE_VERSION
     assert line["champion_before"]["version"] == first
     assert line["champion_after"]["version"] == promoted == champion_version(project)
     assert line["training"]["months"] == [month]

@@ -15,6 +15,7 @@ from churnlab.cycle.rule import (
     Evidence,
     RuleParams,
     decide,
+    learnt_drift,
     paired_difference,
     promotion_verdict,
 )
@@ -123,6 +124,48 @@ def test_the_age_limit_follows_the_injected_clock(tmp_path):
     assert _champion_age(3, log, date(2026, 2, 4), date(2025, 1, 1)) == 30
     assert _champion_age(3, log, date(2026, 2, 5), date(2025, 1, 1)) == 31
     assert _champion_age(2, log, date(2026, 2, 5), date(2026, 1, 1)) == 35  # the registry's
+
+
+def _line(month, drifted=(), action="keep", outcome="no retrain", version=1, training=None):
+    return {
+        "month": month,
+        "action": action,
+        "outcome": outcome,
+        "champion_before": {"version": version},
+        "statistics": {"drifted_important": list(drifted)},
+        "training": None if training is None else {"months": list(training)},
+    }
+
+
+DRIFT = ("Contract", "tenure")
+
+
+def test_a_drift_a_lost_challenger_learnt_does_not_fire_again():
+    # 04 drifts, its retrain learns only the calm months 01-03 and loses: 05 fires again;
+    # 05's challenger learnt 04's drift and lost: 06, the same drift, does not fire
+    log = [
+        _line("2026-03"),
+        _line("2026-04", DRIFT, "retrain", "kept champion", training=("2026-02", "2026-03")),
+    ]
+    assert learnt_drift(log, 1) == ((), "2026-04")
+    drifting = with_(drifted_important=DRIFT, trainable_months=("2026-04",))
+    assert decide(drifting, PARAMS).rule == "feature_drift"
+    log.append(_line("2026-05", DRIFT, "retrain", "kept champion", training=("2026-04",)))
+    learnt, month = learnt_drift(log, 1)
+    assert (learnt, month) == (DRIFT, "2026-05")
+    same = dataclasses.replace(drifting, drift_learnt=learnt, drift_learnt_month=month)
+    outcome = decide(same, PARAMS)
+    assert not outcome.retrain and outcome.fired == []
+    assert "challenger of 2026-05, which lost" in outcome.checks[3]["note"]
+    # something new fires it again: another column drifts, or the age limit
+    wider = dataclasses.replace(same, drifted_important=(*DRIFT, "MonthlyCharges"))
+    assert decide(wider, PARAMS).rule == "feature_drift"
+    assert decide(dataclasses.replace(same, age_days=31), PARAMS).rule == "max_age"
+    # the memory is the champion's: a new champion (version 2) starts with none
+    assert learnt_drift(log, 2) == ((), None)
+    # and a promoted challenger is no lost one
+    won = [*log[:2], _line("2026-05", DRIFT, "retrain", "promoted", training=("2026-04",))]
+    assert learnt_drift(won, 1) == ((), "2026-04")
 
 
 def _scores(rng, labels, strength):

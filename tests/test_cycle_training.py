@@ -9,10 +9,25 @@ import pandas as pd
 import pytest
 from small_schema import SCHEMA
 
-from churnlab.cycle.training import all_labelled_rows, holdout_ids, labelled_rows
-from churnlab.data import ID_COLUMN, TARGET_COLUMN, TableSpec
+from churnlab.cycle.training import (
+    all_labelled_rows,
+    holdout_ids,
+    labelled_rows,
+    month_weights,
+)
+from churnlab.data import (
+    ID_COLUMN,
+    TARGET_COLUMN,
+    WEIGHT_COLUMN,
+    TableSpec,
+    clean_table,
+    feature_columns,
+    validate_table,
+)
 from churnlab.errors import ChurnlabError
+from churnlab.model import build_model, cross_validate, fit_model, row_weights
 from churnlab.monitoring.champion import Champion, reference_table
+from churnlab.split import add_cycle_months
 
 SPEC = TableSpec.from_params(SCHEMA)
 
@@ -115,3 +130,67 @@ def test_dvc_lock_entries_of_dead_and_zombie_processes_are_dropped_and_live_ones
     }
     assert release_dead_dvc_locks(tmp_path) == []  # nothing more to drop
     assert release_dead_dvc_locks(tmp_path / "elsewhere") == []  # no lock file: nothing to do
+
+
+def test_recent_months_weigh_more_by_the_half_life():
+    months = ["2026-01", "2026-03", "2026-05"]
+    # 1, 3 and 5 months after the reference 2025-12; halved per 2 months back
+    assert month_weights(months, "2025-12", 2) == {
+        "2026-01": 2**0.5,
+        "2026-03": 2**1.5,
+        "2026-05": 2**2.5,
+    }
+    assert month_weights(months, "2025-12", None) == dict.fromkeys(months, 1.0)
+
+
+def _raw(ids, plan_pro_leaves):
+    rows = len(ids)
+    plan = ["basic", "pro"] * (rows // 2)
+    leaves = [(p == "pro") == plan_pro_leaves for p in plan]
+    return pd.DataFrame(
+        {
+            "cust": ids,
+            "months": [str(i % 50) for i in range(rows)],
+            "spend": [str(10 + i % 7) for i in range(rows)],
+            "plan": plan,
+            "region": ["north", "south"] * (rows // 2),
+            "left": ["yes" if x != (i % 5 == 0) else "no" for i, x in enumerate(leaves)],
+        }
+    )
+
+
+def test_the_weights_of_the_months_reach_the_fit(tmp_path):
+    prepared = clean_table(
+        validate_table(_raw([f"c{i}" for i in range(200)], False), SPEC, "raw"), SPEC, {}
+    )
+    train, test = prepared.iloc[:160], prepared.iloc[160:]
+    months = _raw([f"2026-01-{i:03d}" for i in range(100)], True)  # the relation turned over
+    months[WEIGHT_COLUMN] = 4.0
+    path = tmp_path / "training.parquet"
+    months.astype(str).to_parquet(path, index=False)
+    joined, added = add_cycle_months(train, test, path, SPEC, {})
+    assert added == 100 and row_weights(joined).tolist() == [1.0] * 160 + [4.0] * 100
+    numeric, categorical = feature_columns(joined)  # the weight is no feature
+    assert (numeric, categorical) == (["months", "spend"], ["plan", "region"])
+    model = build_model(numeric, categorical, "logistic_regression", 1, logistic_regression={})
+    pro = joined[joined["plan"] == "pro"].iloc[:1]
+
+    def score(weights):
+        fitted = fit_model(model, joined, numeric, categorical, TARGET_COLUMN, weights)
+        return float(
+            fitted.predict_proba(
+                pro[[*numeric, *categorical]].astype({c: object for c in categorical})
+            )[0, 1]
+        )
+
+    plain, weighted = score(None), score(row_weights(joined))
+    assert score(np.ones(len(joined))) == pytest.approx(plain)  # weights of 1: no change
+    assert weighted > plain + 0.05  # the recent months (pro customers leave) count more
+    cv = cross_validate(
+        model, joined, numeric, categorical, TARGET_COLUMN, 2, 1, row_weights(joined)
+    )
+    assert len(cv.folds) == 2
+    # without a weight column the split is what it was: no column, every row counts once
+    months.drop(columns=[WEIGHT_COLUMN]).astype(str).to_parquet(path, index=False)
+    plain_join, _ = add_cycle_months(train, test, path, SPEC, {})
+    assert WEIGHT_COLUMN not in plain_join.columns and row_weights(plain_join) is None

@@ -9,21 +9,33 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from churnlab.cycle.replay import (
     END,
+    ORIGIN,
     START,
     ReplayParams,
     acceptance,
     change_months,
     clock_for,
+    draw_months,
     isolated_environment,
+    pipeline_rows,
+    pool_rows,
     replace_block,
     results_markdown,
+    reuse_outputs,
+    seen_origins,
+    unseen_roc_auc,
+    user_cache,
 )
 from churnlab.cycle.replay_page import active_scenarios, page_context, render_page
+from churnlab.data import TableSpec, validate_table
 from churnlab.errors import ChurnlabError
+from churnlab.monitoring.simulate import simulate_year
 from churnlab.param_rules import check_section
 
 MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
@@ -126,6 +138,35 @@ def test_acceptance_of_a_year_from_its_decisions(settings):
     assert second["difference"] == pytest.approx(0.82 - 0.85)
     assert figures["time_passed"] and figures["minutes"] == 10
     assert figures["passed"] is False
+
+
+def test_the_level_and_the_recovery_are_judged_on_customers_the_model_never_saw(settings):
+    # after the retrain of 04 the new champion has seen copies of most customers of 05: on
+    # the whole month it looks better (0.93) than on those it never saw (0.80)
+    auc = {m: {**v, "in_use_unseen": v["in_use"], "unseen_customers": 2000} for m, v in AUC.items()}
+    auc["2026-05"] = {
+        "in_use": 0.93,
+        "never_retrained": 0.79,
+        "in_use_unseen": 0.80,
+        "unseen_customers": 310,
+    }
+    auc["2026-02"] = {**auc["2026-02"], "in_use_unseen": None}  # one class: left out
+    figures = acceptance(YEAR, SCENARIOS, MONTHS, auc, 600.0, settings)
+    assert figures["pre_drift_roc_auc"] == pytest.approx((0.84 + 0.85) / 2)
+    first = figures["recovery"][0]
+    assert (first["roc_auc"], first["whole_month"], first["customers"]) == (0.80, 0.93, 310)
+    assert first["difference"] == pytest.approx(0.80 - 0.845) and not first["passed"]
+    context = {
+        "months": 12,
+        "customers": 2000,
+        "when": "2026-11-27",
+        "machine": "x86_64",
+        "label_lag": 1,
+        "within_months": 1,
+    }
+    block = results_markdown(figures, context)
+    assert "0.800 in 2026-05 (-0.045; new champion of 2026-04 on the 310 customers" in block
+    assert "0.930 on the whole month" in block
 
 
 def test_a_change_answered_late_fails_and_a_retrain_the_champion_needed_counts_once(settings):
@@ -245,3 +286,115 @@ def test_the_replay_never_reaches_the_users_store(monkeypatch, tmp_path):
         assert os.environ["PATH"].split(os.pathsep)[0] == str(tmp_path)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://team-server.example:5000"
     assert Path(os.environ["PATH"].split(os.pathsep)[0]) != tmp_path
+
+
+SPEC = TableSpec.from_params(
+    {
+        "id_column": "cust",
+        "target": "left",
+        "positive_label": "yes",
+        "negative_label": "no",
+        "numeric": {"spend": {"min": 0, "max": 500}},
+        "categorical": {"plan": ["basic", "pro"]},
+    }
+)
+
+
+def _customers(rows=400):
+    rng = np.random.default_rng(3)
+    raw = pd.DataFrame(
+        {
+            "cust": [f"c{i}" for i in range(rows)],
+            "spend": [f"{v:.2f}" for v in rng.gamma(4, 20, rows)],
+            "plan": rng.choice(["basic", "pro"], rows),
+            "left": rng.choice(["yes", "no"], rows),
+        }
+    )
+    return raw, validate_table(raw, SPEC, "customers")
+
+
+SIMULATE = {
+    "seed": 9,
+    "start": "2026-01",
+    "months": 3,
+    "customers": 500,
+    "format": "parquet",
+    "scenarios": [
+        {
+            "kind": "category_mix",
+            "start": "2026-02",
+            "column": "plan",
+            "category": "pro",
+            "size": 0.2,
+        }
+    ],
+}
+
+
+def test_the_months_are_drawn_from_customers_the_pipeline_left_out():
+    raw, typed = _customers()
+    # the copy's pipeline keeps half the customers (its splits); the months copy the others
+    assert pipeline_rows(400, 0.5, None) == 200 and pipeline_rows(400, 0.5, 150) == 150
+    trained = [f"c{i}" for i in range(0, 400, 4)] + [f"c{i}" for i in range(1, 400, 4)]
+    rows = pool_rows(typed["cust"], trained)
+    assert sorted(raw["cust"].iloc[rows]) == sorted(set(raw["cust"]) - set(trained))
+    months, truth, origins = draw_months(raw, typed, SPEC, SIMULATE, rows)
+    assert truth["customers_drawn_from"] == 200
+    by_id = raw.set_index("cust")
+    for batch, labels in months.values():
+        assert ORIGIN not in batch.columns and len(batch) == 500
+        drawn = [origins[i] for i in batch["cust"]]
+        assert not set(drawn) & set(trained)  # none of them a training or test customer
+        # each simulated customer is its origin's row, with its origin's label
+        assert batch["spend"].tolist() == by_id.loc[drawn, "spend"].tolist()
+        assert labels["left"].tolist() == by_id.loc[drawn, "left"].tolist()
+    # the scenario acts on the pool: pro's share rises by about 0.2 from 02
+    share = [(b["plan"] == "pro").mean() for b, _ in months.values()]
+    pool_share = (raw["plan"].iloc[rows] == "pro").mean()
+    assert abs(share[0] - pool_share) < 0.07 and share[1] - pool_share > 0.12
+    # every customer (`all`): the months of `churnlab simulate`, byte for byte
+    everyone, _, _ = draw_months(raw, typed, SPEC, SIMULATE, np.arange(len(raw)))
+    plain, _ = simulate_year(raw, typed, SPEC, SIMULATE)
+    for month in plain:
+        pd.testing.assert_frame_equal(everyone[month][0], plain[month][0])
+        pd.testing.assert_frame_equal(everyone[month][1], plain[month][1])
+
+
+def test_a_retrained_model_is_judged_again_on_the_customers_it_never_saw():
+    origins = {"m1-1": "c1", "m1-2": "c2", "m2-1": "c1", "m2-2": "c3", "m2-3": "c4"}
+    seen = seen_origins(["c0", "m1-1", "m1-2"], origins)  # the split's c0, month 1's copies
+    assert seen == {"c0", "c1", "c2"}
+    ids = ["m2-1", "m2-2", "m2-3", "c0"]
+    scores = {"m2-1": 0.9, "m2-2": 0.2, "m2-3": 0.7, "c0": 0.1}
+    value, count = unseen_roc_auc(scores, ids, [True, False, True, False], origins, seen)
+    assert count == 2  # m2-2 (c3) and m2-3 (c4): m2-1 is a copy of c1, c0 was trained on
+    assert value == 1.0  # c4 (churned, 0.7) above c3 (stayed, 0.2)
+
+
+@pytest.mark.pipeline
+def test_the_copy_reuses_the_projects_run_from_its_cache(pipeline_project, tmp_path):
+    import subprocess
+    import sys
+
+    from churnlab.pipeline.workspace import commit_all, copy_project
+
+    tools = Path(sys.executable).parent
+    cache = pipeline_project / ".dvc" / "cache"
+    before = sorted((p, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    scratch = copy_project(pipeline_project, tmp_path / "copy")
+    commit_all(scratch, author="replay", message="the project, for a replay")
+    assert not (scratch / "models" / "model.skops").exists()  # DVC output: not copied
+    assert user_cache(pipeline_project, tools) == cache.resolve()
+    assert reuse_outputs(user_cache(pipeline_project, tools), scratch, tools, tmp_path / "log")
+    # every stage current in the copy: its `dvc repro` runs nothing it need not
+    status = subprocess.run(
+        [str(tools / "dvc"), "status", "-q"],
+        cwd=scratch,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    assert status.returncode == 0, (tmp_path / "log").read_text()
+    model = "models/model.skops"
+    assert (scratch / model).read_bytes() == (pipeline_project / model).read_bytes()
+    after = sorted((p, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    assert after == before  # the project's cache was only read
+    assert not reuse_outputs(None, scratch, tools, tmp_path / "log")  # no cache: run it all

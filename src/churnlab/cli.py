@@ -473,7 +473,7 @@ def _replay(args) -> None:
     import tempfile
     from datetime import UTC, datetime
 
-    from churnlab.cycle.replay import replace_block, results_markdown, run_replay
+    from churnlab.cycle.replay import DRAWN, replace_block, results_markdown, run_replay
     from churnlab.cycle.replay_page import write_replay_outputs
 
     root = project_root()
@@ -495,6 +495,7 @@ def _replay(args) -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work",
             "label_lag": settings.label_lag,
             "within_months": settings.within_months,
+            "draw_from": DRAWN[settings.draw_from],
         },
     )
     print(text)

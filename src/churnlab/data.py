@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pandera is imported where a table is validated: not by ever
 # the prepared tables name these two columns the same whatever the source
 ID_COLUMN = "customer_id"
 TARGET_COLUMN = "churned"  # 0/1
+# a training row's weight: written by the cycle when recent months weigh more
+# (cycle.recent_half_life); a training split without it counts every row once
+WEIGHT_COLUMN = "sample_weight"
 # YAML 1.1 reads these words, unquoted, as booleans: `[yes, no]` is [True, False]
 YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "true", "false", "y", "n"})
 # Records of raw files that passed the schema (fetch writes them, explore and prepare read
@@ -444,7 +447,7 @@ def clean_table(typed: pd.DataFrame, spec: TableSpec, fill_missing: dict) -> pd.
 
 def feature_columns(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Numeric and categorical feature columns of a prepared table, by dtype."""
-    features = [c for c in table.columns if c not in (ID_COLUMN, TARGET_COLUMN)]
+    features = [c for c in table.columns if c not in (ID_COLUMN, TARGET_COLUMN, WEIGHT_COLUMN)]
     numeric = [c for c in features if pd.api.types.is_numeric_dtype(table[c])]
     return numeric, [c for c in features if c not in numeric]
 

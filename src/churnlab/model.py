@@ -166,9 +166,11 @@ def cross_validate(
     target: str,
     folds: int,
     seed: int,
+    weights: np.ndarray | None = None,
 ) -> CrossValidation:
     """Seeded stratified K-fold: per-fold scores and the out-of-fold probabilities and margins
-    (one fit per fold)."""
+    (one fit per fold, fitted with its rows' ``weights`` when given; the scores count every
+    row once)."""
     from sklearn.base import clone
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -188,7 +190,9 @@ def cross_validate(
     rows = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(features, labels), start=1):
-        fitted = clone(model).fit(features.iloc[fit_rows], labels[fit_rows])
+        fitted = clone(model).fit(
+            features.iloc[fit_rows], labels[fit_rows], **_weighted(weights, fit_rows)
+        )
         scores = fitted.predict_proba(features.iloc[held_rows])[:, 1]
         out_of_fold[held_rows] = scores
         margins[held_rows] = _margins(fitted, features.iloc[held_rows])
@@ -202,14 +206,36 @@ def cross_validate(
     return CrossValidation(pd.DataFrame(rows), out_of_fold, margins, splitter)
 
 
+def row_weights(train: pd.DataFrame) -> np.ndarray | None:
+    """The training rows' weights (``WEIGHT_COLUMN``, written by the cycle when recent months
+    weigh more); None when the table has none: every row counts once."""
+    from churnlab.data import WEIGHT_COLUMN
+
+    if WEIGHT_COLUMN not in train.columns:
+        return None
+    return train[WEIGHT_COLUMN].fillna(1.0).to_numpy(float)
+
+
+def _weighted(weights: np.ndarray | None, rows=slice(None)) -> dict:
+    """The fit argument that hands the rows' weights to the pipeline's estimator (scikit-learn
+    routes ``estimator__sample_weight``; calibration comes after the fits, unweighted)."""
+    return {} if weights is None else {"estimator__sample_weight": weights[rows]}
+
+
 def fit_model(
-    model: Pipeline, train: pd.DataFrame, numeric: list[str], categorical: list[str], target: str
+    model: Pipeline,
+    train: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    target: str,
+    weights: np.ndarray | None = None,
 ) -> Pipeline:
-    """Fit a fresh copy of ``model`` on the whole training table."""
+    """Fit a fresh copy of ``model`` on the whole training table (rows weighted by
+    ``weights`` when given, :func:`row_weights`)."""
     from sklearn.base import clone
 
     features = model_input(train, numeric, categorical)
-    return clone(model).fit(features, train[target].to_numpy())
+    return clone(model).fit(features, train[target].to_numpy(), **_weighted(weights))
 
 
 def calibrate_model(

@@ -295,6 +295,7 @@ def rules() -> dict[str, Rule]:
             {
                 "log": Text(hint="a file of the project"),
                 "window": Integer(1, 120),
+                "recent_half_life": Nullable(Number(0, low_open=True)),
                 "retrain": Section(
                     {
                         "realised_margin": SHARE,
@@ -329,6 +330,8 @@ def rules() -> dict[str, Rule]:
         "replay": Section(
             {
                 "simulate": simulated_months,
+                "draw_from": Text(("unseen", "all")),
+                "unseen_share": FRACTION,
                 "label_lag": Integer(0, 12),
                 "acceptance": Section(
                     {

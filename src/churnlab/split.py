@@ -17,6 +17,7 @@ import pandas as pd
 from churnlab.data import (
     ID_COLUMN,
     TARGET_COLUMN,
+    WEIGHT_COLUMN,
     TableSpec,
     churn_rate,
     clean_table,
@@ -199,7 +200,8 @@ def add_cycle_months(
     The months (``paths.cycle_training``, written by ``churnlab cycle``; docs/cycle.md) are
     checked like the raw data and go to the training split only, after the split is made
     and checked: the test split stays the raw data's own, so the models of every cycle are
-    compared on the same held-out customers.
+    compared on the same held-out customers. When the months carry a ``WEIGHT_COLUMN``
+    (``cycle.recent_half_life``), the split gets it too, 1 for the raw data's rows.
 
     Returns:
         The training split (the same object when there is no months file) and the number
@@ -211,7 +213,9 @@ def add_cycle_months(
     """
     if not months.is_file():
         return train, 0
-    added = clean_table(validate_table(read_table(months), spec, str(months)), spec, fill_missing)
+    raw = read_table(months)
+    weights = raw.pop(WEIGHT_COLUMN) if WEIGHT_COLUMN in raw.columns else None
+    added = clean_table(validate_table(raw, spec, str(months)), spec, fill_missing)
     known = set(train[ID_COLUMN].astype(str)) | set(test[ID_COLUMN].astype(str))
     both = sorted(set(added[ID_COLUMN].astype(str)) & known)
     if both:
@@ -220,4 +224,7 @@ def add_cycle_months(
             f"months are also in the raw data (e.g. {both[:3]}): a month's customers need "
             "ids of their own"
         )
+    if weights is not None:  # recent months weigh more; the raw data's rows count once
+        added[WEIGHT_COLUMN] = weights.astype(float).to_numpy()
+        train = train.assign(**{WEIGHT_COLUMN: 1.0})
     return pd.concat([train, added], ignore_index=True), len(added)

@@ -3,7 +3,10 @@
 ``churnlab replay`` (``make replay``) copies the project (its files as git sees them, not its
 data, store or decision log), points the copy's tracking at a store of its own, runs the
 pipeline there for a first champion, writes a seeded year of months with the scenarios of
-``params/replay.yaml`` (the format of ``monitor.simulate``) and runs ``churnlab cycle`` for
+``params/replay.yaml`` (the format of ``monitor.simulate``; drawn, under ``draw_from:
+unseen``, only from a share of the customers that the copy's pipeline left out, so that the
+first champion's realised figures are its true level and the test split holds none of them)
+and runs ``churnlab cycle`` for
 each month in order, with the clock at the first day of the next month and the labels of a
 month arriving ``label_lag`` months later. Beside the cycle, it scores every month with the
 model in use and with the first champion, never retrained, so the page can show what
@@ -35,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from churnlab.config import get_key, load_params
@@ -56,6 +61,8 @@ class ReplayParams:
     """``params/replay.yaml``."""
 
     simulate: dict
+    draw_from: str  # "unseen": customers the copy's pipeline leaves out; "all": every one
+    unseen_share: float  # under "unseen": the share of the raw customers left out
     label_lag: int
     within_months: int
     unneeded_retrains: int
@@ -68,6 +75,8 @@ class ReplayParams:
         accept = section["acceptance"]
         return cls(
             simulate=dict(section["simulate"]),
+            draw_from=str(section.get("draw_from", "all")),
+            unseen_share=float(section.get("unseen_share", 0.5)),
             label_lag=int(section["label_lag"]),
             within_months=int(accept["within_months"]),
             unneeded_retrains=int(accept["unneeded_retrains"]),
@@ -142,6 +151,16 @@ def unneeded_retrains(
     return unneeded
 
 
+def honest_roc_auc(entry: Mapping[str, Any]) -> float | None:
+    """A month's realised ROC AUC of the model in use on the customers it never saw a copy
+    of (``in_use_unseen``), where the replay measured it; else on the whole month.
+
+    The months resample a few thousand customers, so a model trained on some of them has
+    seen most of the next one's customers: on the whole month its figure is inflated.
+    """
+    return entry["in_use_unseen"] if "in_use_unseen" in entry else entry.get("in_use")
+
+
 def acceptance(
     decisions: list[dict],
     scenarios: list[Mapping[str, Any]],
@@ -157,7 +176,10 @@ def acceptance(
         decisions: the replay's decision log, month order.
         scenarios: the simulated scenarios (``replay.simulate.scenarios``).
         months: the replay's months.
-        roc_auc: per month, ``{"in_use": ..., "never_retrained": ...}`` realised ROC AUC.
+        roc_auc: per month, ``{"in_use": ..., "never_retrained": ...}`` realised ROC AUC,
+            and ``in_use_unseen`` (with ``unseen_customers``) where measured: the level
+            before the changes and the figure after a retrain are then that one
+            (:func:`honest_roc_auc`).
         seconds: the replay's wall time.
         settings: the replay's params.
     """
@@ -178,9 +200,9 @@ def acceptance(
         )
     unneeded = unneeded_retrains(decisions, scenarios, changes, settings)
     before = [
-        roc_auc[m]["in_use"]
+        honest_roc_auc(roc_auc[m])
         for m in roc_auc
-        if (not changes or m < changes[0]) and roc_auc[m]["in_use"] is not None
+        if (not changes or m < changes[0]) and honest_roc_auc(roc_auc[m]) is not None
     ]
     level = sum(before) / len(before) if before else None
     recovery = []
@@ -191,7 +213,8 @@ def acceptance(
         )
         month = promoted["month"] if promoted else None
         after = add_months(month, 1) if month else None
-        value = (roc_auc.get(after) or {}).get("in_use") if after else None
+        found = (roc_auc.get(after) or {}) if after else {}
+        value = honest_roc_auc(found) if found else None
         gap = None if value is None or level is None else value - level
         recovery.append(
             {
@@ -199,6 +222,8 @@ def acceptance(
                 "retrain_month": month,
                 "month": after,
                 "roc_auc": value,
+                "customers": found.get("unseen_customers"),  # None: the whole month
+                "whole_month": found.get("in_use"),
                 "difference": gap,
                 "passed": gap is not None and gap >= -settings.roc_auc_tolerance,
             }
@@ -237,7 +262,8 @@ def results_markdown(figures: Mapping[str, Any], context: Mapping[str, Any]) -> 
         f"### Replay: {context['months']} simulated months through the real cycle "
         f"({context['customers']:,} customers a month; {context['when']})",
         "",
-        f"Machine: {context['machine']}. The world changes in "
+        f"Machine: {context['machine']}. Customers drawn from: "
+        f"{context.get('draw_from', 'all')}. The world changes in "
         f"{', '.join(c['change'] for c in figures['changes']) or 'no month'}; labels arrive "
         f"{context['label_lag']} month(s) late.",
         "",
@@ -260,17 +286,25 @@ def results_markdown(figures: Mapping[str, Any], context: Mapping[str, Any]) -> 
         f"{unneeded['count']} ({', '.join(unneeded['months']) or 'none'}; age-limit retrains: "
         f"{', '.join(figures['age_retrains']) or 'none'}) | {ok[unneeded['passed']]} |"
     )
+    honest = any(item.get("customers") is not None for item in figures["recovery"])
+    level_whom = ", on customers the model in use never saw" if honest else ""
     for item in figures["recovery"]:
+        whom = (
+            f" on the {item['customers']} customers it never saw a copy of; "
+            f"{_num(item['whole_month'])} on the whole month"
+            if item.get("customers") is not None
+            else ""
+        )
         found = (
             f"{_num(item['roc_auc'])} in {item['month']} ({item['difference']:+.3f}; new "
-            f"champion of {item['retrain_month']})"
+            f"champion of {item['retrain_month']}{whom})"
             if item["difference"] is not None
             else ("no new champion" if item["retrain_month"] is None else "n/a")
         )
         lines.append(
             f"| realised ROC AUC after the first new champion since {item['change']} | at most "
             f"{figures['tolerance']} below {_num(figures['pre_drift_roc_auc'])} (before the "
-            f"first change) | {found} | {ok[item['passed']]} |"
+            f"first change{level_whom}) | {found} | {ok[item['passed']]} |"
         )
     lines.append(
         f"| replay time | at most {figures['max_minutes']:g} min | "
@@ -287,6 +321,59 @@ def replace_block(body: str, text: str) -> str:
         pattern = re.escape(START) + ".*?" + re.escape(END)
         return re.sub(pattern, lambda _: block, body, flags=re.S)
     return body.rstrip("\n") + "\n\n" + block + "\n"
+
+
+# --- whom the months are drawn from ---------------------------------------------------------
+
+DRAWN = {
+    "unseen": "the customers the copy's pipeline left out (the first champion neither trained "
+    "nor was tested on them)",
+    "all": "every customer of the raw data, most of them the first champion's training customers",
+}
+ORIGIN = "__replay_origin__"  # a simulated customer's raw id, kept by the replay, never written
+
+
+def pipeline_rows(raw_rows: int, share: float, sample_rows: int | None) -> int:
+    """How many raw customers the copy's pipeline keeps (``prepare.sample_rows``) when
+    ``share`` of them are left out for the months."""
+    kept = max(round(raw_rows * (1 - share)), 20)
+    return kept if sample_rows is None else min(int(sample_rows), kept)
+
+
+def pool_rows(ids, seen) -> np.ndarray:
+    """Positions of the customers whose id is not in ``seen`` (the ids of the copy's training
+    and test splits): customers no model of the copy has seen, nor is tested on, whom the
+    months are drawn from under ``unseen``."""
+    known = set(map(str, seen))
+    return np.flatnonzero(~pd.Series(ids).astype(str).isin(known).to_numpy())
+
+
+def draw_months(
+    raw: pd.DataFrame, typed: pd.DataFrame, spec, simulate: dict, rows: np.ndarray
+) -> tuple[dict, dict, dict[str, str]]:
+    """The replay's months (``churnlab.monitoring.simulate.simulate_year``, the same seed and
+    scenarios) drawn from the customers at ``rows`` of the raw table only.
+
+    Returns:
+        The months (batch, labels) as ``simulate_year`` gives them, its ground truth, and the
+        raw id each simulated customer was drawn from (simulated id -> raw id).
+    """
+    from churnlab.monitoring.simulate import simulate_year
+
+    marked = raw.iloc[rows].reset_index(drop=True)
+    marked[ORIGIN] = marked[spec.id_column].astype(str)
+    months, truth = simulate_year(marked, typed.iloc[rows].reset_index(drop=True), spec, simulate)
+    origins: dict[str, str] = {}
+    clean = {}
+    for month, (batch, labels) in months.items():
+        origins.update(zip(batch[spec.id_column], batch[ORIGIN], strict=True))
+        clean[month] = (batch.drop(columns=[ORIGIN]), labels)
+    return clean, {**truth, "customers_drawn_from": len(rows)}, origins
+
+
+def seen_origins(training_ids, origins: Mapping[str, str]) -> frozenset[str]:
+    """The raw customers a model has seen: its training ids, a simulated one as its origin."""
+    return frozenset(origins.get(i, i) for i in map(str, training_ids))
 
 
 # --- the scratch copy ----------------------------------------------------------------------
@@ -342,6 +429,24 @@ def prepare_copy(root: Path, scratch: Path, settings: ReplayParams, params: dict
     commit_all(scratch, author="replay", message="the project, for a replay")
 
 
+def leave_customers_out(scratch: Path, settings: ReplayParams, spec, tools: Path, log: Path):
+    """Keep ``unseen_share`` of the raw customers out of the copy's pipeline (a seeded
+    ``prepare.sample_rows``): the first champion neither trains nor is tested on them, so
+    the months drawn from them are new customers to it, and the test split holds none of
+    the customers the months copy (the promotion's test-split check stays honest)."""
+    from churnlab.data import read_table
+
+    _run([str(tools / "dvc"), "repro", "-q", "fetch"], scratch, log, "the fetch stage")
+    params = load_params(scratch)
+    raw = read_table(scratch / get_key(params, "paths.raw", "params/paths.yaml"))
+    current = (params.get("prepare") or {}).get("sample_rows")
+    kept = pipeline_rows(len(raw), settings.unseen_share, current)
+    _set_param(scratch, "params/prepare.yaml", "prepare.sample_rows", kept)
+    from churnlab.pipeline.workspace import commit_all
+
+    commit_all(scratch, author="replay", message=f"the pipeline keeps {kept} customers")
+
+
 def _run(command: list[str], cwd: Path, log: Path, what: str) -> None:
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(command)}\n")
@@ -353,6 +458,61 @@ def _run(command: list[str], cwd: Path, log: Path, what: str) -> None:
             f"{log}: {what} failed in the replay's copy (exit {proc.returncode}): "
             f"{tail[0][:300]}; the project itself is unchanged"
         )
+
+
+def user_cache(root: Path, tools: Path) -> Path | None:
+    """The DVC cache of the project at ``root`` (``dvc cache dir``, read only), if any."""
+    found = subprocess.run(
+        [str(tools / "dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True
+    )
+    folder = Path(found.stdout.strip()) if found.returncode == 0 else None
+    return folder if folder is not None and (folder / "files").is_dir() else None
+
+
+def reuse_outputs(cache: Path | None, scratch: Path, tools: Path, log: Path) -> bool:
+    """Bring the project's own pipeline outputs into the copy from its DVC cache.
+
+    The copy's ``dvc.lock`` is the project's (its files are copied as they are), so the
+    outputs that lock names are the ones the project has run: ``dvc pull`` from the
+    project's cache (a local remote of the copy; the cache is only read) puts them in place,
+    and the copy's ``dvc repro`` runs only what is not current. An object the cache lacks
+    (a project never run, or changed since) is left to ``dvc repro``.
+
+    Returns:
+        Whether every output was found.
+    """
+    if cache is None:
+        return False
+    dvc = str(tools / "dvc")
+    with open(log, "a") as handle:
+        for command in (
+            [dvc, "remote", "add", "--local", "-f", "project_cache", str(cache)],
+            # the stages' outputs only: data the user versioned (months, labels) stays out
+            [dvc, "pull", "-q", "-r", "project_cache", "dvc.yaml"],
+        ):
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            done = subprocess.run(command, cwd=scratch, stdout=handle, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                return False
+    return True
+
+
+def has_champion(scratch: Path) -> bool:
+    """Whether the copy's own store has a champion (its register stage ran there)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from churnlab.tracking.settings import load_settings
+
+    settings = load_settings(scratch)
+    try:
+        mlflow.MlflowClient(settings.uri).get_model_version_by_alias(
+            settings.registered_model, "champion"
+        )
+    except MlflowException:
+        return False
+    return True
 
 
 # --- scoring the months ----------------------------------------------------------------
@@ -387,6 +547,18 @@ def realised_roc_auc(scores: dict[str, float] | None, ids, churned) -> float | N
     return float(roc_auc_score(truth, [s for s, _ in pairs]))
 
 
+def unseen_roc_auc(
+    scores: dict[str, float] | None, ids, churned, origins: Mapping[str, str], seen
+) -> tuple[float | None, int]:
+    """ROC AUC of ``scores`` on the labelled customers drawn from raw customers outside
+    ``seen`` (what the model was trained on), and how many there were."""
+    keep = [
+        (i, c) for i, c in zip(map(str, ids), churned, strict=True) if origins.get(i, i) not in seen
+    ]
+    value = realised_roc_auc(scores, [i for i, _ in keep], [c for _, c in keep]) if keep else None
+    return value, len(keep)
+
+
 # --- the replay ------------------------------------------------------------------------
 
 
@@ -401,11 +573,11 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
     """
     from churnlab.cycle.decisions import read_log
     from churnlab.cycle.run import run_cycle
-    from churnlab.data import TableSpec, read_table
+    from churnlab.data import ID_COLUMN, TableSpec, read_table, validate_table
     from churnlab.monitoring.champion import load_champion
     from churnlab.monitoring.months import month_file, read_labels
     from churnlab.monitoring.quality import type_month
-    from churnlab.monitoring.simulate import scenarios_from_params
+    from churnlab.monitoring.simulate import scenarios_from_params, write_year
     from churnlab.param_rules import check_params
 
     started = time.perf_counter()
@@ -428,11 +600,52 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
         echo(f"[replay] copying the project to {scratch}")
         prepare_copy(root, scratch, settings, params)
         log.parent.mkdir(parents=True, exist_ok=True)
-        echo("[replay] the pipeline in the copy: a first champion (dvc repro)")
+        tick = time.perf_counter()
+        reused = reuse_outputs(user_cache(root, tools), scratch, tools, log)
+        echo(
+            "[replay] the pipeline in the copy: a first champion (dvc repro; the project's "
+            f"outputs {'reused from its DVC cache' if reused else 'not all in its DVC cache'})"
+        )
+        if settings.draw_from == "unseen":
+            leave_customers_out(scratch, settings, spec, tools, log)
         _run([str(tools / "dvc"), "repro", "-q"], scratch, log, "the first pipeline run")
-        echo(f"[replay] {len(months)} months from {months[0]} (churnlab simulate)")
-        _run([str(tools / "churnlab"), "simulate"], scratch, log, "simulating the months")
+        if not has_champion(scratch):  # every stage was current: register in the copy's store
+            from churnlab.tracking.settings import load_settings
+
+            stage = load_settings(scratch).register_stage
+            _run(
+                [str(tools / "dvc"), "repro", "-q", "-f", "-s", stage],
+                scratch,
+                log,
+                f"the {stage} stage (registering the first champion)",
+            )
+        echo(f"[replay] the first champion in {time.perf_counter() - tick:.0f} s")
         copy_params = load_params(scratch)
+        first = current = load_champion(scratch)
+        source = scratch / get_key(copy_params, "paths.raw", "params/paths.yaml")
+        raw = read_table(source)
+        typed = validate_table(raw, spec, str(source))
+        rows = np.arange(len(raw))
+        if settings.draw_from == "unseen":
+            splits = [
+                pd.read_parquet(scratch / get_key(copy_params, key, "params/paths.yaml"))
+                for key in ("paths.train", "paths.test")
+            ]
+            seen = pd.concat([s[ID_COLUMN] for s in splits]).astype(str)
+            rows = pool_rows(typed[spec.id_column], seen)
+        echo(
+            f"[replay] {len(months)} months from {months[0]}, drawn from {len(rows):,} "
+            f"customers ({settings.draw_from})"
+        )
+        drawn, truth, origins = draw_months(raw, typed, spec, settings.simulate, rows)
+        suffix = f".{settings.simulate['format']}"
+        write_year(
+            drawn,
+            truth,
+            scratch / copy_params["monitor"]["batches"],
+            scratch / copy_params["monitor"]["labels"],
+            suffix,
+        )
         batches = scratch / copy_params["monitor"]["batches"]
         labels = scratch / copy_params["monitor"]["labels"]
         holding = scratch / HOLDING
@@ -441,7 +654,6 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
             if path.name != "README.md":
                 shutil.move(str(path), holding / path.name)
         fill = (copy_params.get("prepare") or {}).get("fill_missing") or {}
-        first = current = load_champion(scratch)
         for month in months:
             for arrived in months:  # labels of months at least label_lag months back
                 if arrived <= add_months(month, -settings.label_lag):
@@ -453,6 +665,7 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
                 "version": current.version,
                 "in_use": month_scores(current, batch, spec, fill),
                 "never_retrained": month_scores(first, batch, spec, fill),
+                "seen": seen_origins(current.training_ids, origins),
             }
             tick = time.perf_counter()
             decision = run_cycle(
@@ -484,6 +697,11 @@ def run_replay(root: Path, scratch: Path, echo: Callable[[str], None] = print) -
                 key: realised_roc_auc(scored[month][key], truth.ids, truth.churned)
                 for key in ("in_use", "never_retrained")
             }
+            # the honest figure of a retrained model: the customers it never saw a copy of
+            value, count = unseen_roc_auc(
+                scored[month]["in_use"], truth.ids, truth.churned, origins, scored[month]["seen"]
+            )
+            roc_auc[month].update(in_use_unseen=value, unseen_customers=count)
         log_bytes = (scratch / get_key(copy_params, "cycle.log", "params/cycle.yaml")).read_bytes()
     seconds = time.perf_counter() - started
     scenarios = settings.simulate.get("scenarios") or []

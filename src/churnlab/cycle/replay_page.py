@@ -88,6 +88,9 @@ def page_context(result: Mapping[str, Any], title: str) -> dict[str, Any]:
                 "version": result["in_use"][month],
                 "roc_auc": result["roc_auc"][month]["in_use"],
                 "never_retrained": result["roc_auc"][month]["never_retrained"],
+                # a retrained model has seen copies of most customers (the months resample)
+                "unseen_roc_auc": result["roc_auc"][month].get("in_use_unseen"),
+                "unseen_customers": result["roc_auc"][month].get("unseen_customers"),
                 "rule": decision.get("rule"),
                 "fired": decision.get("fired") or [],
                 "action": decision.get("action"),

@@ -22,8 +22,14 @@ import pandas as pd
 
 from churnlab.config import get_key
 from churnlab.cycle.rule import CYCLE_FILE, paired_difference, promotion_verdict
-from churnlab.cycle.training import holdout_ids, labelled_rows, month_files, prepared_rows
-from churnlab.data import ID_COLUMN, TARGET_COLUMN, TableSpec
+from churnlab.cycle.training import (
+    holdout_ids,
+    labelled_rows,
+    month_files,
+    month_weights,
+    prepared_rows,
+)
+from churnlab.data import ID_COLUMN, TARGET_COLUMN, WEIGHT_COLUMN, TableSpec
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_parquet
 from churnlab.monitoring.months import MONITOR_FILE
@@ -59,6 +65,8 @@ def write_training_table(root: Path, params: dict, month: str, record: dict) -> 
     """Write the labelled months to ``paths.cycle_training`` and version it with DVC.
 
     The latest month's held-out customers are left out (the models are compared on them).
+    With ``cycle.recent_half_life`` each row carries its month's weight (``WEIGHT_COLUMN``,
+    :func:`churnlab.cycle.training.month_weights`), which the train stage fits with.
 
     Returns:
         What the training table holds, for the decision line.
@@ -67,11 +75,16 @@ def write_training_table(root: Path, params: dict, month: str, record: dict) -> 
     months = record["training"]["months"]
     latest = months[-1]
     held = _holdout(root, params, latest)
+    half_life = get_key(params, "cycle", CYCLE_FILE).get("recent_half_life")
+    reference = get_key(params, "monitor", MONITOR_FILE)["reference_month"]
+    weights = month_weights(months, str(reference), half_life)
     tables = []
     for name in months:
         rows = _month_rows(root, params, name)
         if name == latest:
             rows = rows[~rows[spec.id_column].isin(held)]
+        if half_life is not None:
+            rows = rows.assign(**{WEIGHT_COLUMN: weights[name]})
         tables.append(rows)
     table = pd.concat(tables, ignore_index=True)
     target = root / get_key(params, "paths.cycle_training", "params/paths.yaml")
@@ -82,6 +95,7 @@ def write_training_table(root: Path, params: dict, month: str, record: dict) -> 
         "rows": int(len(table)),
         "table_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "holdout": {"month": latest, "customers": len(held), "ids_sha256": _ids_digest(held)},
+        "weights": None if half_life is None else {m: round(weights[m], 6) for m in months},
     }
 
 

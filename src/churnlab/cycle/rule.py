@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 CYCLE_FILE = "params/cycle.yaml"
-RULE_VERSION = 1
+# 2: feature drift a lost challenger already learnt from does not fire again (``drift_learnt``)
+RULE_VERSION = 2
 # the order the rules are checked (and named, when several fire: the first)
 RULES = ("realised_gate", "realised_drop", "estimated_drop", "feature_drift", "max_age")
 
@@ -54,6 +55,11 @@ class Evidence:
     gate_recall: float | None
     age_days: int | None
     trainable_months: tuple[str, ...] = field(default=())  # labelled, usable, in the window
+    # drifted columns that a challenger trained under this same champion already had labelled
+    # months of, and lost with (from the decision log; empty when none did): that drift alone
+    # does not call for the same retrain again
+    drift_learnt: tuple[str, ...] = field(default=())
+    drift_learnt_month: str | None = None  # the month of that retrain
 
 
 @dataclass(frozen=True)
@@ -129,15 +135,25 @@ def decide(evidence: Evidence, params: RuleParams) -> RuleOutcome:
         )
     )
     drifted = len(e.drifted_important) if e.quality_passed else 0
+    note = "drifted important columns: " + (", ".join(e.drifted_important) or "none")
+    # A challenger that learnt from labelled months of this very drift lost the comparison:
+    # more months of the same shift would train the same model again. The drift fires again
+    # when a column drifts that it did not learn, when the champion changes (the memory is
+    # per champion), and the age limit still counts; a change in how customers behave shows
+    # in the realised checks above, not here.
+    learnt = bool(e.drift_learnt) and set(e.drifted_important) <= set(e.drift_learnt)
+    if learnt and drifted >= params.drifted_features:
+        note += (
+            f" (all learnt by the challenger of {e.drift_learnt_month}, which lost: not "
+            "again until another column drifts or the champion changes)"
+        )
     checks.append(
         _check(
             "feature_drift",
-            e.quality_passed and drifted >= params.drifted_features,
+            e.quality_passed and drifted >= params.drifted_features and not learnt,
             drifted,
             params.drifted_features,
-            "drifted important columns: " + (", ".join(e.drifted_important) or "none")
-            if e.quality_passed
-            else skipped,
+            note if e.quality_passed else skipped,
         )
     )
     checks.append(
@@ -177,6 +193,37 @@ def decide(evidence: Evidence, params: RuleParams) -> RuleOutcome:
         first["rule"],
         f"{because}: retrain on the reference and {', '.join(e.trainable_months)}",
     )
+
+
+def learnt_drift(log: list[dict], champion_version: int) -> tuple[tuple[str, ...], str | None]:
+    """What the last challenger that lost under this champion had learnt of feature drift.
+
+    Args:
+        log: the decision log, oldest first.
+        champion_version: the champion in use.
+
+    Returns:
+        The drifted important columns of the months that challenger was trained on (their
+        decision lines), and the month of its retrain; ``((), None)`` when no challenger
+        lost under this champion.
+    """
+    lost = [
+        line
+        for line in log
+        if line["action"] == "retrain"
+        and line["outcome"] == "kept champion"
+        and line["champion_before"]["version"] == champion_version
+    ]
+    if not lost:
+        return (), None
+    months = set((lost[-1].get("training") or {}).get("months") or [])
+    columns = {
+        column
+        for line in log
+        if line["month"] in months
+        for column in (line.get("statistics") or {}).get("drifted_important") or []
+    }
+    return tuple(sorted(columns)), lost[-1]["month"]
 
 
 def _shown(value) -> str:

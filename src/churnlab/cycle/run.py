@@ -41,6 +41,7 @@ from churnlab.cycle.rule import (
     Evidence,
     RuleParams,
     decide,
+    learnt_drift,
 )
 from churnlab.errors import ChurnlabError
 
@@ -285,6 +286,7 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
         if importance.get(c, 0.0) >= mp.alert_importance
     )
     estimated = ((verdict.get("performance") or {}).get("estimated") or {}).get("recall_interval")
+    learnt, learnt_month = learnt_drift(log, champion["version"])
     evidence = Evidence(
         month=month,
         quality_passed=bool(verdict["quality"]["passed"]),
@@ -298,6 +300,8 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
         gate_recall=monitor.gate_recall,
         age_days=champion["age_days"],
         trainable_months=tuple(trainable),
+        drift_learnt=learnt,
+        drift_learnt_month=learnt_month,
     )
     outcome = decide(evidence, RuleParams.from_section(section))
     warning = None
@@ -330,6 +334,8 @@ def _gather(root: Path, month: str, params: dict, log: list[dict], today: date, 
             "realised_month": latest,
             "realised_roc_auc": evidence.realised_roc_auc,
             "realised_recall": evidence.realised_recall,
+            "drift_learnt": list(learnt),
+            "drift_learnt_month": learnt_month,
         },
         "checks": outcome.checks,
         "fired": outcome.fired,

@@ -33,6 +33,25 @@ def labelled_rows(batch: Path, labels: Path, spec: TableSpec) -> pd.DataFrame:
     return keep[columns].astype("str").reset_index(drop=True)
 
 
+def month_weights(
+    months: list[str], reference_month: str, half_life: float | None
+) -> dict[str, float]:
+    """Each training month's row weight: ``2 ** (k / half_life)`` for a month ``k`` months
+    after the reference (whose rows count 1), so a month weighs half as much as one
+    ``half_life`` months later; every month 1 when ``half_life`` is None."""
+
+    def after(month: str) -> int:
+        return (
+            (int(month[:4]) - int(reference_month[:4])) * 12
+            + int(month[5:])
+            - int(reference_month[5:])
+        )
+
+    if half_life is None:
+        return dict.fromkeys(months, 1.0)
+    return {m: float(2 ** (after(m) / half_life)) for m in months}
+
+
 def holdout_ids(ids: pd.Series, share: float, seed: int, month: str) -> set[str]:
     """A seeded share of a month's labelled customers, the same for the month every time."""
     ordered = sorted(ids.astype(str))
