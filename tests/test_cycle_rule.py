@@ -124,6 +124,12 @@ def test_the_age_limit_follows_the_injected_clock(tmp_path):
     assert _champion_age(3, log, date(2026, 2, 4), date(2025, 1, 1)) == 30
     assert _champion_age(3, log, date(2026, 2, 5), date(2025, 1, 1)) == 31
     assert _champion_age(2, log, date(2026, 2, 5), date(2026, 1, 1)) == 35  # the registry's
+    # a champion that beat a challenger trained on the newest data starts its age again there
+    kept = {"outcome": "kept champion", "champion_after": {"version": 3}, "date": "2026-03-02"}
+    assert _champion_age(3, [*log, kept], date(2026, 3, 9), date(2025, 1, 1)) == 7
+    # a cycle that did not retrain does not reset it
+    quiet = {"outcome": "no retrain", "champion_after": {"version": 3}, "date": "2026-03-02"}
+    assert _champion_age(3, [*log, quiet], date(2026, 3, 9), date(2025, 1, 1)) == 63
 
 
 def _line(month, drifted=(), action="keep", outcome="no retrain", version=1, training=None):

@@ -229,11 +229,19 @@ def _champion_facts(root: Path, champion, log: list[dict], today: date) -> dict:
 
 
 def _champion_age(version: int, log: list[dict], today: date, registered: date) -> int:
-    """Days since the champion was trained: since the cycle that promoted it (its date, from
-    the cycle's clock), else since it was registered."""
+    """Days since the champion was last put to the test: since the cycle that promoted it, or
+    the last cycle whose challenger (trained on the newest data) it beat (dates from the
+    cycle's clock), else since it was registered.
+
+    A champion that has just beaten a model trained on the newest data is as good as a model
+    retrained now can be, so the age limit starts again there; counting from its promotion
+    would retrain every month once it is older than the limit, each time for nothing.
+    """
     born = registered
     for line in log:
-        if line["outcome"] == "promoted" and line["champion_after"]["version"] == version:
+        if line["outcome"] in ("promoted", "kept champion") and (
+            line.get("champion_after", {}).get("version") == version
+        ):
             born = date.fromisoformat(line["date"])
     return max((today - born).days, 0)
 
