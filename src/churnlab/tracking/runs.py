@@ -83,10 +83,11 @@ class Outcome:
         return outcome
 
     @classmethod
-    def in_thread(cls, work: Callable[[], Any], name: str) -> Outcome:
-        """``work`` in a thread at the lowest CPU priority: it runs beside the notebook's
-        kernel, whose OpenMP threads (scikit-learn's gradient boosting) slow down many times
-        over when they have to share a core with it."""
+    def in_thread(cls, work: Callable[[], Any], name: str, humble: bool = True) -> Outcome:
+        """``work`` in a thread, by default at the lowest CPU priority: it runs beside the
+        notebook's kernel, whose OpenMP threads (scikit-learn's gradient boosting) slow down
+        many times over when they have to share a core with it. Not ``humble`` when the
+        thread only waits (and starts processes, which would inherit its priority)."""
 
         def humbly():
             with contextlib.suppress(OSError, AttributeError):  # Linux: a thread is a task
@@ -94,8 +95,13 @@ class Outcome:
             return work()
 
         outcome = cls()
-        threading.Thread(target=outcome._run, args=(humbly,), name=name, daemon=True).start()
+        target = humbly if humble else work
+        threading.Thread(target=outcome._run, args=(target,), name=name, daemon=True).start()
         return outcome
+
+    def done(self) -> bool:
+        """The call has ended (without waiting)."""
+        return self._done.is_set()
 
     def _wait(self) -> None:
         while not self._done.wait(0.2):  # not one long wait: Ctrl-C must get through
@@ -612,7 +618,9 @@ def _tracked_in_background(root: Path, stage, opening: Outcome) -> Iterator[Outc
                 _read_ahead(run, root, stage)
         return run
 
-    pending = Outcome.in_thread(begin, f"tracking {stage.name}")
+    # a stage of a pipeline run only waits for its tracking service (which it may start)
+    remote = opening.done() and isinstance(opening.value_or_none(), service.RemoteTracker)
+    pending = Outcome.in_thread(begin, f"tracking {stage.name}", humble=not remote)
     try:
         yield pending
     except BaseException as exc:

@@ -83,7 +83,7 @@ def _stage_record(stage) -> dict[str, Any]:
         "outs": list(stage.outs),
         "deps": list(getattr(stage, "deps", [])),
         "metrics": list(getattr(stage, "metrics", [])),
-        "executed_path": stage.executed_path if hasattr(stage, "notebook") else None,
+        "executed_path": stage.executed_path if getattr(stage, "notebook", None) else None,
     }
 
 
