@@ -31,6 +31,8 @@ package (the before of a change)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -43,7 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_section  # bench/ is the script's folder, first on sys.path
+
 PROJECT = Path(__file__).resolve().parent.parent
+RESULTS = PROJECT / "bench" / "RESULTS.md"
 HEAVY = ("pandas", "sklearn", "pandera", "mlflow", "skops", "sqlalchemy")
 STAGES = ("explore", "prepare", "train", "evaluate")
 
@@ -285,7 +290,32 @@ def median_table(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples if k in s) for k in keys}
 
 
+class Tee(io.StringIO):
+    """Standard output, also kept for the results file."""
+
+    def write(self, text: str) -> int:
+        sys.__stdout__.write(text)
+        sys.__stdout__.flush()
+        return super().write(text)
+
+
 def main() -> None:
+    tee = Tee()
+    with contextlib.redirect_stdout(tee):
+        args = measure()
+    if args.write:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        text = (
+            f"## Tracking: where a stage's tracking time goes (bench/tracking.py)\n\n"
+            f"{when}, {os.cpu_count()} CPUs shared with other work (load average at the end "
+            f"{load}); `python bench/tracking.py {' '.join(sys.argv[1:])}`.\n\n"
+            f"```\n{tee.getvalue().strip()}\n```"
+        )
+        write_section("tracking" + ("-repro" if args.repro else ""), text, RESULTS)
+
+
+def measure() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, help="a project copy after a full dvc repro")
     parser.add_argument("--repeats", type=int, default=3)
@@ -299,6 +329,7 @@ def main() -> None:
         action="store_true",
         help="only the forced repros: tracking service, own process, off (step 5)",
     )
+    parser.add_argument("--write", action="store_true", help=f"write the figures into {RESULTS}")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -307,7 +338,7 @@ def main() -> None:
         project = args.project or make_project(scratch / "project")
         if args.repro:
             compare_repros(project, env, args.repeats)
-            return
+            return args
 
         samples = []
         uri = f"sqlite:///{(project / 'mlflow.db').resolve()}"
@@ -396,6 +427,7 @@ def main() -> None:
                     f"  {stage:<10} tracking on {on:6.2f}   off {off:6.2f}   added {on - off:+6.2f}"
                     f"   (CPU s, runner and kernel: on {cpu_on:6.2f}   off {cpu_off:6.2f})"
                 )
+    return args
 
 
 if __name__ == "__main__":

@@ -275,26 +275,31 @@ class Service:
                     run.tracker.end_stage(run, state["stage"].name, KeyboardInterrupt())
             connection.close()
 
+    def _begin(self, request: dict[str, Any], state: dict[str, Any]) -> bool:
+        from churnlab.tracking.runs import StageProcess, _read_ahead
+
+        tracker = self._tracker()
+        if tracker is None:
+            return False
+        stage = SimpleNamespace(**request["stage"])
+        process = StageProcess(*request["process"], tuple(request["owner"]), request["experiment"])
+        run = tracker.begin_stage(stage.name, stage.values, set(stage.outs), process)
+        state.update(run=run, stage=stage)
+        if stage.name == tracker.settings.register_stage:
+            # whatever fails here fails again in the register step, with its own message
+            with contextlib.suppress(Exception):
+                _read_ahead(run, self.root, stage)
+        return True
+
     def _do(self, request: dict[str, Any], state: dict[str, Any]) -> bool:
         """Carry out one request; whether the stage is tracked."""
-        from churnlab.tracking.runs import StageProcess, _read_ahead, record_stage
+        from churnlab.tracking.runs import Outcome, record_stage
 
         op = request["op"]
         if op == "begin":
-            tracker = self._tracker()
-            if tracker is None:
-                return False
-            stage = SimpleNamespace(**request["stage"])
-            process = StageProcess(
-                *request["process"], tuple(request["owner"]), request["experiment"]
-            )
-            run = tracker.begin_stage(stage.name, stage.values, set(stage.outs), process)
-            state.update(run=run, stage=stage)
-            if stage.name == tracker.settings.register_stage:
-                # whatever fails here fails again in the register step, with its own message
-                with contextlib.suppress(Exception):
-                    _read_ahead(run, self.root, stage)
-            return True
+            # at the lowest CPU priority, as in a stage's own process: the stage's kernel
+            # runs meanwhile (the register stage's begin reads models for seconds)
+            return Outcome.in_thread(lambda: self._begin(request, state), "begin").result()
         if op == "record":
             stage = state["stage"]
             nb = None
