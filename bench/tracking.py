@@ -306,11 +306,17 @@ def main() -> None:
     if args.write:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        title = (
+            "Tracking service against tracking in each stage's process"
+            if args.repro
+            else "Tracking: where a stage's tracking time goes"
+        )
+        figures = tee.getvalue().strip()
         text = (
-            f"## Tracking: where a stage's tracking time goes (bench/tracking.py)\n\n"
+            f"## {title} (bench/tracking.py)\n\n"
             f"{when}, {os.cpu_count()} CPUs shared with other work (load average at the end "
             f"{load}); `python bench/tracking.py {' '.join(sys.argv[1:])}`.\n\n"
-            f"```\n{tee.getvalue().strip()}\n```"
+            + (figures if args.repro else f"```\n{figures}\n```")  # a table, or text
         )
         write_section("tracking" + ("-repro" if args.repro else ""), text, RESULTS)
 

@@ -148,7 +148,6 @@ class RemoteTracker:
         answer = self.ask(
             {
                 "op": "begin",
-                "root": str(self.root),
                 "stage": _stage_record(stage),
                 "process": [process.pid, process.started],
                 "owner": list(process.owner),
@@ -369,6 +368,7 @@ def main(argv: list[str]) -> None:
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
+            path.with_suffix(".lock").unlink()  # the pipeline run is over: nobody waits on it
 
 
 if __name__ == "__main__":
