@@ -245,7 +245,7 @@ def compare_repros(project: Path, env: dict, repeats: int) -> None:
             spans[mode].append(span)
             print(f"  ({mode}: {wall:.1f} s; load {os.getloadavg()[0]:.1f})", file=sys.stderr)
     table = {mode: median_table(samples) for mode, samples in spans.items()}
-    print(f"\n`dvc repro --force`, per stage (median of {repeats}, seconds; added = on - off):")
+    print(f"`dvc repro --force`, per stage (median of {repeats}, seconds; added = on - off):\n")
     print("| stage | service | own process | off | added, service | added, own process |")
     print("|---|---:|---:|---:|---:|---:|")
     rows = [*table["off"], "whole repro"]
