@@ -37,6 +37,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -315,7 +316,7 @@ def main() -> None:
         text = (
             f"## {title} (bench/tracking.py)\n\n"
             f"{when}, {os.cpu_count()} CPUs shared with other work (load average at the end "
-            f"{load}); `python bench/tracking.py {' '.join(sys.argv[1:])}`.\n\n"
+            f"{load}); `python bench/tracking.py {shlex.join(sys.argv[1:])}`.\n\n"
             + (figures if args.repro else f"```\n{figures}\n```")  # a table, or text
         )
         write_section("tracking" + ("-repro" if args.repro else ""), text, RESULTS)
