@@ -14,7 +14,13 @@ each in fresh processes and as the median of ``--repeats`` runs:
    that API;
 3. ``churnlab run STAGE`` with tracking on and off (``CHURNLAB_TRACKING=off``): the wall time
    tracking adds to a whole stage, and the CPU time of the runner and its kernel (on a
-   machine other processes keep busy, background work costs wall time too).
+   machine other processes keep busy, background work costs wall time too);
+4. what a stage's tracking costs in CPU in one fresh process, step by step (``import
+   mlflow``, creating the client and its store, a run, its params, metrics and artifact);
+5. with ``--repro``: ``dvc repro --force`` of the whole pipeline, per stage (DVC's
+   ``Running stage`` lines), with tracking through the pipeline run's tracking service,
+   with each stage recording in its own process (``CHURNLAB_TRACKING_SERVICE=off``: the
+   way before the service) and with tracking off, back to back, ``--repeats`` rounds.
 
 Run it with the project's Python; ``PYTHONPATH=OTHER/src`` measures another checkout's
 package (the before of a change)::
@@ -25,9 +31,13 @@ package (the before of a change)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import re
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,7 +46,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_section  # bench/ is the script's folder, first on sys.path
+
 PROJECT = Path(__file__).resolve().parent.parent
+RESULTS = PROJECT / "bench" / "RESULTS.md"
 HEAVY = ("pandas", "sklearn", "pandera", "mlflow", "skops", "sqlalchemy")
 STAGES = ("explore", "prepare", "train", "evaluate")
 
@@ -145,6 +158,110 @@ print(json.dumps({
 """
 
 
+# One fresh process, against a project's store: the CPU (and wall) seconds of each step of a
+# stage's tracking when it is done in the stage's own process.
+STORE_PROBE = """
+import json, sys, tempfile, time
+from pathlib import Path
+
+uri, steps = sys.argv[1], {}
+def step(label, work):
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = work()
+    steps[label] = [time.process_time() - cpu, time.perf_counter() - wall]
+    return value
+
+step("import mlflow", lambda: __import__("mlflow"))
+import mlflow
+from mlflow.entities import Metric, Param
+client = step(
+    "MlflowClient + store (SQLAlchemy models, engine, alembic schema check)",
+    lambda: (lambda c: (c, c.get_experiment_by_name("churnlab")))(mlflow.MlflowClient(uri))[0],
+)
+experiment = client.get_experiment_by_name("churnlab").experiment_id
+step("search RUNNING runs (stale ones)", lambda: client.search_runs(
+    [experiment], "attributes.status = 'RUNNING'", max_results=1000))
+run = step("create a run", lambda: client.create_run(experiment, tags={"bench": "1"})).info.run_id
+step("log 60 params", lambda: client.log_batch(
+    run, params=[Param(f"p{i}", str(i)) for i in range(60)]))
+step("log 40 metrics", lambda: client.log_batch(
+    run, metrics=[Metric(f"m{i}", float(i), 0, 0) for i in range(40)]))
+with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
+    handle.write("{}")
+    handle.flush()
+    step("log an artifact", lambda: client.log_artifact(run, handle.name))
+step("end the run", lambda: client.set_terminated(run, "FINISHED"))
+print(json.dumps(steps))
+"""
+
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+
+
+def forced_repro(project: Path, env: dict) -> tuple[float, dict[str, float]]:
+    """``dvc repro --force``: its wall time and each stage's span (from DVC's ``Running
+    stage`` line to the next one, the last to the end)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        ["dvc", "repro", "--force"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        found = STAGE_LINE.match(line)
+        if found:
+            lines.append((found.group(1), time.perf_counter()))
+    if proc.wait() != 0:
+        raise SystemExit(
+            "dvc repro --force failed:\n"
+            + "".join(line for line in lines if isinstance(line, str))[-3000:]
+        )
+    ended = time.perf_counter()
+    marks = [item for item in lines if isinstance(item, tuple)]
+    spans = {
+        name: (marks[i + 1][1] if i + 1 < len(marks) else ended) - at
+        for i, (name, at) in enumerate(marks)
+    }
+    return ended - started, spans
+
+
+def compare_repros(project: Path, env: dict, repeats: int) -> None:
+    """Forced repros with the tracking service, without it (each stage in its own process)
+    and with tracking off, interleaved: medians per stage."""
+    modes = {
+        "service": {"CHURNLAB_TRACKING_SERVICE": "on"},
+        "own process": {"CHURNLAB_TRACKING_SERVICE": "off"},
+        "off": {"CHURNLAB_TRACKING": "off"},
+    }
+    walls: dict[str, list[float]] = {mode: [] for mode in modes}
+    spans: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode, extra in modes.items():
+            wall, span = forced_repro(project, {**env, **extra})
+            walls[mode].append(wall)
+            spans[mode].append(span)
+            print(f"  ({mode}: {wall:.1f} s; load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+    table = {mode: median_table(samples) for mode, samples in spans.items()}
+    print(f"`dvc repro --force`, per stage (median of {repeats}, seconds; added = on - off):\n")
+    print("| stage | service | own process | off | added, service | added, own process |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = [*table["off"], "whole repro"]
+    for name in rows:
+        if name == "whole repro":
+            values = {mode: statistics.median(walls[mode]) for mode in modes}
+        else:
+            values = {mode: table[mode].get(name, float("nan")) for mode in modes}
+        service, own, off = values["service"], values["own process"], values["off"]
+        print(
+            f"| {name} | {service:.2f} | {own:.2f} | {off:.2f} | {service - off:+.2f} "
+            f"| {own - off:+.2f} |"
+        )
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -174,7 +291,38 @@ def median_table(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples if k in s) for k in keys}
 
 
+class Tee(io.StringIO):
+    """Standard output, also kept for the results file."""
+
+    def write(self, text: str) -> int:
+        sys.__stdout__.write(text)
+        sys.__stdout__.flush()
+        return super().write(text)
+
+
 def main() -> None:
+    tee = Tee()
+    with contextlib.redirect_stdout(tee):
+        args = measure()
+    if args.write:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        title = (
+            "Tracking service against tracking in each stage's process"
+            if args.repro
+            else "Tracking: where a stage's tracking time goes"
+        )
+        figures = tee.getvalue().strip()
+        text = (
+            f"## {title} (bench/tracking.py)\n\n"
+            f"{when}, {os.cpu_count()} CPUs shared with other work (load average at the end "
+            f"{load}); `python bench/tracking.py {shlex.join(sys.argv[1:])}`.\n\n"
+            + (figures if args.repro else f"```\n{figures}\n```")  # a table, or text
+        )
+        write_section("tracking" + ("-repro" if args.repro else ""), text, RESULTS)
+
+
+def measure() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, help="a project copy after a full dvc repro")
     parser.add_argument("--repeats", type=int, default=3)
@@ -183,12 +331,38 @@ def main() -> None:
     parser.add_argument(
         "--end-to-end", default="explore,evaluate", help="stages run with tracking on and off"
     )
+    parser.add_argument(
+        "--repro",
+        action="store_true",
+        help="only the forced repros: tracking service, own process, off (step 5)",
+    )
+    parser.add_argument("--write", action="store_true", help=f"write the figures into {RESULTS}")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     with tempfile.TemporaryDirectory(prefix="churnlab-bench-tracking-") as tmp:
         scratch = Path(tmp)
         project = args.project or make_project(scratch / "project")
+        if args.repro:
+            compare_repros(project, env, args.repeats)
+            return args
+
+        samples = []
+        uri = f"sqlite:///{(project / 'mlflow.db').resolve()}"
+        for _ in range(args.repeats):
+            out = run([sys.executable, "-c", STORE_PROBE, uri], PROJECT, env).stdout
+            samples.append(json.loads(out.strip().splitlines()[-1]))
+        print(
+            f"a stage's tracking in its own fresh process, existing store "
+            f"(median of {args.repeats}; CPU s, wall s):"
+        )
+        steps = {
+            k: [statistics.median(s[k][i] for s in samples) for i in (0, 1)] for k in samples[0]
+        }
+        for label, (cpu, wall) in steps.items():
+            print(f"  {label:<70} {cpu:5.2f} {wall:6.2f}")
+        total = [sum(v[i] for v in steps.values()) for i in (0, 1)]
+        print(f"  {'in all':<70} {total[0]:5.2f} {total[1]:6.2f}\n")
 
         imports = []
         for _ in range(args.repeats):
@@ -260,6 +434,7 @@ def main() -> None:
                     f"  {stage:<10} tracking on {on:6.2f}   off {off:6.2f}   added {on - off:+6.2f}"
                     f"   (CPU s, runner and kernel: on {cpu_on:6.2f}   off {cpu_off:6.2f})"
                 )
+    return args
 
 
 if __name__ == "__main__":

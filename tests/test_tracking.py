@@ -271,6 +271,72 @@ def test_a_killed_process_leaves_no_run_running_after_the_next_run(tmp_path):
     ]
 
 
+# A stage process as `dvc repro` runs it (the runner's tracking calls, no MLflow of its own),
+# and a stand-in for `dvc` that runs stages one after the other: named `dvc`, so that
+# churnlab.tracking.processes.pipeline_owner takes it for the pipeline run.
+SERVICE_STAGE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    from churnlab.tracking.runs import Tracker, tracked_stage
+
+    root, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    values = {f"{name}.seed": 1, "api_token": "not-a-real-token-123"}
+    stage = SimpleNamespace(name=name, values=values, outs=[])
+    with tracked_stage(root, stage, Tracker.open_in_background(root)) as pending:
+        pending.result()
+        if mode == "fail":
+            raise RuntimeError("a cell failed")
+        if mode == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+    print("mlflow imported" if "mlflow" in sys.modules else "no mlflow")
+    """
+)
+FAKE_DVC = textwrap.dedent(
+    """
+    import subprocess, sys
+    root, stage = sys.argv[1], sys.argv[2]
+    for name, mode in (("prepare", "ok"), ("train", "fail"), ("evaluate", "killed")):
+        done = subprocess.run([sys.executable, stage, root, name, mode], capture_output=True)
+        sys.stdout.write(done.stdout.decode())
+        sys.stderr.write(done.stderr.decode())
+    """
+)
+
+
+def test_stages_under_dvc_record_through_one_service_killed_at_once(tmp_path):
+    """Under `dvc`, a stage's process sends its runs to the pipeline run's tracking service
+    and never imports MLflow; the runs are those of a stage tracked in its own process: one
+    parent, FINISHED, FAILED, and KILLED as soon as a stage's process is killed (not only at
+    the next run); a secret param is masked."""
+    root = tracking_project(tmp_path / "project")
+    (tmp_path / "stage.py").write_text(SERVICE_STAGE)
+    (tmp_path / "dvc").write_text(FAKE_DVC)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "dvc"), str(root), str(tmp_path / "stage.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout == "no mlflow\n", done.stderr
+    expected = {"prepare": "FINISHED", "train": "FAILED", "evaluate": "KILLED"}
+    deadline = time.monotonic() + 30  # the service marks a dropped stage after it is gone
+    while time.monotonic() < deadline:
+        found = {r.info.run_name: r for r in mlflow_runs(root)}
+        if found.get("evaluate") and found["evaluate"].info.status == expected["evaluate"]:
+            break
+        time.sleep(0.2)
+    parents = [r for r in found.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(found) == 4
+    assert {n: r.info.status for n, r in found.items() if r is not parents[0]} == expected
+    assert {r.data.tags.get("mlflow.parentRunId") for r in found.values()} == {
+        None,
+        parents[0].info.run_id,
+    }
+    assert found["prepare"].data.params == {"prepare.seed": "1", "api_token": "***"}
+
+
 # --- param keys: column names are data ---------------------------------------------------------
 
 

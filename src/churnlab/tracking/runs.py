@@ -25,11 +25,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from churnlab.config import flatten, get_key, load_params
 from churnlab.errors import ChurnlabError
+from churnlab.tracking import service
 from churnlab.tracking.lineage import (
     file_lineage,
     git_state,
@@ -81,10 +83,11 @@ class Outcome:
         return outcome
 
     @classmethod
-    def in_thread(cls, work: Callable[[], Any], name: str) -> Outcome:
-        """``work`` in a thread at the lowest CPU priority: it runs beside the notebook's
-        kernel, whose OpenMP threads (scikit-learn's gradient boosting) slow down many times
-        over when they have to share a core with it."""
+    def in_thread(cls, work: Callable[[], Any], name: str, humble: bool = True) -> Outcome:
+        """``work`` in a thread, by default at the lowest CPU priority: it runs beside the
+        notebook's kernel, whose OpenMP threads (scikit-learn's gradient boosting) slow down
+        many times over when they have to share a core with it. Not ``humble`` when the
+        thread only waits (and starts processes, which would inherit its priority)."""
 
         def humbly():
             with contextlib.suppress(OSError, AttributeError):  # Linux: a thread is a task
@@ -92,8 +95,13 @@ class Outcome:
             return work()
 
         outcome = cls()
-        threading.Thread(target=outcome._run, args=(humbly,), name=name, daemon=True).start()
+        target = humbly if humble else work
+        threading.Thread(target=outcome._run, args=(target,), name=name, daemon=True).start()
         return outcome
+
+    def done(self) -> bool:
+        """The call has ended (without waiting)."""
+        return self._done.is_set()
 
     def _wait(self) -> None:
         while not self._done.wait(0.2):  # not one long wait: Ctrl-C must get through
@@ -123,6 +131,25 @@ def _quiet_mlflow() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per stage is enough
     # it logs a database error with its traceback, then raises it: we report it once
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class StageProcess:
+    """The process a stage runs in, the pipeline run it belongs to and its experiment."""
+
+    pid: int
+    started: str  # the process's start time (``process_start``), to tell it from a reused pid
+    owner: tuple[int, str]  # the pipeline run's process (``pipeline_owner``): pid, start time
+    experiment: str | None  # the DVC experiment's name, if any
+
+    @classmethod
+    def this(cls) -> StageProcess:
+        return cls(
+            os.getpid(),
+            process_start(os.getpid()) or "",
+            pipeline_owner(),
+            os.environ.get("DVC_EXP_NAME") or None,
+        )
 
 
 class Tracker:
@@ -156,12 +183,18 @@ class Tracker:
 
         Importing MLflow and starting its store take seconds; a notebook stage does that
         while its kernel (another process) runs the notebook. A mistyped setting still fails
-        here, at once; with tracking off no thread starts.
+        here, at once; with tracking off no thread starts. A stage run by ``dvc`` gets a
+        ``RemoteTracker`` instead: its pipeline run's tracking service
+        (:mod:`churnlab.tracking.service`), which imports MLflow once for all its stages.
         """
         settings = load_settings(root)
         if not settings.enabled:
             return Outcome.now(lambda: None)
         _quiet_mlflow()  # here, not in the thread: a kernel started meanwhile sees one environment
+        process = StageProcess.this()
+        if process.owner[0] != process.pid and service.wanted():
+            # a stage of a pipeline run: its tracking service records it (started if need be)
+            return Outcome.now(lambda: service.RemoteTracker(root, settings, process))
         return Outcome.in_thread(lambda: cls._open(root, settings), "tracking")
 
     @classmethod
@@ -241,8 +274,8 @@ class Tracker:
                         self.client.delete_model_version(version.name, version.version)
         return killed
 
-    def _parent(self, outputs: set[str]) -> str:
-        pid, started = pipeline_owner()
+    def _parent(self, outputs: set[str], process: StageProcess) -> str:
+        pid, started = process.owner
         key = f"{socket.gethostname()}:{pid}:{started}"
         found = self.client.search_runs(
             [self.experiment_id()], f"tags.`{TAG_PIPELINE}` = '{key}'", max_results=1
@@ -251,7 +284,7 @@ class Tracker:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         commit, dirty = git_state(self.root, outputs)
-        experiment = os.environ.get("DVC_EXP_NAME")
+        experiment = process.experiment
         tags = {
             TAG_PIPELINE: key,
             TAG_HOST: socket.gethostname(),
@@ -276,24 +309,34 @@ class Tracker:
             if parent is not None:
                 self.client.update_run(parent, status=status)
 
-    def begin_stage(self, stage: str, params: Mapping[str, Any], outputs: set[str]) -> StageRun:
+    def begin_stage(
+        self,
+        stage: str,
+        params: Mapping[str, Any],
+        outputs: set[str],
+        process: StageProcess | None = None,
+    ) -> StageRun:
         """Start the run of one stage under its pipeline run, with the stage's params.
+
+        ``process`` is the stage's own process when it is not this one (the tracking
+        service records stages run by other processes); by default, this one.
 
         Raises:
             ChurnlabError: the store failed; the runs started are marked FAILED.
         """
         from mlflow.entities import Param
 
+        process = process or StageProcess.this()
         child_id = parent = None
         try:
             with self.store_errors(f"starting the run of stage '{stage}'"), self.locked():
                 killed = self.mark_stale_runs()
-                parent = self._parent(outputs)
+                parent = self._parent(outputs, process)
                 tags = {
                     "mlflow.parentRunId": parent,
                     TAG_HOST: socket.gethostname(),
-                    TAG_PID: str(os.getpid()),
-                    TAG_STARTED: process_start(os.getpid()) or "",
+                    TAG_PID: str(process.pid),
+                    TAG_STARTED: process.started,
                     "churnlab.stage": stage,
                 }
                 child_id = self.client.create_run(
@@ -443,6 +486,9 @@ class StageRun:
 def record_stage(run: StageRun, root: Path, stage, nb=None) -> None:
     """Log what a finished stage produced: metrics, notebook and HTML, figures, lineage;
     after the register stage, the model and the promotion decision."""
+    if isinstance(run, service.RemoteRun):
+        run.record(notebook=nb is not None)
+        return
     with run.tracker.store_errors(f"recording stage '{stage.name}'"):
         _record_stage(run, root, stage, nb)
 
@@ -559,10 +605,12 @@ def tracked_stage(root: Path, stage, tracker: Tracker | Outcome | None):
 
 @contextlib.contextmanager
 def _tracked_in_background(root: Path, stage, opening: Outcome) -> Iterator[Outcome]:
-    def begin() -> StageRun | None:
+    def begin() -> StageRun | service.RemoteRun | None:
         tracker = opening.result()
         if tracker is None:
             return None
+        if isinstance(tracker, service.RemoteTracker):
+            return tracker.begin(stage)
         run = tracker.begin_stage(stage.name, stage.values, set(stage.outs))
         if stage.name == tracker.settings.register_stage:
             # whatever fails here fails again in the register step, with its own message
@@ -570,7 +618,9 @@ def _tracked_in_background(root: Path, stage, opening: Outcome) -> Iterator[Outc
                 _read_ahead(run, root, stage)
         return run
 
-    pending = Outcome.in_thread(begin, f"tracking {stage.name}")
+    # a stage of a pipeline run only waits for its tracking service (which it may start)
+    remote = opening.done() and isinstance(opening.value_or_none(), service.RemoteTracker)
+    pending = Outcome.in_thread(begin, f"tracking {stage.name}", humble=not remote)
     try:
         yield pending
     except BaseException as exc:
