@@ -234,7 +234,16 @@ def test_a_worker_killed_mid_job_changes_nothing(drawing, scheduler, tmp_path):
         killer.join()
         assert killed, "no worker was killed while the job ran"
         assert found == here
-        client.wait_for_workers(2, timeout=60)  # the nanny brought it back
+        # the nanny brings it back: wait for the new process, not for the scheduler to count
+        # two (it may still count the dead one), or the next test meets a dead worker
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            alive = client.run(os.getpid, on_error="ignore").values()
+            if len(alive) == 2 and killed[0] not in alive:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the killed worker was not replaced: {sorted(alive)}")
 
 
 def test_an_unreachable_scheduler_is_one_line_and_moves_nothing(project):
