@@ -154,13 +154,6 @@ def _generate(drawing, plan: MonthPlan, folder: Path, client=None, settings=None
     return {t.parent.name: _digests(t) for t in targets}
 
 
-def _openmp_threads() -> int:
-    """The OpenMP threads scikit-learn would use in this process (run on a worker)."""
-    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-
-    return _openmp_effective_n_threads()
-
-
 def _settings(**changes) -> ComputeSettings:
     base = {
         "engine": "dask",
@@ -193,10 +186,11 @@ def test_the_same_month_from_any_number_of_workers(drawing, scheduler, tmp_path)
     assert len(here["batches"]) == 4
     with connect(_settings(scheduler=scheduler)) as client:
         assert _generate(drawing, plan, tmp_path / "two", client, _settings()) == here
-        assert set(client.run(_openmp_threads).values()) == {1}  # one per task thread
+        # one OpenMP thread per task thread (OpenMP reads it when it starts)
+        assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}
     with connect(_settings(workers=1)) as client:  # churnlab's own LocalCluster
         assert _generate(drawing, plan, tmp_path / "local", client, _settings()) == here
-        assert set(client.run(_openmp_threads).values()) == {1}
+        assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}
     other = _generate(drawing, MonthPlan(MONTH, 3500, 1000, seed=7), tmp_path / "other")
     assert other["batches"] != here["batches"]
     month = pd.read_parquet(tmp_path / "here" / "batches" / f"{MONTH}.parquet")
