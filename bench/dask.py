@@ -14,7 +14,7 @@ that churnlab starts (``compute.workers`` workers, one thread each), into a temp
    resident memory of this process and every process under it, the workers too, sampled
    every 0.2 s);
 3. scoring throughput (customers per second: read a part, type it, score it with the
-   champion) here (all cores, then one thread), on 1 worker and on 2 workers, over
+   champion) here (its OpenMP threads, then one), on 1 worker and on 2 workers, over
    ``--score-customers`` of the month;
 4. search: 16 candidates x 3 folds of gradient boosting (``--search-iterations``) on
    ``--search-rows`` customers of the month, here and on 2 workers against 1 (wall time,
@@ -110,6 +110,13 @@ def measure(job):
         result = job()
         seconds = time.perf_counter() - started
     return result, seconds, memory.peak
+
+
+def _omp_threads() -> int:
+    """The OpenMP threads scikit-learn uses in this process (``OMP_NUM_THREADS`` or cores)."""
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    return _openmp_effective_n_threads()
 
 
 def _busy(seconds: float) -> int:
@@ -276,7 +283,8 @@ def main() -> int:
         )
         if "one" in search:
             say(
-                f"here (one process, all cores) {search['here']:.1f} s, 1 worker "
+                f"here (one process, {_omp_threads()} OpenMP threads) {search['here']:.1f} s, "
+                "1 worker "
                 f"{search['one']:.1f} s, 2 workers {search['two']:.1f} s (speed-up "
                 f"{search['one'] / search['two']:.2f}x); same ranking: {search['same']}."
             )
@@ -305,7 +313,7 @@ def _score(part: str, champion, spec) -> int:
 
 
 def bench_scoring(client, compute, monitor, spec, parts: list[str], args) -> dict:
-    """Customers per second: here (all cores; one thread), on the 2 workers, on 1 worker."""
+    """Customers per second: here (as many threads as allowed; one), on 2 workers, on 1."""
     from threadpoolctl import threadpool_limits
 
     score_parts = parts[: max(1, args.score_customers // compute.partition_rows)]
@@ -318,7 +326,7 @@ def bench_scoring(client, compute, monitor, spec, parts: list[str], args) -> dic
         return scored / measure(lambda: client.gather(futures))[1]
 
     rates = {}
-    rates["here (one process, all cores)"] = (
+    rates[f"here (one process, {_omp_threads()} OpenMP threads)"] = (
         scored / measure(lambda: [_score(p, monitor.champion, spec) for p in score_parts])[1]
     )
     with threadpool_limits(1):
