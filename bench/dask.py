@@ -8,12 +8,23 @@ that churnlab starts (``compute.workers`` workers, one thread each), into a temp
    dataset (``compute.partition_rows`` per part) on the cluster; then judged by the monitor
    on the cluster (read, quality, drift, champion scores, performance with labels);
 2. the same judgement in plain pandas in one process (the whole month read into one frame),
-   unless ``--no-plain``; wall time and peak memory of both (the resident memory of this
-   process and every process under it, the workers too, sampled every 0.2 s);
+   unless ``--no-plain``, in a child process limited to ``--plain-memory`` of address space
+   (a ``MemoryError`` there is recorded as the plain run not fitting, instead of pushing
+   the machine's other processes out of memory); wall time and peak memory of both (the
+   resident memory of this process and every process under it, the workers too, sampled
+   every 0.2 s);
 3. scoring throughput (customers per second: read a part, type it, score it with the
-   champion) here, on 1 worker and on 2 workers, over ``--score-customers`` of the month;
-4. search: 16 candidates x 3 folds of gradient boosting on ``--search-rows`` customers of
-   the month, on 2 workers against 1 (wall time, same ranking).
+   champion) here (its OpenMP threads, then one), on 1 worker and on 2 workers, over
+   ``--score-customers`` of the month;
+4. search: 16 candidates x 3 folds of gradient boosting (``--search-iterations``) on
+   ``--search-rows`` customers of the month, here and on 2 workers against 1 (wall time,
+   same ranking), after an estimate from one fit.
+
+Every worker runs one thread and its numeric libraries (OpenMP, BLAS) one thread each (the
+nanny's environment; churnlab.compute.cluster asks for it): a worker per core, no
+oversubscription. Before the parallel jobs, the speed-up the machine offers two processes
+at that moment is measured with two busy loops (``ceiling``): on cores shared with other
+work, 2 workers cannot beat it.
 
 Prints the figures and writes them into ``bench/RESULTS.md`` between the dask markers::
 
@@ -32,8 +43,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.append(str(Path(__file__).resolve().parent))  # last: bench/results.py, after dask
 
 import argparse
+import json
+import multiprocessing
 import os
 import platform
+import resource
 import tempfile
 import threading
 import time
@@ -98,14 +112,75 @@ def measure(job):
     return result, seconds, memory.peak
 
 
+def _omp_threads() -> int:
+    """The OpenMP threads scikit-learn uses in this process (``OMP_NUM_THREADS`` or cores)."""
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    return _openmp_effective_n_threads()
+
+
+def _busy(seconds: float) -> int:
+    """Count for ``seconds`` of wall time (the ceiling's work)."""
+    end, count = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        count += 1
+    return count
+
+
+def parallel_ceiling(seconds: float = 3.0) -> float:
+    """The speed-up two processes get over one on this machine now (2.0 on two free cores).
+
+    One busy loop alone, then two at once, for the same wall time: the ratio of the work done.
+    """
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        alone = pool.apply(_busy, (seconds,))
+    with context.Pool(2) as pool:
+        together = sum(pool.map(_busy, [seconds, seconds]))
+    return together / alone
+
+
+def _plain_child(job, limit: int, connection) -> None:
+    """Run ``job()`` under an address-space limit; send ("ok", result) or the failure."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        connection.send(("ok", job()))
+    except MemoryError as exc:
+        connection.send(("MemoryError", f"{type(exc).__name__}: {exc}"[:200]))
+
+
+def run_limited(job, limit: int):
+    """(status, result or reason) of ``job()`` in a forked child limited to ``limit`` bytes."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_plain_child, args=(job, limit, sender))
+    child.start()
+    sender.close()
+    try:
+        status, value = receiver.recv()
+    except EOFError:
+        status, value = "killed", f"the child ended with exit code {child.exitcode}"
+    child.join()
+    return status, value
+
+
+def _size(text: str) -> int:
+    units = {"GiB": 2**30, "MiB": 2**20}
+    return int(float(text[:-3]) * units[text[-3:]])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=PROJECT)
     parser.add_argument("--customers", type=int, default=10_000_000)
     parser.add_argument("--score-customers", type=int, default=2_000_000)
     parser.add_argument("--search-rows", type=int, default=1_000_000)
+    parser.add_argument("--search-iterations", type=int, default=100)
     parser.add_argument("--no-plain", action="store_true", help="skip the one-process run")
+    parser.add_argument("--plain-memory", default="16GiB", help="the plain run's limit")
     parser.add_argument("--no-search", action="store_true")
+    parser.add_argument("--search-only", action="store_true", help="generate, then search")
+    parser.add_argument("--estimate-only", action="store_true", help="the search's estimate")
     parser.add_argument("--results", type=Path, default=PROJECT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     root = args.project.resolve()
@@ -120,7 +195,8 @@ def main() -> int:
     typed = validate_table(raw, spec, str(raw_path))
     simulate = get_key(params, "monitor.simulate", "params/monitor.yaml")
     scenarios = scenarios_from_params(simulate.get("scenarios") or [], spec)
-    plan = MonthPlan(MONTH, args.customers, compute.partition_rows, int(simulate["seed"]))
+    customers = args.search_rows if args.search_only or args.estimate_only else args.customers
+    plan = MonthPlan(MONTH, customers, compute.partition_rows, int(simulate["seed"]))
     load = os.getloadavg()
     lines = []
 
@@ -129,12 +205,12 @@ def main() -> int:
         lines.append(text)
 
     monitor = Monitor.open(root)
+    rows, throughput, search, plain_failure, same = [], {}, None, None, None
     with tempfile.TemporaryDirectory(prefix="churnlab-dask-") as temp:
         folder = Path(temp)
         targets = (folder / "batches" / f"{MONTH}.parquet", folder / "labels" / f"{MONTH}.parquet")
         for target in targets:
             target.parent.mkdir(parents=True)
-        rows = []
         with connect(compute) as client:
             count, seconds, peak = measure(
                 lambda: generate_month(raw, typed, spec, scenarios, plan, targets, client, compute)
@@ -142,67 +218,35 @@ def main() -> int:
             rows.append(("generate, Dask, 2 workers", count, seconds, peak))
             parts = [str(p) for p in month_parts(targets[0])]
             print(f"generated {count} customers in {len(parts)} parts: {seconds:.1f} s")
-
-            def judge_on_cluster():
-                from churnlab.compute.monitor import combine_parts
-
-                shared = client.scatter(
-                    [spec, dict(monitor.fill_missing), monitor.champion, None], broadcast=True
+            if not (args.search_only or args.estimate_only):
+                cluster_verdict, seconds, peak = measure(
+                    lambda: judge_on_cluster(client, compute, monitor, spec, parts)
                 )
-                futures = client.map(
-                    summarise_part, parts, *[[s] * len(parts) for s in shared], pure=False
-                )
-                quality, columns = combine_parts(gather(client, futures, compute, "bench"))
-                return monitor.judge_columns(MONTH, quality, columns)
-
-            cluster_verdict, seconds, peak = measure(judge_on_cluster)
-            rows.append(("monitor, Dask, 2 workers", count, seconds, peak))
-            print(f"judged on the cluster: {seconds:.1f} s, peak {_gib(peak)}")
-
-            score_parts = parts[: max(1, args.score_customers // plan.partition_rows)]
-            scored = sum(len(pd.read_parquet(p, columns=[spec.id_column])) for p in score_parts)
-
-            def score(part: str, champion, spec) -> int:
-                from churnlab.monitoring.quality import type_month
-
-                frame = type_month(read_table(Path(part)), spec)
-                return int(len(champion.scores(frame)))
-
-            throughput = {}
-
-            def cluster_seconds(client) -> float:
-                """Wall seconds to score every part on the cluster's workers (map and gather)."""
-                return measure(
-                    lambda: client.gather(
-                        client.map(
-                            score, score_parts, champion=monitor.champion, spec=spec, pure=False
-                        )
-                    )
-                )[1]
-
-            _, seconds, _ = measure(lambda: [score(p, monitor.champion, spec) for p in score_parts])
-            throughput["here (one process)"] = scored / seconds
-            throughput["Dask, 2 workers"] = scored / cluster_seconds(client)
-        one = ComputeSettings("dask", None, 1, compute.memory_per_worker, compute.partition_rows)
-        with connect(one) as client:
-            throughput["Dask, 1 worker"] = scored / cluster_seconds(client)
-        if not args.no_plain:
+                rows.append(("monitor, Dask, 2 workers", count, seconds, peak))
+                print(f"judged on the cluster: {seconds:.1f} s, peak {_gib(peak)}", flush=True)
+                ceiling = parallel_ceiling()
+                throughput = bench_scoring(client, compute, monitor, spec, parts, args)
+        if not (args.search_only or args.estimate_only or args.no_plain):
 
             def plain():
                 from churnlab.monitoring.months import read_month
 
                 return monitor.judge(MONTH, read_month(targets[0]), None)
 
-            try:
-                plain_verdict, seconds, peak = measure(plain)
+            (status, value), seconds, peak = measure(
+                lambda: run_limited(plain, _size(args.plain_memory))
+            )
+            if status == "ok":
                 rows.append(("monitor, plain pandas, one process", count, seconds, peak))
-                same = plain_verdict == cluster_verdict
-            except MemoryError:
-                rows.append(("monitor, plain pandas, one process", count, float("nan"), 0))
-                same = None
-        search = None
+                # the verdict crossed a pipe as JSON-like data: compare it as JSON
+                same = json.dumps(value, sort_keys=True) == json.dumps(
+                    cluster_verdict, sort_keys=True
+                )
+            else:
+                plain_failure = (status, value, seconds, peak)
+                print(f"plain run: {status}: {value} after {seconds:.1f} s", flush=True)
         if not args.no_search:
-            search = bench_search(targets[0], args.search_rows, compute, spec, monitor.fill_missing)
+            search = bench_search(targets[0], args, compute, spec, monitor.fill_missing)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     say("## Scale-out on Dask (bench/dask.py)\n")
     say(
@@ -216,29 +260,96 @@ def main() -> int:
     say("| --- | --- | --- | --- |")
     for name, n, seconds, peak in rows:
         say(f"| {name} | {n:,} | {seconds:.1f} s | {_gib(peak)} |")
-    if not args.no_plain:
+    if plain_failure:
+        status, reason, seconds, peak = plain_failure
+        say(
+            f"\nPlain run, limited to {args.plain_memory} of address space: {status} after "
+            f"{seconds:.1f} s at {_gib(peak)} resident ({reason})."
+        )
+    elif same is not None:
         say(f"\nVerdict on the cluster identical to the plain run: {same}.\n")
-    say("| scoring throughput (read, type, score) | customers per second |")
-    say("| --- | --- |")
-    for name, rate in throughput.items():
-        say(f"| {name} | {rate:,.0f} |")
+    if throughput:
+        say(f"\nTwo-process ceiling before scoring: {ceiling:.2f}x.\n")
+        say("| scoring throughput (read, type, score) | customers per second |")
+        say("| --- | --- |")
+        for name, rate in throughput.items():
+            say(f"| {name} | {rate:,.0f} |")
     if search:
         say(
-            f"\nSearch, 16 candidates x 3 folds of gradient boosting on {args.search_rows:,} "
-            f"customers: 1 worker {search['one']:.1f} s, 2 workers {search['two']:.1f} s "
-            f"(speed-up {search['one'] / search['two']:.2f}x); same ranking: "
-            f"{search['same']}."
+            f"\nSearch, 16 candidates x 3 folds of gradient boosting "
+            f"({args.search_iterations} iterations) on {args.search_rows:,} customers; one fit "
+            f"{search['fit']:.1f} s, estimated {search['estimate']:.0f} s on 1 worker; "
+            f"two-process ceiling {search['ceiling']:.2f}x"
         )
+        if "one" in search:
+            say(
+                f"here (one process, {_omp_threads()} OpenMP threads) {search['here']:.1f} s, "
+                "1 worker "
+                f"{search['one']:.1f} s, 2 workers {search['two']:.1f} s (speed-up "
+                f"{search['one'] / search['two']:.2f}x); same ranking: {search['same']}."
+            )
     write_section("dask", "\n".join(lines), args.results)
     return 0
 
 
-def bench_search(dataset: Path, rows: int, compute, spec, fill_missing: dict) -> dict:
-    """16 candidates x 3 folds on 1 worker, then on 2: wall times, same ranking."""
+def judge_on_cluster(client, compute, monitor, spec, parts: list[str]) -> dict:
+    """The verdict of the month's parts, summarised on the workers, judged here."""
+    from churnlab.compute.monitor import combine_parts
+
+    shared = client.scatter(
+        [spec, dict(monitor.fill_missing), monitor.champion, None], broadcast=True
+    )
+    futures = client.map(summarise_part, parts, *[[s] * len(parts) for s in shared], pure=False)
+    quality, columns = combine_parts(gather(client, futures, compute, "bench"))
+    return monitor.judge_columns(MONTH, quality, columns)
+
+
+def _score(part: str, champion, spec) -> int:
+    """Read a part, type it, score it (a task): its number of customers."""
+    from churnlab.monitoring.quality import type_month
+
+    frame = type_month(read_table(Path(part)), spec)
+    return int(len(champion.scores(frame)))
+
+
+def bench_scoring(client, compute, monitor, spec, parts: list[str], args) -> dict:
+    """Customers per second: here (as many threads as allowed; one), on 2 workers, on 1."""
+    from threadpoolctl import threadpool_limits
+
+    score_parts = parts[: max(1, args.score_customers // compute.partition_rows)]
+    scored = sum(len(pd.read_parquet(p, columns=[spec.id_column])) for p in score_parts)
+
+    def on(client) -> float:
+        # the champion and the spec go to each worker once, not with every task
+        champion, spec_ = client.scatter([monitor.champion, spec], broadcast=True)
+        futures = client.map(_score, score_parts, champion=champion, spec=spec_, pure=False)
+        return scored / measure(lambda: client.gather(futures))[1]
+
+    rates = {}
+    rates[f"here (one process, {_omp_threads()} OpenMP threads)"] = (
+        scored / measure(lambda: [_score(p, monitor.champion, spec) for p in score_parts])[1]
+    )
+    with threadpool_limits(1):
+        rates["here (one process, one thread)"] = (
+            scored / measure(lambda: [_score(p, monitor.champion, spec) for p in score_parts])[1]
+        )
+    rates["Dask, 2 workers"] = on(client)
+    one = ComputeSettings("dask", None, 1, compute.memory_per_worker, compute.partition_rows)
+    with connect(one) as single:
+        rates["Dask, 1 worker"] = on(single)
+    return rates
+
+
+def bench_search(dataset: Path, args, compute, spec, fill_missing: dict) -> dict:
+    """16 candidates x 3 folds: an estimate from one fit, then here, on 1 worker and on 2."""
+    from threadpoolctl import threadpool_limits
+
     from churnlab.data import TARGET_COLUMN
+    from churnlab.model import build_model, model_input
     from churnlab.monitoring.quality import type_month
     from churnlab.search import search_candidates, search_hyperparameters
 
+    rows = args.search_rows
     parts, frames = month_parts(dataset), []
     labels_folder = dataset.parent.parent / "labels" / dataset.name
     for part in parts:
@@ -258,8 +369,26 @@ def bench_search(dataset: Path, rows: int, compute, spec, fill_missing: dict) ->
         "l2_regularization": [0.0, 1.0],
     }
     candidates = search_candidates(space, "grid", 16, 0)
-    base = {"max_iter": 100}
-    args = (
+    base = {"max_iter": args.search_iterations}
+    found, times = {}, {}
+    # one fit of a fold's size (2/3 of the rows), one thread as on a worker: the estimate
+    fold = month.iloc[: len(month) * 2 // 3]
+    model = build_model(
+        numeric, categorical, "gradient_boosting", 42, gradient_boosting={**base, **candidates[0]}
+    )
+    with threadpool_limits(1):
+        started = time.perf_counter()
+        model.fit(model_input(fold, numeric, categorical), fold[TARGET_COLUMN].to_numpy())
+        fit = time.perf_counter() - started
+    result = {"fit": fit, "estimate": fit * 48, "ceiling": parallel_ceiling()}
+    print(
+        f"one fit {fit:.1f} s: 48 fits about {fit * 48:.0f} s on 1 worker, "
+        f"{fit * 24:.0f} s on 2; two-process ceiling now {result['ceiling']:.2f}x",
+        flush=True,
+    )
+    if args.estimate_only:
+        return result
+    search_args = (
         month,
         numeric,
         categorical,
@@ -270,15 +399,19 @@ def bench_search(dataset: Path, rows: int, compute, spec, fill_missing: dict) ->
         3,
         42,
     )
-    found, times = {}, {}
+    started = time.perf_counter()
+    found[0] = search_hyperparameters(*search_args)
+    times[0] = time.perf_counter() - started
+    print(f"here: {times[0]:.1f} s", flush=True)
     for workers in (1, 2):
         settings = ComputeSettings("dask", None, workers, compute.memory_per_worker, None)
         with connect(settings) as client:
             started = time.perf_counter()
-            found[workers] = search_hyperparameters(*args, client=client)
+            found[workers] = search_hyperparameters(*search_args, client=client)
             times[workers] = time.perf_counter() - started
-    ranks = [[c["rank"] for c in found[w]["candidates"]] for w in (1, 2)]
-    return {"one": times[1], "two": times[2], "same": ranks[0] == ranks[1]}
+        print(f"{workers} worker(s): {times[workers]:.1f} s", flush=True)
+    same = found[0] == found[1] == found[2]
+    return {**result, "here": times[0], "one": times[1], "two": times[2], "same": same}
 
 
 if __name__ == "__main__":

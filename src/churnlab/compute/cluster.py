@@ -20,8 +20,11 @@ from churnlab.errors import ChurnlabError
 
 COMPUTE_FILE = "params/compute.yaml"
 SCHEDULER_VARIABLE = "CHURNLAB_DASK_SCHEDULER"
-CONNECT_TIMEOUT = "10s"  # a scheduler that does not answer in this is not there
 PROBE_TIMEOUT = 5.0  # seconds for the first TCP connection (a filtered port hangs)
+# Seconds for Dask's handshake once the port has answered the probe. A scheduler on a busy
+# machine (two cores at load 10) can take seconds to answer; the earlier limit of 10 s made
+# the command fail before judging anything, as if no scheduler were there.
+HANDSHAKE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,21 @@ class ComputeSettings:
         return self.engine == "dask"
 
 
+class Silent(Exception):
+    """The scheduler's port accepted a connection but sent no Dask handshake in time."""
+
+
 def _probe(address: str) -> str | None:
-    """Why a TCP connection to the scheduler's address fails now, or None when it opens."""
+    """Why the scheduler's address does not answer now, or None when it does.
+
+    Over plain TCP a Dask scheduler speaks first: it sends its handshake as soon as it
+    accepts a connection. ``distributed.Client`` waits for that handshake without a time
+    limit, so a port that accepts and stays silent would hang the command; here it is waited
+    for ``HANDSHAKE_TIMEOUT`` seconds (a scheduler on a busy machine is slow, not absent).
+
+    Raises:
+        Silent: the port accepted the connection and sent nothing.
+    """
     import socket
 
     from distributed.comm import parse_address
@@ -72,10 +88,28 @@ def _probe(address: str) -> str | None:
         if scheme not in ("tcp", "tls"):
             return None  # other transports: let the client try
         host, port = parse_host_port(location, 8786)  # Dask's default port
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
-            return None
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as connection:
+            if scheme == "tls":
+                return None  # TLS: the client speaks first
+            connection.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                first = connection.recv(1)
+            except TimeoutError:
+                raise Silent() from None
+            return None if first else "the connection was closed at once"
     except (OSError, ValueError, TypeError) as exc:
         return str(exc) or type(exc).__name__
+
+
+# The environment of a worker process. A worker runs one task per thread, one thread per core
+# it is given; a task in scikit-learn would otherwise start one OpenMP thread per core of the
+# machine (HistGradientBoosting) and BLAS threads too: two workers on two cores would run four
+# threads and go slower than one. One library thread per task thread keeps a worker per core,
+# whatever ``nthreads``. Dask's nanny sets the same by default
+# (``distributed.nanny.pre-spawn-environ``); said here so that a changed default cannot
+# oversubscribe the cores. Results do not depend on it (HistGradientBoosting's fits are the
+# same on any number of threads; tests/test_dask.py checks).
+LIBRARY_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def _where(settings: ComputeSettings) -> str:
@@ -108,14 +142,27 @@ def connect(settings: ComputeSettings) -> Iterator[Any]:
                 "compute.scheduler to null for a local cluster"
             )
 
+        def silent(reason: str) -> ChurnlabError:
+            return ChurnlabError(
+                f"{_where(settings)}: expected a Dask scheduler at {settings.scheduler}: its "
+                f"port answers, but no Dask handshake came in {HANDSHAKE_TIMEOUT:g} s "
+                f"({reason}): is that port a Dask scheduler's (`dask scheduler`), and is its "
+                "machine not overloaded? Fix the address, or try again"
+            )
+
         # a refused port fails at once here; the client itself would retry until its timeout
-        problem = _probe(settings.scheduler)
+        try:
+            problem = _probe(settings.scheduler)
+        except Silent:
+            raise silent("nothing sent") from None
         if problem:
             raise unreachable(problem)
         try:
-            client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            client = Client(
+                settings.scheduler, timeout=f"{HANDSHAKE_TIMEOUT:g}s", set_as_default=False
+            )
         except (OSError, TimeoutError, ValueError) as exc:
-            raise unreachable(type(exc).__name__) from None
+            raise silent(type(exc).__name__) from None
         try:
             yield client
         finally:
@@ -129,6 +176,7 @@ def connect(settings: ComputeSettings) -> Iterator[Any]:
             host="127.0.0.1",
             dashboard_address=None,
             processes=True,
+            env=LIBRARY_THREADS,
         )
     except (OSError, TimeoutError, ValueError) as exc:
         raise ChurnlabError(
