@@ -178,10 +178,13 @@ def connect(settings: ComputeSettings) -> Iterator[Any]:
             processes=True,
             env=LIBRARY_THREADS,
         )
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
+        # RuntimeError: distributed's "Nanny failed to start" when a worker process does not
+        # come up in time (seen on a machine busy with other work)
         raise ChurnlabError(
             f"{COMPUTE_FILE}: compute: a local Dask cluster of {settings.workers} workers "
-            f"({settings.memory_per_worker} each) could not start: {exc}"
+            f"({settings.memory_per_worker} each) could not start: {exc}: try again when the "
+            "machine is less busy, or lower compute.workers"
         ) from None
     try:
         client = Client(cluster, set_as_default=False)
