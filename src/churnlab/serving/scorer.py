@@ -36,7 +36,7 @@ class FlatTrees:
     feature: np.ndarray  # the column a node splits on (0 for a leaf)
     threshold: np.ndarray  # go left when the value is <= this
     missing_left: np.ndarray  # where a missing value goes
-    children: np.ndarray  # (nodes, 2): right child, left child
+    children: np.ndarray  # node n's right child at 2n, its left child at 2n + 1
     value: np.ndarray  # a leaf's value
     roots: np.ndarray  # each tree's first node, in the estimator's order
     depth: int
@@ -45,16 +45,20 @@ class FlatTrees:
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
         """The probability of the positive class for each row of the estimator's input."""
-        rows = np.arange(len(matrix))[:, None]
-        node = np.broadcast_to(self.roots, (len(matrix), len(self.roots)))
+        rows, width = matrix.shape
+        cells = np.ascontiguousarray(matrix, dtype=np.float64).ravel()
+        row_start = (np.arange(rows) * width)[:, None]
+        missing = bool(np.isnan(cells).any())  # never, after the imputer: skip that test
+        node = np.broadcast_to(self.roots, (rows, len(self.roots)))
         for _ in range(self.depth):
-            values = matrix[rows, self.feature[node]]
-            below = values <= self.threshold[node]
-            left = np.where(np.isnan(values), self.missing_left[node], below)
-            node = self.children[node, left.view(np.uint8)]
+            values = cells[row_start + self.feature[node]]
+            left = values <= self.threshold[node]
+            if missing:
+                left = np.where(np.isnan(values), self.missing_left[node], left)
+            node = self.children[2 * node + left]
         # as the estimator adds: zeros plus the baseline, then each tree in turn (a cumulative
         # sum runs left to right; np.sum would pair the terms and round otherwise)
-        start = np.zeros((len(matrix), 1)) + self.baseline
+        start = np.zeros((rows, 1)) + self.baseline
         raw = np.cumsum(np.concatenate([start, self.value[node]], axis=1), axis=1)[:, -1:]
         return self.loss.predict_proba(raw)[:, 1]
 
@@ -91,7 +95,7 @@ def flat_trees(estimator) -> FlatTrees | None:
         feature=np.where(leaf, 0, feature),
         threshold=np.concatenate([n["num_threshold"] for n, _ in tables]).astype(np.float64),
         missing_left=np.concatenate([n["missing_go_to_left"] for n, _ in tables]).astype(bool),
-        children=np.column_stack([right, left]),
+        children=np.column_stack([right, left]).ravel(),
         value=np.concatenate([n["value"] for n, _ in tables]).astype(np.float64),
         roots=np.asarray(roots, dtype=np.intp),
         depth=max(int(n["depth"].max()) for n, _ in tables),
