@@ -34,6 +34,7 @@ BASE_IMAGE = "churnlab-base:bookworm"
 IMAGE = "churnlab:test"
 MAX_IMAGE_MB = 600  # issue 13
 READY_SECONDS = 120
+ONE_BY_ONE = 30  # customers also sent one a request (the last ones: the blank number too)
 # what the Dockerfile copies (.dockerignore's allow-list), nothing else goes to the build
 CONTEXT = [
     "Dockerfile",
@@ -194,7 +195,7 @@ def test_batch_http_and_container_give_the_same_answers(service, pipeline_projec
     """One set of customers (one with a blank number) scored three ways: the batch file of
     `churnlab score`, /predict of `churnlab serve` and /predict of the container give the
     same probabilities, bit for bit, and the same decisions; sent as one list (scored by the
-    estimator) and one customer a request (scored by the flat trees)."""
+    estimator) and, the last ones, one customer a request (scored by the flat trees)."""
     _, _, container_url = service
     id_column = load_params(pipeline_project)["schema"]["id_column"]
     raw, customers = raw_customers(pipeline_project, 100)
@@ -202,9 +203,11 @@ def test_batch_http_and_container_give_the_same_answers(service, pipeline_projec
     batch = batch_scores(pipeline_project, raw, tmp_path)
     assert len(batch) == len(customers)
 
+    single = len(customers) - ONE_BY_ONE
+
     def answers(client: httpx.Client) -> list[dict]:
         responses = [client.post("/predict", json=customers)]
-        responses += [client.post("/predict", json=customer) for customer in customers]
+        responses += [client.post("/predict", json=customer) for customer in customers[single:]]
         assert {r.status_code for r in responses} == {200}, responses[0].text
         one_by_one = [r.json()["predictions"][0] for r in responses[1:]]
         return [responses[0].json(), {"predictions": one_by_one}]
@@ -214,9 +217,9 @@ def test_batch_http_and_container_give_the_same_answers(service, pipeline_projec
     with running_service(pipeline_project, tmp_path / "serve.log") as local:
         with local.client() as client:
             served = answers(client)
-    for where, (whole, single) in {"container": container, "churnlab serve": served}.items():
+    for where, (whole, one) in {"container": container, "churnlab serve": served}.items():
         assert_same_scores(batch, whole, id_column, f"{where}, one list")
-        assert_same_scores(batch, single, id_column, f"{where}, one customer a request")
+        assert_same_scores(batch.iloc[single:], one, id_column, f"{where}, one customer a request")
 
 
 @pytest.mark.parametrize(
