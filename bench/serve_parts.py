@@ -364,10 +364,10 @@ def main() -> int:
     body = json.dumps(one_customer(root, params)).encode()
     log(f"the handler's parts, {args.requests} requests")
     parts = handler_parts(model, rules, body, args.requests)
-    log("the alternatives")
-    other = alternatives(model, rules, body, args.requests)
     log("the ASGI app in process")
     app_us = asgi_app(model, rules, settings, body, args.requests)
+    log("the alternatives")  # last in process: two OpenMP threads leave a thread team behind
+    other = alternatives(model, rules, body, args.requests)
     log("churnlab serve over loopback")
     http = over_http(root, args.model, body, args.requests)
     text = report(parts, other, app_us, http, model, args.requests, load)
