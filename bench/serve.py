@@ -281,9 +281,10 @@ def report(results: dict, args) -> str:
         f"| single customer, 200 requests/s for {args.seconds} s ({steady['requests']} "
         f"requests): p50 / p99 / errors | {ms(steady['p50'])} / {ms(steady['p99'])} / "
         f"{steady['errors']} | <= 5 ms / <= 25 ms / 0 |",
-        f"| share of those requests sent within 0.5 ms of another (hey's 4 workers tick "
-        f"together: each burst of 4 is answered one after the other, so the p50 is about 2.5 "
-        f"times the server's time per request) | {steady['together']:.0%} | |",
+        f"| share of those requests sent within 0.5 ms of another (hey's 4 workers tick in "
+        f"step while answers come before the next tick: such a burst is answered one after "
+        f"the other, so the p50 is near 2.5 times the server's time per request) | "
+        f"{steady['together']:.0%} | |",
         f"| the server's CPU time per single-customer request (so at most "
         f"{1 / steady['cpu_per_request']:.0f} requests/s on a core of its own) | "
         f"{ms(steady['cpu_per_request'])} | |",
