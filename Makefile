@@ -83,8 +83,9 @@ format: setup ## let ruff fix what it can
 bench: setup ## measure the pipeline, experiments and tracking against issue 10's targets (writes bench/RESULTS.md)
 	$(BIN)/python bench/run.py
 
-bench-serve: setup ## measure the HTTP service (latency, 1,000-customer requests, vs mlflow models serve; writes bench/RESULTS.md)
+bench-serve: setup ## measure the HTTP service (latency, 1,000-customer requests, vs mlflow models serve, where one request's time goes; writes bench/RESULTS.md)
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/serve_parts.py
 
 lock: ## re-resolve requirements.lock and environment.yml from pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock

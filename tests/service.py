@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 
-from conftest import free_port, tool_env
+from churnlab.config import load_params
+from churnlab.data import read_table
+
+from conftest import free_port, run, tool_env
 
 START_SECONDS = 180  # importing MLflow and loading the champion on a busy 2-core machine
 
@@ -87,3 +92,43 @@ def running_service(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def raw_customers(project: Path, rows: int) -> tuple[pd.DataFrame, list[dict]]:
+    """The first ``rows`` customers of the project's raw file, one of them with a blank
+    number (filled as prepare fills it), as read (text) and as a caller sends them (numbers
+    as JSON numbers, null for a blank, categories as text, the id)."""
+    params = load_params(project)
+    schema = params["schema"]
+    raw = read_table(project / params["paths"]["raw"]).drop(columns=schema["target"])
+    blank = raw[list(schema["numeric"])].isna().any(axis=1) | raw[list(schema["numeric"])].apply(
+        lambda column: column.str.strip() == ""
+    ).any(axis=1)
+    chosen = pd.concat([raw[~blank].head(rows - 1), raw[blank].head(1)], ignore_index=True)
+    customers = []
+    for _, row in chosen.iterrows():
+        customer = {schema["id_column"]: row[schema["id_column"]]}
+        for name in schema["numeric"]:
+            text = row[name]
+            customer[name] = float(text) if isinstance(text, str) and text.strip() else None
+        customer.update({name: row[name] for name in schema["categorical"]})
+        customers.append(customer)
+    return chosen, customers
+
+
+def batch_scores(project: Path, customers: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """``churnlab score`` of these customers (a CSV file) with the project's champion."""
+    customers.to_csv(folder / "customers.csv", index=False)
+    run(["churnlab", "score", str(folder / "customers.csv"), str(folder / "scores.parquet")],
+        project)  # fmt: skip
+    return pd.read_parquet(folder / "scores.parquet")
+
+
+def assert_same_scores(batch: pd.DataFrame, answer: dict, id_column: str, where: str) -> None:
+    """The customers of a /predict answer have the batch file's very probabilities (to the
+    bit) and decisions, in the same order."""
+    predictions = answer["predictions"]
+    assert [p[id_column] for p in predictions] == batch[id_column].astype(str).tolist(), where
+    probabilities = np.array([p["probability"] for p in predictions])
+    assert np.array_equal(probabilities, batch["probability"].to_numpy()), where
+    assert [p["decision"] for p in predictions] == batch["decision"].tolist(), where

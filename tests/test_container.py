@@ -1,7 +1,8 @@
 """The service's container image, built and run for real (podman here, docker where its
 daemon answers): the champion of the shared pipeline run baked in, started read-only and
 non-root, /ready waited for, a customer scored like models/model.skops scores it, a bad
-request refused, and the container removed whatever happens."""
+request refused, and the container removed whatever happens. The same customers scored by
+`churnlab score`, by `churnlab serve` and by the container get the same answers."""
 
 import csv
 import json
@@ -16,6 +17,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from service import assert_same_scores, batch_scores, raw_customers, running_service
 
 from churnlab.config import load_params
 from churnlab.data import ID_COLUMN
@@ -32,6 +34,7 @@ BASE_IMAGE = "churnlab-base:bookworm"
 IMAGE = "churnlab:test"
 MAX_IMAGE_MB = 600  # issue 13
 READY_SECONDS = 120
+ONE_BY_ONE = 30  # customers also sent one a request (the last ones: the blank number too)
 # what the Dockerfile copies (.dockerignore's allow-list), nothing else goes to the build
 CONTEXT = [
     "Dockerfile",
@@ -186,6 +189,40 @@ def test_container_scores_like_the_model_file(service, pipeline_project):
     assert np.isclose(prediction["probability"], expected, rtol=0, atol=1e-12)
     threshold = json.loads((pipeline_project / "metrics" / "test.json").read_text())["threshold"]
     assert prediction["decision"] == int(expected >= threshold)
+
+
+def test_batch_http_and_container_give_the_same_answers(service, pipeline_project, tmp_path):
+    """One set of customers (one with a blank number) scored three ways: the batch file of
+    `churnlab score` (the champion), /predict of `churnlab serve` (the model file) and
+    /predict of the container (the champion exported at build time) give the
+    same probabilities, bit for bit, and the same decisions; sent as one list (scored by the
+    estimator) and, the last ones, one customer a request (scored by the flat trees)."""
+    _, _, container_url = service
+    id_column = load_params(pipeline_project)["schema"]["id_column"]
+    raw, customers = raw_customers(pipeline_project, 100)
+    assert any(None in customer.values() for customer in customers)
+    batch = batch_scores(pipeline_project, raw, tmp_path)
+    assert len(batch) == len(customers)
+
+    single = len(customers) - ONE_BY_ONE
+
+    def answers(client: httpx.Client) -> list[dict]:
+        responses = [client.post("/predict", json=customers)]
+        responses += [client.post("/predict", json=customer) for customer in customers[single:]]
+        assert {r.status_code for r in responses} == {200}, responses[0].text
+        one_by_one = [r.json()["predictions"][0] for r in responses[1:]]
+        return [responses[0].json(), {"predictions": one_by_one}]
+
+    with httpx.Client(base_url=container_url, timeout=30) as client:
+        container = answers(client)
+    # the run's model file (the champion's own): no MLflow to import, half the start-up
+    model = "models/model.skops"
+    with running_service(pipeline_project, tmp_path / "serve.log", "--model", model) as local:
+        with local.client() as client:
+            served = answers(client)
+    for where, (whole, one) in {"container": container, "churnlab serve": served}.items():
+        assert_same_scores(batch, whole, id_column, f"{where}, one list")
+        assert_same_scores(batch.iloc[single:], one, id_column, f"{where}, one customer a request")
 
 
 @pytest.mark.parametrize(

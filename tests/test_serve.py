@@ -443,5 +443,37 @@ def test_numpy_scoring_equals_the_pipeline_or_is_not_used(family):
     assert np.array_equal(
         checked.scores(columns), model.predict_proba(model_input(frame, numeric, categorical))[:, 1]
     )
+    one_by_one = [checked.scores({k: v[i : i + 1] for k, v in columns.items()}) for i in range(40)]
+    assert np.array_equal(np.concatenate(one_by_one), served.pipeline_scores(columns)[:40])
+    # the flat trees: gradient boosting's only, and taken only once they gave the same bits
+    assert (checked.fast.trees is not None) == (family == "gradient_boosting")
     other = Pipeline([("scale", StandardScaler()), ("estimator", model.named_steps["estimator"])])
     assert fast_scorer(other) is None
+
+
+def test_flat_trees_only_for_numeric_binary_boosting():
+    """Trees that split on categories (bitsets) or score several classes are left to
+    scikit-learn: FlatTrees walks numeric splits of one tree per iteration only."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from churnlab.serving.scorer import flat_trees
+
+    rng = np.random.default_rng(11)
+    numbers = rng.normal(size=(200, 3))
+    numbers[::7, 1] = np.nan
+    two = (numbers[:, 0] > 0).astype(int)
+    binary = HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(numbers, two)
+    trees = flat_trees(binary)
+    assert trees is not None and trees.roots.size == binary.n_iter_
+    assert np.array_equal(trees.probabilities(numbers), binary.predict_proba(numbers)[:, 1])
+    codes = numbers.copy()
+    codes[:, 2] = rng.integers(0, 4, 200)
+    on_categories = HistGradientBoostingClassifier(
+        max_iter=5, categorical_features=[2], random_state=0
+    ).fit(codes, two)
+    three = np.digitize(numbers[:, 0], [-0.5, 0.5])
+    several = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(numbers, three)
+    assert flat_trees(on_categories) is None
+    assert flat_trees(several) is None
+    assert flat_trees(LogisticRegression().fit(np.nan_to_num(numbers), two)) is None

@@ -84,7 +84,10 @@ class Service:
     def _swap(self, model: ServedModel, why: str) -> None:
         self.model = model  # one assignment: a request sees the old model or the new one
         self.metrics.model_changed(model.name, model.version, model.source, model.threshold)
-        scoring = "numpy preprocessing" if model.fast else "its scikit-learn Pipeline"
+        scoring = "its scikit-learn Pipeline"
+        if model.fast is not None:
+            trees = " and flat trees" if model.fast.trees is not None else ""
+            scoring = f"numpy preprocessing{trees}"
         _log(
             f"{why}: {model.name} version {model.version} (threshold {model.threshold:.4g}), "
             f"scored with {scoring}"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from churnlab.config import get_key, load_params
 from churnlab.errors import ChurnlabError
-from churnlab.serving.scorer import FastScorer, fast_scorer
+from churnlab.serving.scorer import FLAT_TREES_MAX_ROWS, FastScorer, fast_scorer, flat_trees
 from churnlab.serving.settings import SERVE_FILE, ServeSettings
 
 
@@ -79,9 +79,19 @@ def check_sample(scorer: FastScorer, rows: int = 256) -> dict[str, np.ndarray]:
     return columns
 
 
+def _in_blocks(columns: dict[str, np.ndarray], rows: int) -> list[dict[str, np.ndarray]]:
+    total = len(next(iter(columns.values())))
+    return [
+        {name: values[start : start + rows] for name, values in columns.items()}
+        for start in range(0, total, rows)
+    ]
+
+
 def with_fast_scorer(model: ServedModel) -> ServedModel:
     """The model with a FastScorer when its probabilities equal the Pipeline's exactly on
-    ``check_sample`` customers; otherwise unchanged (scored by the Pipeline)."""
+    ``check_sample`` customers; otherwise unchanged (scored by the Pipeline). The flat trees
+    are kept only when they too give the Pipeline's probabilities, in the blocks of
+    customers they score (one customer, and up to ``FLAT_TREES_MAX_ROWS``)."""
     scorer = fast_scorer(model.model)
     if scorer is None or scorer.numeric != model.numeric or scorer.categorical != model.categorical:
         return model
@@ -91,7 +101,23 @@ def with_fast_scorer(model: ServedModel) -> ServedModel:
         expected = model.pipeline_scores(sample)
     if not np.array_equal(scorer.scores(sample), expected):
         return model
+    trees = flat_trees(scorer.estimator)
+    if trees is not None and _same_in_blocks(replace(scorer, trees=trees), sample, expected):
+        scorer = replace(scorer, trees=trees)
     return replace(model, fast=scorer)
+
+
+def _same_in_blocks(scorer: FastScorer, sample: dict[str, np.ndarray], expected) -> bool:
+    """Whether ``scorer`` gives ``expected`` one customer at a time and in the largest blocks
+    it scores with its flat trees."""
+    try:
+        for rows in (1, FLAT_TREES_MAX_ROWS):
+            scores = [scorer.scores(block) for block in _in_blocks(sample, rows)]
+            if not np.array_equal(np.concatenate(scores), expected):
+                return False
+    except (IndexError, TypeError, ValueError):  # trees of a shape FlatTrees misreads
+        return False
+    return True
 
 
 def _check_columns(model: ServedModel, features: list[str], where: str) -> ServedModel:
