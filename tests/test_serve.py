@@ -476,4 +476,22 @@ def test_flat_trees_only_for_numeric_binary_boosting():
     several = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(numbers, three)
     assert flat_trees(on_categories) is None
     assert flat_trees(several) is None
+    # calibrated as train.calibration makes it (the estimator and its out-of-fold calibrator)
+    from churnlab.model import build_model, calibrate_model, cross_validate, fit_model
+
+    table = pd.DataFrame(numbers, columns=["a", "b", "c"]).assign(left=two)
+    model = build_model(
+        ["a", "b", "c"], [], "gradient_boosting", 0, gradient_boosting={"max_iter": 15}
+    )
+    cv = cross_validate(model, table, ["a", "b", "c"], [], "left", 3, 0)
+    fitted = fit_model(model, table, ["a", "b", "c"], [], "left")
+    for method in ("sigmoid", "isotonic"):
+        calibrated, _ = calibrate_model(fitted, cv, two, method)
+        estimator = calibrated.named_steps["estimator"]
+        matrix = calibrated[:-1].transform(table[["a", "b", "c"]])
+        trees = flat_trees(estimator)
+        assert trees is not None and trees.calibrator is not None
+        for rows in (slice(0, 1), slice(0, 32), slice(None)):
+            expected = estimator.predict_proba(matrix[rows])[:, 1]
+            assert np.array_equal(trees.probabilities(matrix[rows]), expected)
     assert flat_trees(LogisticRegression().fit(np.nan_to_num(numbers), two)) is None

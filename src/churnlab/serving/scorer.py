@@ -42,6 +42,9 @@ class FlatTrees:
     depth: int
     baseline: np.ndarray  # the estimator's starting raw prediction, shape (1, 1)
     loss: object  # the estimator's loss: raw predictions to probabilities
+    # a calibrated model's calibrator (train.calibration): raw predictions to probabilities
+    # instead of the loss, as scikit-learn's calibrated classifier maps them
+    calibrator: object | None = None
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
         """The probability of the positive class for each row of the estimator's input."""
@@ -60,12 +63,21 @@ class FlatTrees:
         # sum runs left to right; np.sum would pair the terms and round otherwise)
         start = np.zeros((rows, 1)) + self.baseline
         raw = np.cumsum(np.concatenate([start, self.value[node]], axis=1), axis=1)[:, -1:]
-        return self.loss.predict_proba(raw)[:, 1]
+        if self.calibrator is None:
+            return self.loss.predict_proba(raw)[:, 1]
+        # scikit-learn's _CalibratedClassifier: the calibrator on the decision function (the
+        # raw prediction), then a probability a hair over 1 is made 1
+        scores = np.asarray(self.calibrator.predict(raw[:, 0]), dtype=np.float64)
+        scores[(scores > 1.0) & (scores <= 1.0 + 1e-5)] = 1.0
+        return scores
 
 
 def flat_trees(estimator) -> FlatTrees | None:
-    """FlatTrees for a fitted binary HistGradientBoostingClassifier on numeric columns; None
-    for any other estimator (it then predicts by itself)."""
+    """FlatTrees for a fitted binary HistGradientBoostingClassifier on numeric columns, bare or
+    calibrated as ``churnlab.model.calibrate_model`` makes it (one estimator, one calibrator);
+    None for any other estimator (it then predicts by itself)."""
+    if type(estimator).__name__ == "CalibratedClassifierCV":
+        return _calibrated_flat_trees(estimator)
     if type(estimator).__name__ != "HistGradientBoostingClassifier":
         return None
     try:
@@ -102,6 +114,23 @@ def flat_trees(estimator) -> FlatTrees | None:
         baseline=baseline,
         loss=loss,
     )
+
+
+def _calibrated_flat_trees(model) -> FlatTrees | None:
+    """FlatTrees for a calibrated model of one binary estimator and one calibrator."""
+    from dataclasses import replace
+
+    try:
+        (calibrated,) = model.calibrated_classifiers_
+        (calibrator,) = calibrated.calibrators
+        classes = list(model.classes_)
+        inner = calibrated.estimator
+    except (AttributeError, ValueError):  # several folds' models, or another shape
+        return None
+    if len(classes) != 2 or list(getattr(inner, "classes_", [])) != classes:
+        return None
+    trees = flat_trees(inner) if type(inner).__name__ != "CalibratedClassifierCV" else None
+    return None if trees is None else replace(trees, calibrator=calibrator)
 
 
 @dataclass(frozen=True)
