@@ -1,9 +1,11 @@
 """What ROC AUC any model can reach under the replay's concept drift: the acceptance's ceiling.
 
 The replay's ``concept_drift`` scenario (params/replay.yaml) makes the customers of one
-category leave ``size`` times as often by turning stayers into leavers at random. A turned
-customer looks like any other of the category, so no model can rank them: part of the ROC AUC
-is lost for every model. This measures that part on the test split of the project's run,
+category leave ``size`` times as often by turning stayers into leavers: at random, or (``by``)
+those with the highest values of a numeric column. Turned at random, a turned customer looks
+like any other of the category, so no model can rank them: part of the ROC AUC is lost for
+every model; turned by a column, a model that learnt the rule knows them. This measures
+that part on the test split of the project's run,
 with the champion's calibrated scores (``train.calibration``):
 
 - the model as it is (never retrained), and
@@ -44,6 +46,7 @@ def main() -> int:
 
     from churnlab.data import TARGET_COLUMN
     from churnlab.model import load_model, predict_scores
+    from churnlab.monitoring.simulate import highest_stayers
 
     replay = yaml.safe_load((ROOT / "params" / "replay.yaml").read_text())["replay"]
     drifts = [s for s in replay["simulate"]["scenarios"] if s["kind"] == "concept_drift"]
@@ -70,14 +73,24 @@ def main() -> int:
             inside = (test[drift["column"]].astype(str) == str(drift["category"])).to_numpy()
             rate = leavers[inside].mean()
             turn_p = (min(rate * size, 1.0) - rate) / (1 - rate)
-            adapted = np.where(inside, scores + (1 - scores) * turn_p, scores)
             old, best = [], []
-            for _ in range(args.draws):
-                after = leavers | (inside & ~leavers & (rng.random(len(test)) < turn_p))
+            if drift.get("by"):  # the stayers with the highest values turn: learnable
+                turned = highest_stayers(
+                    test[drift["by"]].to_numpy(float), inside & ~leavers, turn_p
+                )
+                after = leavers | turned
+                # a model that learnt the rule knows them: they leave for certain
                 old.append(roc_auc_score(after, scores))
-                best.append(roc_auc_score(after, adapted))
+                best.append(roc_auc_score(after, np.where(turned, 1.0, scores)))
+            else:  # at random: nothing tells them apart, the calibrated update is the best
+                adapted = np.where(inside, scores + (1 - scores) * turn_p, scores)
+                for _ in range(args.draws):
+                    after = leavers | (inside & ~leavers & (rng.random(len(test)) < turn_p))
+                    old.append(roc_auc_score(after, scores))
+                    best.append(roc_auc_score(after, adapted))
             lines.append(
                 f"| {drift['column']} = {drift['category']} x{size:g}"
+                f"{' by the highest ' + drift['by'] if drift.get('by') else ' at random'}"
                 f"{' (the replay)' if size == float(drift['size']) else ''} | {turn_p:.1%} | "
                 f"{before:.3f} | {np.mean(old):.3f} | {np.mean(best):.3f} (sd {np.std(best):.3f})"
                 f" | {np.mean(best) - before:+.3f} |"

@@ -103,6 +103,38 @@ def test_concept_drift_multiplies_the_churn_rate_of_a_category_only():
     assert rates["2026-02"]["basic"] == pytest.approx(rates["2026-01"]["basic"], abs=0.015)
 
 
+def test_concept_drift_by_a_column_turns_the_stayers_with_its_highest_values():
+    """With ``by``, the stayers who turn are the highest spenders of the category (a change
+    a model can learn), not a random draw; the rate still doubles; ``by`` must be numeric."""
+    scenario = {
+        "kind": "concept_drift",
+        "start": "2026-02",
+        "column": "plan",
+        "category": "pro",
+        "size": 2,
+        "by": "spend",
+    }
+    (months, _), _, _ = year([scenario])
+    batch, labels = months["2026-02"]
+    pro = (batch["plan"] == "pro").to_numpy()
+    left = (labels["left"] == "yes").to_numpy()
+    spend = batch["spend"].astype(float).to_numpy()
+    before = months["2026-01"]
+    before_pro = (before[0]["plan"] == "pro").to_numpy()
+    before_rate = (before[1]["left"] == "yes").to_numpy()[before_pro].mean()
+    assert left[pro].mean() == pytest.approx(2 * before_rate, rel=0.1)
+    # the pro leavers now include the highest spenders far more than before: the top spend
+    # decile of pro customers is nearly all leavers after, about the base rate before
+    top = pro & (spend >= np.quantile(spend[pro], 0.9))
+    before_spend = before[0]["spend"].astype(float).to_numpy()
+    before_top = before_pro & (before_spend >= np.quantile(before_spend[before_pro], 0.9))
+    assert left[top].mean() > 0.9 > 0.3 > (before[1]["left"] == "yes").to_numpy()[before_top].mean()
+    with pytest.raises(ChurnlabError, match=r"scenarios\[0\]\.by: expected a numeric column"):
+        scenarios_from_params([{**scenario, "by": "region"}], SPEC)
+    with pytest.raises(ChurnlabError, match=r"\.by: .*for kind category_mix"):
+        scenarios_from_params([{**scenario, "kind": "category_mix", "size": 0.1}], SPEC)
+
+
 def test_quality_breaks():
     scenarios = [
         {

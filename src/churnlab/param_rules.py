@@ -104,8 +104,9 @@ def rules() -> dict[str, Rule]:
                         "column": Text(),
                         "category": Scalar(),
                         "size": Number(),
+                        "by": Text(),
                     },
-                    optional=frozenset({"months", "category", "size"}),
+                    optional=frozenset({"months", "category", "size", "by"}),
                 )
             ),
         }

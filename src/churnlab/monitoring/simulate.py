@@ -41,6 +41,9 @@ class Scenario:
     column: str
     category: str | None = None
     size: float | None = None
+    # concept_drift only: the stayers who turn are those with the highest values of this
+    # numeric column (a change a model can learn); None: chosen at random (it cannot)
+    by: str | None = None
 
     def active(self, month: str) -> bool:
         end = add_months(self.start, self.months) if self.months else "9999-12"
@@ -52,6 +55,7 @@ class Scenario:
             "column": self.column,
             "category": self.category,
             "size": self.size,
+            **({"by": self.by} if self.by else {}),
             "expected": EXPECTED[self.kind],
         }
 
@@ -72,6 +76,7 @@ def scenarios_from_params(items: list[dict], spec: TableSpec) -> list[Scenario]:
             column=str(item["column"]),
             category=None if item.get("category") is None else str(item["category"]),
             size=item.get("size"),
+            by=None if item.get("by") is None else str(item["by"]),
         )
         kind = scenario.kind
         if kind not in KINDS:
@@ -104,6 +109,11 @@ def scenarios_from_params(items: list[dict], spec: TableSpec) -> list[Scenario]:
             scenario.size is None
         ):
             raise ChurnlabError(f"{where}.size: expected a number for kind {kind}")
+        if scenario.by is not None and (kind != "concept_drift" or scenario.by not in spec.numeric):
+            raise ChurnlabError(
+                f"{where}.by: expected a numeric column of params/data.yaml schema, for kind "
+                f"concept_drift only; found {scenario.by!r} for kind {kind}"
+            )
         found.append(scenario)
     return found
 
@@ -160,7 +170,10 @@ def simulate_month(
             rate = labels[inside].mean() if inside.any() else 0.0
             goal = min(rate * scenario.size, 1.0)
             flip = (goal - rate) / (1 - rate) if rate < 1 else 0.0
-            turn = inside & ~labels & (rng.random(customers) < flip)
+            if scenario.by is None:
+                turn = inside & ~labels & (rng.random(customers) < flip)
+            else:
+                turn = highest_stayers(drawn[scenario.by].to_numpy(float), inside & ~labels, flip)
             labels = labels | turn
         elif scenario.kind == "new_category":
             chosen = rng.random(customers) < scenario.size
@@ -178,6 +191,17 @@ def simulate_month(
         }
     ).astype(str)
     return batch, label_table
+
+
+def highest_stayers(values: np.ndarray, stayers: np.ndarray, share: float) -> np.ndarray:
+    """Mask of the ``share`` of ``stayers`` (rounded) with the highest ``values``; ties and
+    missing values (last) in row order, so the same month gives the same customers."""
+    count = int(round(share * stayers.sum()))
+    rows = np.flatnonzero(stayers)
+    ranked = rows[np.argsort(-np.nan_to_num(values[rows], nan=-np.inf), kind="stable")]
+    turn = np.zeros(len(values), dtype=bool)
+    turn[ranked[:count]] = True
+    return turn
 
 
 def table_bytes(frame: pd.DataFrame, suffix: str) -> bytes:
