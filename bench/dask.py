@@ -181,6 +181,10 @@ def main() -> int:
     parser.add_argument("--no-search", action="store_true")
     parser.add_argument("--search-only", action="store_true", help="generate, then search")
     parser.add_argument("--estimate-only", action="store_true", help="the search's estimate")
+    parser.add_argument(
+        "--no-search-here", action="store_true", help="the search on 1 and 2 workers only"
+    )
+    parser.add_argument("--no-score", action="store_true", help="no end-to-end scoring")
     parser.add_argument("--results", type=Path, default=PROJECT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     root = args.project.resolve()
@@ -206,6 +210,7 @@ def main() -> int:
 
     monitor = Monitor.open(root)
     rows, throughput, search, plain_failure, same = [], {}, None, None, None
+    score_failure, same_scores = None, None
     with tempfile.TemporaryDirectory(prefix="churnlab-dask-") as temp:
         folder = Path(temp)
         targets = (folder / "batches" / f"{MONTH}.parquet", folder / "labels" / f"{MONTH}.parquet")
@@ -224,6 +229,16 @@ def main() -> int:
                 )
                 rows.append(("monitor, Dask, 2 workers", count, seconds, peak))
                 print(f"judged on the cluster: {seconds:.1f} s, peak {_gib(peak)}", flush=True)
+                if not args.no_score:
+                    scoring = ScoreJob(root, params, spec, monitor, folder, targets[0])
+                    counts, seconds, peak = measure(lambda: scoring.on_cluster(client, compute))
+                    rows.append(
+                        ("score, Dask, 2 workers (read, check, score, write)", count, seconds, peak)
+                    )
+                    print(
+                        f"scored on the cluster: {counts} in {seconds:.1f} s, peak {_gib(peak)}",
+                        flush=True,
+                    )
                 ceiling = parallel_ceiling()
                 throughput = bench_scoring(client, compute, monitor, spec, parts, args)
         if not (args.search_only or args.estimate_only or args.no_plain):
@@ -245,6 +260,21 @@ def main() -> int:
             else:
                 plain_failure = (status, value, seconds, peak)
                 print(f"plain run: {status}: {value} after {seconds:.1f} s", flush=True)
+            if not args.no_score:
+                (status, value), seconds, peak = measure(
+                    lambda: run_limited(scoring.plain, _size(args.plain_memory))
+                )
+                if status == "ok":
+                    rows.append(("score, plain pandas, one process", count, seconds, peak))
+                    same_scores = scoring.same_bytes()
+                    print(
+                        f"scored plainly: {value} in {seconds:.1f} s; same bytes as "
+                        f"the cluster's: {same_scores}",
+                        flush=True,
+                    )
+                else:
+                    score_failure = (status, value, seconds, peak)
+                    print(f"plain scoring: {status}: {value} after {seconds:.1f} s", flush=True)
         if not args.no_search:
             search = bench_search(targets[0], args, compute, spec, monitor.fill_missing)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -268,6 +298,17 @@ def main() -> int:
         )
     elif same is not None:
         say(f"\nVerdict on the cluster identical to the plain run: {same}.\n")
+    if score_failure:
+        status, reason, seconds, peak = score_failure
+        say(
+            f"\nPlain scoring, limited to {args.plain_memory} of address space: {status} "
+            f"after {seconds:.1f} s at {_gib(peak)} resident ({reason})."
+        )
+    elif same_scores is not None:
+        say(
+            f"\nScores and rejects written on the cluster byte-identical to the plain "
+            f"run's: {same_scores}.\n"
+        )
     if throughput:
         say(f"\nTwo-process ceiling before scoring: {ceiling:.2f}x.\n")
         say("| scoring throughput (read, type, score) | customers per second |")
@@ -282,9 +323,14 @@ def main() -> int:
             f"two-process ceiling {search['ceiling']:.2f}x"
         )
         if "one" in search:
+            here = search.get("here")
             say(
-                f"here (one process, {_omp_threads()} OpenMP threads) {search['here']:.1f} s, "
-                "1 worker "
+                (
+                    f"here (one process, {_omp_threads()} OpenMP threads) {here:.1f} s, "
+                    if here
+                    else ""
+                )
+                + "1 worker "
                 f"{search['one']:.1f} s, 2 workers {search['two']:.1f} s (speed-up "
                 f"{search['one'] / search['two']:.2f}x); same ranking: {search['same']}."
             )
@@ -399,10 +445,11 @@ def bench_search(dataset: Path, args, compute, spec, fill_missing: dict) -> dict
         3,
         42,
     )
-    started = time.perf_counter()
-    found[0] = search_hyperparameters(*search_args)
-    times[0] = time.perf_counter() - started
-    print(f"here: {times[0]:.1f} s", flush=True)
+    if not args.no_search_here:
+        started = time.perf_counter()
+        found[0] = search_hyperparameters(*search_args)
+        times[0] = time.perf_counter() - started
+        print(f"here: {times[0]:.1f} s", flush=True)
     for workers in (1, 2):
         settings = ComputeSettings("dask", None, workers, compute.memory_per_worker, None)
         with connect(settings) as client:
@@ -410,8 +457,69 @@ def bench_search(dataset: Path, args, compute, spec, fill_missing: dict) -> dict
             found[workers] = search_hyperparameters(*search_args, client=client)
             times[workers] = time.perf_counter() - started
         print(f"{workers} worker(s): {times[workers]:.1f} s", flush=True)
-    same = found[0] == found[1] == found[2]
-    return {**result, "here": times[0], "one": times[1], "two": times[2], "same": same}
+    same = all(found[k] == found[2] for k in found)
+    ranked = sorted(found[2]["candidates"], key=lambda c: c["rank"])
+    print(
+        "ranking (2 workers): "
+        + "; ".join(f"{c['rank']}. {c['params']} {c['roc_auc_mean']:.6f}" for c in ranked[:3])
+        + "; ...",
+        flush=True,
+    )
+    return {**result, "here": times.get(0), "one": times[1], "two": times[2], "same": same}
+
+
+class ScoreJob:
+    """``churnlab score`` of the whole month with the champion: on the cluster (the workers
+    read the parts) and plainly (``score_file``: the month read into one frame here)."""
+
+    def __init__(self, root, params, spec, monitor, folder: Path, dataset: Path):
+        from churnlab.serving.score import ScoreSettings, ScoringModel
+
+        self.spec, self.dataset = spec, dataset
+        self.settings = ScoreSettings.from_params(params)
+        self.model = ScoringModel.from_champion(monitor.champion, "champion")
+        self.fill_missing = dict(monitor.fill_missing)
+        self.out = {k: folder / k for k in ("cluster", "plain")}
+        for path in self.out.values():
+            path.mkdir()
+
+    def on_cluster(self, client, compute) -> dict:
+        from churnlab.compute.score import score_on_cluster
+
+        out = self.out["cluster"]
+        return score_on_cluster(
+            self.dataset,
+            out / "scores.parquet",
+            out / "rejects.parquet",
+            self.spec,
+            self.model,
+            self.settings,
+            self.fill_missing,
+            client,
+            compute,
+        )
+
+    def plain(self) -> dict:
+        from churnlab.compute.score import read_input
+        from churnlab.serving.score import score_file
+
+        out = self.out["plain"]
+        return score_file(
+            self.dataset,
+            out / "scores.parquet",
+            out / "rejects.parquet",
+            self.spec,
+            lambda: self.model,
+            self.settings,
+            self.fill_missing,
+            raw=read_input(self.dataset),
+        )
+
+    def same_bytes(self) -> bool:
+        return all(
+            (self.out["cluster"] / name).read_bytes() == (self.out["plain"] / name).read_bytes()
+            for name in ("scores.parquet", "rejects.parquet")
+        )
 
 
 if __name__ == "__main__":

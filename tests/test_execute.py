@@ -53,6 +53,7 @@ def test_the_kernel_is_warmed_with_the_notebooks_imports_and_its_namespace_stays
     assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1))
     printed = "".join("".join(o.get("text", [])) for c in code for o in c["outputs"])
     assert "colorsys warmed: True" in printed  # imported only by a later cell of the notebook
+    assert "sklearn.metrics warmed: True" in printed  # a WARM_UP of a module it imports
     names = set(eval(printed.split("names: ", 1)[1].splitlines()[0]))  # the printed list
     ipython = {"In", "Out", "exit", "quit", "get_ipython", "open"}
     assert names == ipython | {"paths_result", "demo_n", "sys"}

@@ -291,3 +291,29 @@ def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path, calibrati
         )
         written.append((out / "model.skops").read_bytes())
     assert written[0] == written[1]
+
+
+@pytest.mark.parametrize(
+    ("family", "calibration"),
+    [("logistic_regression", "none"), ("gradient_boosting", "sigmoid")],
+)
+@pytest.mark.parametrize("batch_rows", [500_000, 700])
+def test_permutation_importance_is_scikit_learns_bit_for_bit(family, calibration, batch_rows):
+    """One call to the model for every shuffled copy (or a few, by batch_rows) gives the
+    numbers of scikit-learn's own function, which calls the model once per copy."""
+    from sklearn.inspection import permutation_importance as scikit_learns
+
+    from churnlab.evaluation import permutation_importance
+    from churnlab.model import model_input
+
+    table = customers(300, seed=3)
+    _, model, _ = trained(table, family, calibration, max_iter=20)
+    features = model_input(table, NUMERIC, CATEGORICAL)
+    labels = table[TARGET_COLUMN].to_numpy()
+    expected = scikit_learns(
+        model, features, labels, scoring="roc_auc", n_repeats=4, random_state=11, n_jobs=1
+    )
+    mean, std = permutation_importance(model, features, labels, 4, 11, batch_rows=batch_rows)
+    assert np.array_equal(mean, expected.importances_mean)
+    assert np.array_equal(std, expected.importances_std)
+    assert (mean != 0).any()  # the columns matter: a test that could fail

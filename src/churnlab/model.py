@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # scikit-learn is imported where a model is built, fitted or 
     # every stage checks its params against FAMILIES, and most never touch a model
     from sklearn.pipeline import Pipeline
 
+# What a notebook that imports this module will need once it calls it (skops to save or load
+# a model; scikit-learn comes with it): a stage's kernel imports these while the runner
+# prepares (churnlab.pipeline.kernel), not in the first cell that loads a model
+WARM_UP = ("skops.io", "sklearn.pipeline", "sklearn.compose", "sklearn.preprocessing")
+
 # each family's estimator, as module and class, imported when a model is built
 FAMILIES = {
     "logistic_regression": "sklearn.linear_model.LogisticRegression",

@@ -196,7 +196,7 @@ def feature_importance(
     Computed once per champion version and kept in ``.churnlab/monitor/``; negative
     importances count as 0; equal shares when no column matters.
     """
-    from sklearn.inspection import permutation_importance
+    from churnlab.evaluation import permutation_importance
 
     cache = root / CACHE / f"importance-{champion.name}-v{champion.version}.json"
     key = {"run_id": champion.run_id, "repeats": repeats, "max_rows": max_rows, "seed": seed}
@@ -207,15 +207,14 @@ def feature_importance(
     sample = reference
     if len(sample) > max_rows:
         sample = sample.sample(n=max_rows, random_state=seed)
-    result = permutation_importance(
+    mean, _ = permutation_importance(
         champion.model,
         model_input(sample, champion.numeric, champion.categorical),
         sample[TARGET_COLUMN].to_numpy(),
-        scoring="roc_auc",
-        n_repeats=repeats,
-        random_state=seed,
+        repeats,
+        seed,
     )
-    raw = np.maximum(result.importances_mean, 0.0)
+    raw = np.maximum(mean, 0.0)
     shares = raw / raw.sum() if raw.sum() > 0 else np.full(len(raw), 1 / len(raw))
     importance = {c: float(s) for c, s in zip(champion.columns, shares, strict=True)}
     write_json(cache, {"key": key, "importance": importance})

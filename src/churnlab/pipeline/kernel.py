@@ -44,7 +44,14 @@ def warm_up_code(modules: list[str]) -> str:
     the notebook's own cell to report (with its traceback, in its cell)."""
     lines = []
     for module in modules:
-        lines += ["try:", f"    __import__({module!r})", "except Exception:", "    pass"]
+        # then what the module itself imports only when called (its ``WARM_UP``: skops for
+        # loading a model, scikit-learn's metrics): a comprehension binds no name either
+        extras = (
+            f"[__import__(_m) for _m in getattr(__import__('sys').modules[{module!r}], "
+            "'WARM_UP', ())]"
+        )
+        lines += ["try:", f"    __import__({module!r})", f"    {extras}", "except Exception:"]
+        lines += ["    pass"]
     return "\n".join(lines)
 
 
