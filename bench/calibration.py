@@ -39,7 +39,7 @@ from results import write_section  # bench/ is the script's folder, first on sys
 
 from churnlab.config import get_key, load_params
 from churnlab.data import TARGET_COLUMN, feature_columns
-from churnlab.evaluation import choose_threshold, evaluate_scores
+from churnlab.evaluation import choose_threshold, evaluate_scores, expected_calibration_error
 from churnlab.model import (
     build_model,
     calibrate_model,
@@ -50,18 +50,6 @@ from churnlab.model import (
 
 PROJECT = Path(__file__).resolve().parent.parent
 CALIBRATIONS = ("none", "sigmoid", "isotonic")
-
-
-def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
-    """Mean |churn rate - mean score| over score deciles, weighted by their size."""
-    edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
-    band = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, bins - 1)
-    return float(
-        sum(
-            np.mean(band == b) * abs(labels[band == b].mean() - scores[band == b].mean())
-            for b in np.unique(band)
-        )
-    )
 
 
 def noise_floor(scores: np.ndarray, draws: int = 200, seed: int = 3) -> float:

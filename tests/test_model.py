@@ -317,3 +317,15 @@ def test_permutation_importance_is_scikit_learns_bit_for_bit(family, calibration
     assert np.array_equal(mean, expected.importances_mean)
     assert np.array_equal(std, expected.importances_std)
     assert (mean != 0).any()  # the columns matter: a test that could fail
+
+
+def test_the_projects_calibration_error_is_this_tests_own_computation():
+    """churnlab.evaluation's ECE (used by bench/calibration.py) against the copy above."""
+    from churnlab.evaluation import expected_calibration_error as projects
+
+    rng = np.random.default_rng(4)
+    scores = rng.random(2_000)
+    labels = (rng.random(2_000) < scores**2).astype(int)  # over-confident scores
+    assert projects(labels, scores) == pytest.approx(expected_calibration_error(labels, scores))
+    assert projects(labels, scores) > 0.1  # far from calibrated: the test can fail
+    assert projects(labels, labels * 0.9 + 0.05) == pytest.approx(0.05)

@@ -251,9 +251,8 @@ def precision_recall_points(
     return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
 
 
-def calibration_points(labels, scores, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Observed rate and mean score per quantile bin, as ``sklearn.calibration.
-    calibration_curve(strategy="quantile")``."""
+def _calibration_bins(labels, scores, bins: int) -> tuple[np.ndarray, ...]:
+    """Per non-empty quantile bin of the scores: observed rate, mean score, customers."""
     labels, scores = np.asarray(labels) == 1, np.asarray(scores, dtype=float)
     edges = np.percentile(scores, np.linspace(0, 1, bins + 1) * 100)
     bin_of = np.searchsorted(edges[1:-1], scores)
@@ -261,7 +260,22 @@ def calibration_points(labels, scores, bins: int) -> tuple[np.ndarray, np.ndarra
     leavers = np.bincount(bin_of, weights=labels, minlength=bins)
     customers = np.bincount(bin_of, minlength=bins)
     used = customers != 0
-    return leavers[used] / customers[used], score_sums[used] / customers[used]
+    customers = customers[used]
+    return leavers[used] / customers, score_sums[used] / customers, customers
+
+
+def calibration_points(labels, scores, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Observed rate and mean score per quantile bin, as ``sklearn.calibration.
+    calibration_curve(strategy="quantile")``."""
+    observed, predicted, _ = _calibration_bins(labels, scores, bins)
+    return observed, predicted
+
+
+def expected_calibration_error(labels, scores, bins: int = 10) -> float:
+    """Mean |churn rate - mean score| over the quantile bins of ``calibration_points``,
+    weighted by the bins' customers."""
+    observed, predicted, customers = _calibration_bins(labels, scores, bins)
+    return float(np.sum(customers * np.abs(observed - predicted)) / customers.sum())
 
 
 def plot_tables(labels, scores, threshold: float, bins: int = 10) -> dict[str, pd.DataFrame]:
