@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # when the other core is busy (a train stage then runs 20-30x slower); the saved model's bytes
 # do not depend on the thread count (churnlab.model), so results stay the same.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A pipeline run's tracking service waits 10 minutes for the next run (a person's loop);
+# the suite's dozens of temporary projects would keep that many services: 20 s is enough
+# for a test's runs one after the other (tests/test_tracking.py sets its own where it counts)
+os.environ.setdefault("CHURNLAB_TRACKING_SERVICE_IDLE", "20")
 # The shipped configuration (Telco data, every param at its default): the tests of the
 # package and of the default pipeline run on it in temporary copies, whatever data the
 # project itself is configured for (tests/defaults/README.md).

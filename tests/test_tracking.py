@@ -6,6 +6,7 @@ registry and promotion are in test_registry.py.
 """
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from churnlab.errors import ChurnlabError
+from churnlab.tracking import service
 from churnlab.tracking.lineage import mlflow_key_part
 from churnlab.tracking.runs import Tracker, tracked_stage
 from churnlab.tracking.settings import SETTINGS_FILE, display_uri, load_settings
@@ -297,7 +299,8 @@ FAKE_DVC = textwrap.dedent(
     """
     import subprocess, sys
     root, stage = sys.argv[1], sys.argv[2]
-    for name, mode in (("prepare", "ok"), ("train", "fail"), ("evaluate", "killed")):
+    plan = [a.split("=") for a in sys.argv[3:]]  # stage=mode ...
+    for name, mode in plan or (("prepare", "ok"), ("train", "fail"), ("evaluate", "killed")):
         done = subprocess.run([sys.executable, stage, root, name, mode], capture_output=True)
         sys.stdout.write(done.stdout.decode())
         sys.stderr.write(done.stderr.decode())
@@ -461,3 +464,94 @@ def test_a_full_disk_under_the_store_is_one_error(odd_columns_project, tmp_path)
     finally:
         settings.write_bytes(saved)
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def _fake_dvc_run(tmp_path, root, plan, environ=None):
+    """A stand-in `dvc` process (FAKE_DVC) running stages (``stage=mode``) that record."""
+    (tmp_path / "stage.py").write_text(SERVICE_STAGE)
+    (tmp_path / "dvc").write_text(FAKE_DVC)
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "dvc"), str(root), str(tmp_path / "stage.py"), *plan],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(environ or {})},
+    )
+
+
+def _service_pids(root: Path) -> set[int]:
+    """The tracking services running for this project (by their command line)."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        line = process.info["cmdline"] or []
+        if "churnlab.tracking.service" in line and str(root) in line:
+            found.add(process.info["pid"])
+    return found
+
+
+def test_the_next_pipeline_run_finds_the_service_waiting_with_its_own_parent(tmp_path):
+    """A person's next `dvc exp run` finds MLflow imported and the store open: one service
+    for both pipeline runs, each with its own parent run; it exits once idle long enough."""
+    root = tracking_project(tmp_path / "project")
+    environ = {service.IDLE_VARIABLE: "6"}
+    for _ in range(2):
+        done = _fake_dvc_run(tmp_path, root, ["prepare=ok", "train=ok"], environ)
+        assert done.stdout == "no mlflow\n" * 2, done.stderr
+        assert len(_service_pids(root)) == 1
+    runs = mlflow_runs(root)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and len(runs) == 6
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.run_name for r in children) == ["prepare", "train"]
+        assert {r.info.status for r in children} == {"FINISHED"}
+    deadline = time.monotonic() + 30
+    while _service_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _service_pids(root)  # idle for 6 s: gone
+    assert not service.socket_path(root, load_settings(root).uri).exists()
+
+
+def test_a_store_made_anew_gets_a_new_service_and_keeps_every_run(tmp_path):
+    """`make clean` deletes the store between two runs: MLflow's connections in a waiting
+    service would write into the deleted file. The service gives its name up and the stage
+    starts a new one: the new store has the second run's runs."""
+    root = tracking_project(tmp_path / "project")
+    environ = {service.IDLE_VARIABLE: "30"}
+    assert _fake_dvc_run(tmp_path, root, ["prepare=ok"], environ).returncode == 0
+    (first,) = _service_pids(root)
+    (root / "mlflow.db").unlink()
+    done = _fake_dvc_run(tmp_path, root, ["prepare=ok", "train=ok"], environ)
+    assert done.returncode == 0 and done.stdout == "no mlflow\n" * 2, done.stderr
+    runs = mlflow_runs(root)
+    assert sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags) == [
+        "prepare",
+        "train",
+    ]
+    deadline = time.monotonic() + 10  # the old service exits once it has nothing queued
+    while first in _service_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_service_pids(root) - {first}) == 1 and first not in _service_pids(root)
+
+
+def test_edited_code_gets_a_new_service():
+    """A waiting service runs the code it started with: an edited churnlab module (its
+    time changes) names another socket, so the next stage starts a service on the new code."""
+    root, uri = Path("/tmp/project"), "sqlite:////tmp/project/mlflow.db"
+    before = service.socket_path(root, uri)
+    source = Path(service.__file__)
+    times = source.stat()
+    try:
+        os.utime(source, ns=(times.st_atime_ns, times.st_mtime_ns + 1_000_000_000))
+        assert service.socket_path(root, uri) != before
+    finally:
+        os.utime(source, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert service.socket_path(root, uri) == before
+
+
+def test_a_bad_idle_time_is_one_clear_error():
+    with pytest.raises(ChurnlabError, match="CHURNLAB_TRACKING_SERVICE_IDLE='soon'"):
+        service.idle_seconds({service.IDLE_VARIABLE: "soon"})
+    assert service.idle_seconds({}) == service.IDLE_S

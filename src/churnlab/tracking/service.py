@@ -4,15 +4,25 @@ Importing MLflow and opening its store costs about 2 s of CPU (``bench/RESULTS.m
 "Tracking: where a stage's tracking time goes"); paid in each stage's own process, that is
 seconds per stage on two cores, beside the notebook's kernel. So under ``dvc repro`` (or
 ``dvc exp run``) the first stage that records starts a tracking service, one process for
-that pipeline run, and every stage of the run talks to it over a Unix socket (in a folder
-only this user may enter): it sends what to record as small JSON requests and waits for
-each answer, and never imports MLflow itself.
+that project and store, and every stage talks to it over a Unix socket (in a folder only
+this user may enter): it sends what to record as small JSON requests and waits for each
+answer, and never imports MLflow itself. The service outlives the pipeline run by
+``CHURNLAB_TRACKING_SERVICE_IDLE`` seconds (``IDLE_S``) without a stage, so that the next
+``dvc exp run`` of a person's change-a-param loop finds MLflow imported and its store
+open; each pipeline run still gets its own parent run and settings read anew.
+
+A service never serves what it was not started for: its socket's name is a digest of the
+project, the store's URI, the Python environment (a package installed since) and
+churnlab's own source files (an edited module): when any of them changes, the next stage
+starts a fresh service and the old one exits when idle. A SQLite store deleted and made
+anew since (``make clean``) is another file, which MLflow's open connections would not
+see: the service then gives its name up and asks the stage to start a fresh one.
 
 The service runs the same code as a stage tracked in its own process (``Tracker``,
 ``record_stage``): the same runs, parent, params, metrics, registry and promotion, and the
 same errors, which the stage raises as its own. A stage whose connection drops before it
 ended its run (its process was killed) has its run marked KILLED at once. The service
-exits when the pipeline run's process is gone, or after ``IDLE_S`` seconds without a stage.
+exits after ``IDLE_S`` seconds without a stage.
 
 A stage run without ``dvc`` (``churnlab run`` in a shell, the tests' own calls) records in
 its own process, as does every stage when ``CHURNLAB_TRACKING_SERVICE=off``.
@@ -45,11 +55,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from churnlab.errors import ChurnlabError
-from churnlab.tracking.processes import process_start
 from churnlab.tracking.settings import Settings, display_uri, first_line
 
 SWITCH = "CHURNLAB_TRACKING_SERVICE"  # "off": every stage records in its own process
-IDLE_S = 120.0  # the service exits after this long without a stage connected
+IDLE_VARIABLE = "CHURNLAB_TRACKING_SERVICE_IDLE"
+IDLE_S = 600.0  # the service exits after this long without a stage connected (default)
 START_TIMEOUT_S = 60.0  # for the service to listen (it listens before importing MLflow)
 _POLL_S = 0.5
 
@@ -60,10 +70,48 @@ def wanted(environ: Mapping[str, str] | None = None) -> bool:
     return environ.get(SWITCH, "").strip().lower() not in ("0", "off", "false", "no")
 
 
-def socket_path(root: Path, uri: str, owner: tuple[int, str]) -> Path:
-    """The service's socket for one pipeline run, project and store: short (a Unix socket's
-    path has at most 107 bytes) and in a folder only this user may enter (the requests
-    carry the stages' params)."""
+def idle_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """How long a service waits for the next stage before it exits."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(IDLE_VARIABLE, "").strip()
+    try:
+        return float(text) if text else IDLE_S
+    except ValueError:
+        raise ChurnlabError(
+            f"{IDLE_VARIABLE}={text!r}: expected a number of seconds, e.g. 600"
+        ) from None
+
+
+def _code_identity() -> str:
+    """What the service runs: the interpreter, its installed packages (the folder's time
+    changes when one is installed or removed) and each churnlab source file's size and
+    time. About a millisecond."""
+    import sysconfig
+
+    package = Path(__file__).resolve().parent.parent
+    parts = [sys.executable, str(Path(sysconfig.get_paths()["purelib"]).stat().st_mtime_ns)]
+    for path in sorted(package.rglob("*.py")):
+        stat = path.stat()
+        parts.append(f"{path.relative_to(package)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "\0".join(parts)
+
+
+def _store_identity(uri: str) -> str:
+    """A SQLite store's file (device and inode; "absent"): a file deleted and made anew is
+    another store, which MLflow's open connections (cached by URI) would not see."""
+    if not uri.startswith("sqlite:///"):
+        return ""
+    try:
+        stat = Path(uri[len("sqlite:///") :]).stat()
+    except OSError:
+        return "absent"
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def socket_path(root: Path, uri: str) -> Path:
+    """The service's socket for one project, store and code: short (a Unix socket's path
+    has at most 107 bytes) and in a folder only this user may enter (the requests carry
+    the stages' params)."""
     folder = Path(tempfile.gettempdir()) / f"churnlab-tracking-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
@@ -71,7 +119,7 @@ def socket_path(root: Path, uri: str, owner: tuple[int, str]) -> Path:
             f"{folder}: expected a folder only you may enter (the tracking service's "
             "sockets), found one others may; remove it and run again"
         )
-    key = f"{root.resolve()}\0{uri}\0{owner[0]}\0{owner[1]}"
+    key = "\0".join([str(root.resolve()), uri, _code_identity()])
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
 
 
@@ -99,13 +147,14 @@ class RemoteTracker:
         self.process = process  # churnlab.tracking.runs.StageProcess
         self._socket: socket.socket | None = None
         self._reader: io.TextIOBase | None = None
+        self._restarted = False
 
     def _connect(self) -> None:
-        path = socket_path(self.root, self.settings.uri, self.process.owner)
+        path = socket_path(self.root, self.settings.uri)
         with _locked(path.with_suffix(".lock")):  # two stages must not start two services
             connection = _try_connect(path)
             if connection is None:
-                connection = _start_service(self.root, path, self.process.owner)
+                connection = _start_service(self.root, path)
         self._socket = connection
         self._reader = connection.makefile("r", encoding="utf-8")
 
@@ -129,6 +178,11 @@ class RemoteTracker:
                 f"(or set {SWITCH}=off to record in the stage's own process)"
             )
         answer = json.loads(line)
+        if answer.get("restart") and request["op"] == "begin" and not self._restarted:
+            # the service was for a store deleted since; it has given its name up
+            self._restarted = True
+            self.close()
+            return self.ask(request)
         if answer.get("stderr"):
             print(answer["stderr"], end="", file=sys.stderr, flush=True)
         if not answer["ok"]:
@@ -197,10 +251,11 @@ def _try_connect(path: Path) -> socket.socket | None:
     return connection
 
 
-def _start_service(root: Path, path: Path, owner: tuple[int, str]) -> socket.socket:
+def _start_service(root: Path, path: Path) -> socket.socket:
     path.unlink(missing_ok=True)  # left by a service that died
+    idle = idle_seconds()  # a bad value is the stage's error, not a service that never starts
     service = subprocess.Popen(
-        [sys.executable, "-m", "churnlab.tracking.service", str(root), str(path), *map(str, owner)],
+        [sys.executable, "-m", "churnlab.tracking.service", str(root), str(path), str(idle)],
         cwd=root,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -236,24 +291,41 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class Service:
-    """The tracking service of one pipeline run: one tracker, one request at a time."""
+    """The tracking service of one project and store: one request at a time; a tracker per
+    pipeline run (its settings read anew, a parent run of its own)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, path: Path):
         self.root = root
+        self.path = path  # its socket
+        self.inode = path.stat().st_ino
         self.tracker = None  # opened by the first stage, again by the next if that failed
+        self.owner: tuple | None = None  # the pipeline run the tracker was opened for
+        self.store: str | None = None  # the SQLite file the store was opened on
+        self.closing = False  # its name given up: serve what was queued, then exit
         self.lock = threading.Lock()  # one request at a time: MLflow's client, the store
         self.counting = threading.Lock()
         self.connections = 0
         self.last_seen = time.monotonic()
 
-    def _tracker(self):
+    def _tracker(self, owner: tuple):
         from churnlab.tracking.runs import Tracker, _quiet_mlflow
         from churnlab.tracking.settings import load_settings
 
-        if self.tracker is None:
+        if self.tracker is None or owner != self.owner:
+            settings = load_settings(self.root)
+            if self.store is not None and _store_identity(settings.uri) != self.store:
+                self.give_name_up()
+                raise _Restart()
+            self.tracker, self.owner = None, owner  # a failed open is tried again
             _quiet_mlflow()
-            self.tracker = Tracker._open(self.root, load_settings(self.root))
+            self.tracker = Tracker._open(self.root, settings)
+            self.store = _store_identity(settings.uri)
         return self.tracker
+
+    def give_name_up(self) -> None:
+        """Unlink the socket (a stage that comes now starts a new service); exit when idle."""
+        _unlink_if_ours(self.path, self.inode)
+        self.closing = True
 
     def serve(self, connection: socket.socket) -> None:
         """Answer one stage's requests; a connection dropped before ``end`` is a killed stage."""
@@ -277,7 +349,7 @@ class Service:
     def _begin(self, request: dict[str, Any], state: dict[str, Any]) -> bool:
         from churnlab.tracking.runs import StageProcess, _read_ahead
 
-        tracker = self._tracker()
+        tracker = self._tracker(tuple(request["owner"]))
         if tracker is None:
             return False
         stage = SimpleNamespace(**request["stage"])
@@ -317,12 +389,18 @@ class Service:
         raise ValueError(f"unknown request {op!r}")
 
 
+class _Restart(Exception):
+    """This service's store was deleted and made anew: the stage should start a new one."""
+
+
 def _answer(work, *args) -> dict[str, Any]:
     """Call ``work(*args)`` with what it prints to stderr captured; its value or its error."""
     printed = io.StringIO()
     try:
         with contextlib.redirect_stderr(printed):
             tracked = work(*args)
+    except _Restart:
+        return {"ok": False, "restart": True, "error": "the store was made anew"}
     except ChurnlabError as exc:
         return {"ok": False, "error": str(exc), "stderr": printed.getvalue()}
     except Exception as exc:  # a stage in its own process would fail with it too
@@ -332,8 +410,8 @@ def _answer(work, *args) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m churnlab.tracking.service ROOT SOCKET OWNER_PID OWNER_START``."""
-    root, path, owner_pid, owner_start = Path(argv[0]), Path(argv[1]), int(argv[2]), argv[3]
+    """``python -m churnlab.tracking.service ROOT SOCKET IDLE_SECONDS``."""
+    root, path, idle_s = Path(argv[0]), Path(argv[1]), float(argv[2])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)  # the socket: this user only
     try:
@@ -342,7 +420,7 @@ def main(argv: list[str]) -> None:
         os.umask(old_mask)
     listener.listen()
     listener.settimeout(_POLL_S)
-    service = Service(root)
+    service = Service(root, path)
 
     def serve(connection: socket.socket) -> None:
         try:
@@ -358,18 +436,25 @@ def main(argv: list[str]) -> None:
                 connection, _ = listener.accept()
             except TimeoutError:
                 idle = service.connections == 0
-                owner_gone = process_start(owner_pid) != owner_start
-                if idle and (owner_gone or time.monotonic() - service.last_seen > IDLE_S):
+                if service.closing and idle:
                     return
+                if idle and time.monotonic() - service.last_seen > idle_s:
+                    # unlink first: a stage that connected before that is queued and is
+                    # served by the next accept; one that comes later starts a new service
+                    service.give_name_up()
                 continue
             connection.settimeout(None)
             with service.counting:
                 service.connections += 1
             threading.Thread(target=serve, args=(connection,), daemon=True).start()
     finally:
-        with contextlib.suppress(OSError):
+        _unlink_if_ours(path, service.inode)
+
+
+def _unlink_if_ours(path: Path, inode: int) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_ino == inode:
             path.unlink()
-            path.with_suffix(".lock").unlink()  # the pipeline run is over: nobody waits on it
 
 
 if __name__ == "__main__":
