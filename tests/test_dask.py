@@ -360,6 +360,8 @@ def test_the_monitor_on_a_cluster_writes_the_local_verdict(project, scheduler):
 
 def test_a_search_on_the_cluster_finds_what_it_finds_here(project, scheduler):
     """4 seeded random candidates x 3 folds of gradient boosting: same scores, same best."""
+    from distributed import get_task_stream
+
     from churnlab.data import TARGET_COLUMN, feature_columns
     from churnlab.search import search_candidates, search_hyperparameters
 
@@ -384,6 +386,10 @@ def test_a_search_on_the_cluster_finds_what_it_finds_here(project, scheduler):
     with connect(_settings(scheduler=scheduler)) as client:
         there = search_hyperparameters(*args, client=client)
     assert there == here
+    # one worker of one thread: still on the cluster (joblib runs n_jobs=1 in the caller)
+    with connect(_settings(workers=1)) as client, get_task_stream(client) as tasks:
+        assert search_hyperparameters(*args, client=client) == here
+    assert len(tasks.data) >= 12  # 4 candidates x 3 folds, each a task on the worker
     means = [c["roc_auc_mean"] for c in here["candidates"]]
     assert here["best"] == candidates[means.index(max(means))]
     assert len(set(means)) > 1  # the candidates differ: the comparison means something

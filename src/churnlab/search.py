@@ -83,7 +83,7 @@ def search_hyperparameters(
         grid,
         scoring="roc_auc",
         cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
-        n_jobs=None if client is None else -1,
+        n_jobs=None if client is None else _cluster_jobs(client),
         refit=False,
         error_score="raise",
     )
@@ -104,6 +104,13 @@ def search_hyperparameters(
     ]
     best = int(np.argmax(results["mean_test_score"]))
     return {"best": candidates[best], "candidates": rows}
+
+
+def _cluster_jobs(client: Any) -> int:
+    """Fits at once on the cluster: its threads, and never 1: joblib runs ``n_jobs=1`` in
+    the caller, not on the cluster, whatever the backend (a cluster of one one-thread
+    worker would otherwise leave its worker idle and fit everything here)."""
+    return max(2, sum(client.nthreads().values()))
 
 
 def search_from_params(
