@@ -555,3 +555,15 @@ def test_a_bad_idle_time_is_one_clear_error():
     with pytest.raises(ChurnlabError, match="CHURNLAB_TRACKING_SERVICE_IDLE='soon'"):
         service.idle_seconds({service.IDLE_VARIABLE: "soon"})
     assert service.idle_seconds({}) == service.IDLE_S
+
+
+def test_a_temporary_experiment_copy_does_not_keep_its_service_long(tmp_path):
+    """`dvc exp run --temp` and queued experiments run in copies under .dvc/tmp/exps/ that
+    no later run uses: their service waits 30 s, not the 10 minutes of the project's own."""
+    copy = tracking_project(tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc")
+    done = _fake_dvc_run(tmp_path, copy, ["prepare=ok"], {service.IDLE_VARIABLE: "600"})
+    assert done.returncode == 0, done.stderr
+    import psutil
+
+    (pid,) = _service_pids(copy)
+    assert psutil.Process(pid).cmdline()[-1] == str(service.TEMPORARY_IDLE_S)

@@ -60,6 +60,8 @@ from churnlab.tracking.settings import Settings, display_uri, first_line
 SWITCH = "CHURNLAB_TRACKING_SERVICE"  # "off": every stage records in its own process
 IDLE_VARIABLE = "CHURNLAB_TRACKING_SERVICE_IDLE"
 IDLE_S = 600.0  # the service exits after this long without a stage connected (default)
+TEMPORARY_WORKSPACE = "/.dvc/tmp/exps/"  # where DVC runs queued and --temp experiments
+TEMPORARY_IDLE_S = 30.0
 START_TIMEOUT_S = 60.0  # for the service to listen (it listens before importing MLflow)
 _POLL_S = 0.5
 
@@ -254,6 +256,10 @@ def _try_connect(path: Path) -> socket.socket | None:
 def _start_service(root: Path, path: Path) -> socket.socket:
     path.unlink(missing_ok=True)  # left by a service that died
     idle = idle_seconds()  # a bad value is the stage's error, not a service that never starts
+    if TEMPORARY_WORKSPACE in root.resolve().as_posix():
+        # `dvc exp run --temp` and queued experiments: a copy of the project no later run
+        # will use; wait only for the copy's next stage
+        idle = min(idle, TEMPORARY_IDLE_S)
     service = subprocess.Popen(
         [sys.executable, "-m", "churnlab.tracking.service", str(root), str(path), str(idle)],
         cwd=root,
