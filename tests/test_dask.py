@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -449,3 +450,25 @@ def test_scoring_on_a_cluster_writes_the_local_bytes(project, scheduler, drawing
         set_param(project, "params/compute.yaml", "compute.engine", "local")
     assert_one_clean_error(result, "more than one part", "compute.engine local")
     assert not (scoring / "again.parquet").exists()
+
+
+def test_a_search_whose_worker_runs_out_of_memory_is_one_line(tmp_path):
+    """A training table far larger than the worker's memory: the nanny kills the worker
+    during the fits, and the table scattered to it is lost with it; the search stops with
+    one line naming compute.memory_per_worker."""
+    from churnlab.data import TARGET_COLUMN
+    from churnlab.search import search_hyperparameters
+
+    rng = np.random.default_rng(0)
+    rows, numeric = 400_000, [f"x{i}" for i in range(40)]
+    train = pd.DataFrame(rng.normal(size=(rows, len(numeric))), columns=numeric)
+    train["plan"] = rng.choice(["basic", "pro"], rows)
+    train[TARGET_COLUMN] = (rng.random(rows) < 0.3).astype(int)
+    settings = _settings(memory_per_worker="400MiB")
+    candidates = [{"learning_rate": 0.1}, {"learning_rate": 0.2}]
+    args = (train, numeric, ["plan"], TARGET_COLUMN, "gradient_boosting", {"max_iter": 5})
+    with connect(settings) as client, pytest.raises(ChurnlabError) as failure:
+        search_hyperparameters(*args, candidates, 2, 1, client, settings.memory_per_worker)
+    message = str(failure.value)
+    assert message.startswith("params/compute.yaml: compute.memory_per_worker: the search's")
+    assert "400MiB" in message and "400,000 rows" in message and "\n" not in message

@@ -57,21 +57,24 @@ def search_hyperparameters(
     folds: int,
     seed: int,
     client: Any = None,
+    memory_per_worker: str | None = None,
 ) -> dict:
     """Cross-validate every candidate; the table of results and the best candidate.
 
     Args:
         hyperparams: the family's hyper-parameters from params; a candidate overrides some.
         client: a ``distributed.Client`` to run the fits on; None runs them here.
+        memory_per_worker: what each worker may use (``compute.memory_per_worker``), for
+            the error when one dies.
 
     Returns:
         ``{"best": {...}, "candidates": [{"params", "roc_auc_mean", "roc_auc_std",
         "rank"}, ...]}`` in candidate order; ``best`` is the first of the highest mean.
 
     Raises:
-        ChurnlabError: a hyper-parameter the estimator does not take (from build_model).
+        ChurnlabError: a hyper-parameter the estimator does not take (from build_model);
+            a worker that died on the fits (out of memory), in one line.
     """
-    import joblib
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     for candidate in candidates:  # a wrong name fails here, in words, not in a worker
@@ -83,15 +86,30 @@ def search_hyperparameters(
         grid,
         scoring="roc_auc",
         cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
-        n_jobs=None if client is None else _cluster_jobs(client),
+        n_jobs=None if client is None else -1,
         refit=False,
         error_score="raise",
     )
     features = model_input(train, numeric, categorical)
     labels = train[target].to_numpy()
-    backend = nullcontext() if client is None else joblib.parallel_config("dask", client=client)
-    with backend:
-        search.fit(features, labels)
+    backend = nullcontext() if client is None else _on_the_cluster(client)
+    try:
+        with backend:
+            search.fit(features, labels)
+    except ChurnlabError:
+        raise
+    except Exception as exc:
+        if client is None or not _lost_to_the_cluster(exc):
+            raise
+        from churnlab.compute.cluster import COMPUTE_FILE
+
+        raise ChurnlabError(
+            f"{COMPUTE_FILE}: compute.memory_per_worker: the search's fits failed on the "
+            f"Dask cluster ({type(exc).__name__}): a worker died, usually out of memory "
+            f"(each has {memory_per_worker or 'its own limit'}; a fit holds the training "
+            f"table, {len(train):,} rows, and its folds): give workers more memory or "
+            "search on fewer rows; nothing was written"
+        ) from None
     results = search.cv_results_
     rows = [
         {
@@ -106,11 +124,30 @@ def search_hyperparameters(
     return {"best": candidates[best], "candidates": rows}
 
 
-def _cluster_jobs(client: Any) -> int:
-    """Fits at once on the cluster: its threads, and never 1: joblib runs ``n_jobs=1`` in
-    the caller, not on the cluster, whatever the backend (a cluster of one one-thread
-    worker would otherwise leave its worker idle and fit everything here)."""
-    return max(2, sum(client.nthreads().values()))
+def _lost_to_the_cluster(exc: BaseException) -> bool:
+    """A fit lost with its worker: killed too often, or its scattered data gone with it."""
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    return isinstance(exc, KilledWorker | FutureCancelledError)
+
+
+def _on_the_cluster(client: Any):
+    """joblib's Dask backend for ``client``, which never falls back to the caller.
+
+    joblib counts a Dask backend's jobs as the cluster's threads whatever ``n_jobs`` says,
+    and runs one job in the calling process: a cluster of one one-thread worker would
+    leave its worker idle and fit everything here (tests/test_dask.py counts the tasks).
+    """
+    import joblib
+    from joblib._dask import DaskDistributedBackend
+
+    class AtLeastTwoJobs(DaskDistributedBackend):
+        def effective_n_jobs(self, n_jobs):
+            return max(2, super().effective_n_jobs(n_jobs))
+
+    joblib.register_parallel_backend("churnlab-dask", AtLeastTwoJobs)
+    return joblib.parallel_config("churnlab-dask", client=client)
 
 
 def search_from_params(
@@ -147,4 +184,5 @@ def search_from_params(
             folds,
             seed,
             client,
+            compute.memory_per_worker,
         )
