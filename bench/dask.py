@@ -320,25 +320,18 @@ def main() -> int:
     say("| --- | --- | --- | --- |")
     for name, n, seconds, peak in rows:
         say(f"| {name} | {n:,} | {seconds:.1f} s | {_gib(peak)} |")
-    if plain_failure:
-        status, reason, seconds, peak = plain_failure
-        say(
-            f"\nPlain run, limited to {args.plain_memory} of address space: {status} after "
-            f"{seconds:.1f} s at {_gib(peak)} resident ({reason})."
-        )
-    elif same is not None:
-        say(f"\nVerdict on the cluster identical to the plain run: {same}.\n")
-    if score_failure:
-        status, reason, seconds, peak = score_failure
-        say(
-            f"\nPlain scoring, limited to {args.plain_memory} of address space: {status} "
-            f"after {seconds:.1f} s at {_gib(peak)} resident ({reason})."
-        )
-    elif same_scores is not None:
-        say(
-            f"\nScores and rejects written on the cluster byte-identical to the plain "
-            f"run's: {same_scores}.\n"
-        )
+    for job, failure, same_result, what in (
+        ("Plain run", plain_failure, same, "Verdict"),
+        ("Plain scoring", score_failure, same_scores, "Scores and rejects written"),
+    ):
+        if failure:
+            status, reason, seconds, peak = failure
+            say(
+                f"\n{job}, limited to {args.plain_memory} of address space: {status} after "
+                f"{seconds:.1f} s at {_gib(peak)} resident ({reason})."
+            )
+        elif same_result is not None:
+            say(f"\n{what} on the cluster identical to the plain run's: {same_result}.\n")
     if throughput:
         say(f"\nTwo-process ceiling before scoring: {ceiling:.2f}x.\n")
         say("| scoring throughput (read, type, score) | customers per second |")
