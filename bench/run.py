@@ -36,6 +36,7 @@ The project's own workspace is never touched: everything runs in temporary copie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -307,21 +308,27 @@ def foreign_cpu(before: dict, after: dict) -> float:
             if child not in ours:
                 ours.add(child)
                 stack.append(child)
+    ours |= tracking_services("churnlab-bench-")  # the copies' own tracking services
     return sum(
         cpu - before.get(pid, (0, 0.0))[1]
         for pid, (parent, cpu) in after.items()
-        if pid not in ours and parent != 2 and pid != 2 and not _copys_tracking_service(pid)
+        if pid not in ours and parent != 2 and pid != 2
     )
 
 
-def _copys_tracking_service(pid: int) -> bool:
-    """A tracking service of one of this benchmark's project copies: started by a stage,
-    it outlives it (its parent is then init), but its work is the pipeline's."""
-    try:
-        line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"churnlab.tracking.service" in line and any(b"churnlab-bench-" in a for a in line)
+def tracking_services(root_part: str) -> set[int]:
+    """The tracking services (``churnlab.tracking.service``) of projects whose path holds
+    ``root_part``, by their command line. Started by a stage, a service outlives it (its
+    parent is then init), but its work is the pipeline's."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            line = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if b"churnlab.tracking.service" in line and any(root_part.encode() in a for a in line):
+            found.add(int(entry.name))
+    return found
 
 
 def timed_phase(action: Any, max_wait: float) -> tuple[Any, float, float]:
@@ -997,12 +1004,12 @@ def measure_iteration(
 
 
 def stop_tracking_services(root: Path) -> None:
-    """End the tracking services waiting for this project's next run (by command line)."""
+    """End the tracking services waiting for this project's next run."""
     import psutil
 
-    for process in psutil.process_iter(["cmdline"]):
-        line = process.info["cmdline"] or []
-        if "churnlab.tracking.service" in line and str(root) in line:
+    for pid in tracking_services(str(root)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
             process.terminate()
             process.wait(10)
 

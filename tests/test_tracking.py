@@ -314,14 +314,7 @@ def test_stages_under_dvc_record_through_one_service_killed_at_once(tmp_path):
     parent, FINISHED, FAILED, and KILLED as soon as a stage's process is killed (not only at
     the next run); a secret param is masked."""
     root = tracking_project(tmp_path / "project")
-    (tmp_path / "stage.py").write_text(SERVICE_STAGE)
-    (tmp_path / "dvc").write_text(FAKE_DVC)
-    done = subprocess.run(
-        [sys.executable, str(tmp_path / "dvc"), str(root), str(tmp_path / "stage.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _fake_dvc_run(tmp_path, root, [])  # prepare ok, train fails, evaluate killed
     assert done.stdout == "no mlflow\n", done.stderr
     expected = {"prepare": "FINISHED", "train": "FAILED", "evaluate": "KILLED"}
     deadline = time.monotonic() + 30  # the service marks a dropped stage after it is gone

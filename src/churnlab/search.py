@@ -11,6 +11,7 @@ fit is seeded, so the scores and the ranking are the same wherever they run.
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from typing import Any
 
@@ -96,8 +97,6 @@ def search_hyperparameters(
     try:
         with backend:
             search.fit(features, labels)
-    except ChurnlabError:
-        raise
     except Exception as exc:
         if client is None or not _lost_to_the_cluster(exc):
             raise
@@ -132,8 +131,10 @@ def _lost_to_the_cluster(exc: BaseException) -> bool:
     return isinstance(exc, KilledWorker | FutureCancelledError)
 
 
-def _on_the_cluster(client: Any):
-    """joblib's Dask backend for ``client``, which never falls back to the caller.
+@functools.cache
+def _cluster_backend() -> str:
+    """The name of joblib's Dask backend that never falls back to the caller (registered
+    once per process).
 
     joblib counts a Dask backend's jobs as the cluster's threads whatever ``n_jobs`` says,
     and runs one job in the calling process: a cluster of one one-thread worker would
@@ -147,7 +148,14 @@ def _on_the_cluster(client: Any):
             return max(2, super().effective_n_jobs(n_jobs))
 
     joblib.register_parallel_backend("churnlab-dask", AtLeastTwoJobs)
-    return joblib.parallel_config("churnlab-dask", client=client)
+    return "churnlab-dask"
+
+
+def _on_the_cluster(client: Any):
+    """joblib's configuration that runs the fits on ``client``'s workers."""
+    import joblib
+
+    return joblib.parallel_config(_cluster_backend(), client=client)
 
 
 def search_from_params(
