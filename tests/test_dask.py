@@ -179,6 +179,55 @@ def test_settings_the_environment_names_the_scheduler():
     assert ComputeSettings.from_section(section, environ).scheduler == "tcp://10.1.2.3:8786"
 
 
+def _hold_memory_up_to(fraction: float, limit: int) -> int:
+    """On a worker: allocate (and keep) what brings its process to ``fraction`` of ``limit``."""
+    import psutil
+
+    global _HELD
+    grow = int(fraction * limit) - psutil.Process().memory_info().rss
+    _HELD = np.ones(max(grow, 0), dtype=np.uint8)  # touched pages: resident
+    return psutil.Process().memory_info().rss
+
+
+def test_a_local_worker_between_pause_and_kill_goes_on_working():
+    """distributed pauses a worker above 80% of its memory until spilling frees some; a
+    churnlab task keeps nothing to spill, so a paused worker would wait for ever. A local
+    cluster's worker at 88% still runs the next task."""
+    from dask.utils import parse_bytes
+
+    settings = _settings(memory_per_worker="400MiB")
+    limit = parse_bytes(settings.memory_per_worker)
+    with connect(settings) as client:
+        resident = client.submit(_hold_memory_up_to, 0.88, limit, pure=False).result(60)
+        assert 0.8 * limit < resident < 0.95 * limit
+        time.sleep(1)  # the memory monitor looks every 100 ms
+        assert client.submit(sum, [1, 2], pure=False).result(30) == 3
+
+
+def test_a_job_whose_every_worker_stays_paused_is_one_line(monkeypatch):
+    """A team's scheduler whose workers do pause: a job that waits on a worker paused for
+    memory its own earlier task holds stops after PAUSED_LIMIT_S with one line."""
+    from dask.utils import parse_bytes
+    from distributed import LocalCluster
+
+    from churnlab.compute import cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "PAUSED_LIMIT_S", 3.0)
+    limit = parse_bytes("400MiB")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=None
+    ) as theirs:
+        settings = _settings(scheduler=theirs.scheduler_address, memory_per_worker="400MiB")
+        with connect(settings) as client:
+            client.submit(_hold_memory_up_to, 0.88, limit, pure=False).result(60)
+            future = client.submit(sum, [1, 2], pure=False)
+            with pytest.raises(ChurnlabError) as failure:
+                cluster_module.gather(client, [future], settings, "judging 2026-01")
+    message = str(failure.value)
+    assert message.startswith("params/compute.yaml: compute.memory_per_worker: judging 2026-01")
+    assert "paused for 3 s" in message and "\n" not in message
+
+
 def test_the_same_month_from_any_number_of_workers(drawing, scheduler, tmp_path):
     """Here, on two workers of a hand-started cluster, on a LocalCluster of one: same bytes;
     another seed gives other bytes; ids run across partitions."""

@@ -25,6 +25,10 @@ PROBE_TIMEOUT = 5.0  # seconds for the first TCP connection (a filtered port han
 # machine (two cores at load 10) can take seconds to answer; the earlier limit of 10 s made
 # the command fail before judging anything, as if no scheduler were there.
 HANDSHAKE_TIMEOUT = 60.0
+# a job whose every worker has stayed paused (out of memory) this long stops with one error;
+# a local cluster's workers never pause (WORKER_CONFIG), a team's scheduler's may
+PAUSED_LIMIT_S = 120.0
+_WATCH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,14 @@ def _probe(address: str) -> str | None:
 # same on any number of threads; tests/test_dask.py checks).
 LIBRARY_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
+# A local worker never pauses: distributed pauses a worker above 80% of its memory until
+# spilling frees some, but churnlab's tasks hold their memory while they run and keep
+# nothing to spill, so a paused worker whose memory stays between 80% and 95% (where the
+# nanny kills it) waits for ever, and the job with it. Unpaused, a task either finishes or
+# takes its worker over 95%, and after ``allowed-failures`` workers the job fails in one line.
+# (a dotted key: a nested dict would replace the workers' whole "distributed" section)
+WORKER_CONFIG = {"distributed.worker.memory.pause": False}
+
 
 def _where(settings: ComputeSettings) -> str:
     if os.environ.get(SCHEDULER_VARIABLE, "").strip():
@@ -177,6 +189,7 @@ def connect(settings: ComputeSettings) -> Iterator[Any]:
             dashboard_address=None,
             processes=True,
             env=LIBRARY_THREADS,
+            config=WORKER_CONFIG,
         )
     except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
         # RuntimeError: distributed's "Nanny failed to start" when a worker process does not
@@ -201,21 +214,47 @@ def gather(client: Any, futures: list, settings: ComputeSettings, what: str) -> 
 
     A worker that dies mid-job (killed, or out of memory) is not an error: the scheduler runs
     its tasks again on another worker, and a task gives the same result wherever it runs.
-    Only a task that took down ``distributed.scheduler.allowed-failures`` workers fails.
+    Only a task that took down ``distributed.scheduler.allowed-failures`` workers fails, or a
+    job whose every worker stayed paused for memory ``PAUSED_LIMIT_S`` (it would wait for ever).
 
     Raises:
         ChurnlabError: that task, in one line naming ``compute.memory_per_worker``; or what
             a task raised itself (a ``ChurnlabError`` passes through unchanged).
     """
+    import time
+
     from distributed.scheduler import KilledWorker
 
     try:
+        paused_since, looked = None, time.monotonic()
+        while not all(future.done() for future in futures):  # done: a result or an error
+            time.sleep(0.05)
+            if time.monotonic() - looked < _WATCH_S:
+                continue
+            looked = time.monotonic()
+            if not _every_worker_paused(client):
+                paused_since = None
+            elif paused_since is None:
+                paused_since = time.monotonic()
+            elif time.monotonic() - paused_since > PAUSED_LIMIT_S:
+                raise ChurnlabError(
+                    f"{COMPUTE_FILE}: compute.memory_per_worker: {what} stopped on the Dask "
+                    f"cluster: every worker has been paused for {PAUSED_LIMIT_S:g} s, over "
+                    "distributed.worker.memory.pause of its memory, and the job waits for "
+                    "memory that its running tasks hold: give workers more memory or lower "
+                    "compute.partition_rows; no output was written"
+                )
         return client.gather(futures)
     except KilledWorker as exc:
         raise worker_failure(exc, settings, what) from None
     finally:
         for future in futures:
             future.release()
+
+
+def _every_worker_paused(client: Any) -> bool:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return bool(workers) and all(w.get("status") == "paused" for w in workers)
 
 
 def worker_failure(exc: BaseException, settings: ComputeSettings, what: str) -> ChurnlabError:
