@@ -308,7 +308,7 @@ def foreign_cpu(before: dict, after: dict) -> float:
             if child not in ours:
                 ours.add(child)
                 stack.append(child)
-    ours |= tracking_services("churnlab-bench-")  # the copies' own tracking services
+    ours |= tracking_services("churnlab-bench-")  # the copies' services, warm interpreters
     return sum(
         cpu - before.get(pid, (0, 0.0))[1]
         for pid, (parent, cpu) in after.items()
@@ -317,16 +317,18 @@ def foreign_cpu(before: dict, after: dict) -> float:
 
 
 def tracking_services(root_part: str) -> set[int]:
-    """The tracking services (``churnlab.tracking.service``) of projects whose path holds
-    ``root_part``, by their command line. Started by a stage, a service outlives it (its
-    parent is then init), but its work is the pipeline's."""
+    """The tracking services (``churnlab.tracking.service``) and warm interpreters
+    (``churnlab.pipeline.warm``, with the stage processes and kernels they fork, which
+    keep its command line) of projects whose path holds ``root_part``. Started by a
+    stage, they outlive it (their parent is then init), but their work is the pipeline's."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
             line = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
         except OSError:
             continue
-        if b"churnlab.tracking.service" in line and any(root_part.encode() in a for a in line):
+        helper = b"churnlab.tracking.service" in line or b"churnlab.pipeline.warm" in line
+        if helper and any(root_part.encode() in a for a in line):
             found.add(int(entry.name))
     return found
 
@@ -1004,7 +1006,8 @@ def measure_iteration(
 
 
 def stop_tracking_services(root: Path) -> None:
-    """End the tracking services waiting for this project's next run."""
+    """End the tracking services and warm interpreters waiting for this project's next
+    run (the next run is then a person's first in 10 minutes)."""
     import psutil
 
     for pid in tracking_services(str(root)):

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the suite's dozens of temporary projects would keep that many services: 20 s is enough
 # for a test's runs one after the other (tests/test_tracking.py sets its own where it counts)
 os.environ.setdefault("CHURNLAB_TRACKING_SERVICE_IDLE", "20")
+os.environ.setdefault("CHURNLAB_WARM_IDLE", "20")  # the warm interpreters, likewise
 # The shipped configuration (Telco data, every param at its default): the tests of the
 # package and of the default pipeline run on it in temporary copies, whatever data the
 # project itself is configured for (tests/defaults/README.md).

@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from churnlab.pipeline.warm import kernel_socket
+
 _LOG_ERRORS_ONLY = "--IPKernelApp.log_level=ERROR"
 
 # `import a.b, c` and `from a.b import c` at the start of a line: the notebook's top level
@@ -113,6 +115,11 @@ class StartedKernel:
         if spare_core and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) - 1))
         manager = AsyncKernelManager(kernel_name=kernel_name)
+        warm_socket = kernel_socket()
+        if warm_socket is not None:  # under dvc, with the project's warm interpreter waiting
+            from churnlab.pipeline.forked import use_warm_kernel
+
+            use_warm_kernel(manager, warm_socket)
         # its one warning (TCP on localhost without encryption) would precede every stage's
         # output and the one line of a failing check: the kernel's own log shows errors only
         _run_to_end(manager.start_kernel(cwd=str(cwd), env=env, extra_arguments=[_LOG_ERRORS_ONLY]))

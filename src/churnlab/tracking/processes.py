@@ -42,9 +42,13 @@ def _is_dvc(pid: int) -> bool:
     return any(Path(arg.decode(errors="replace")).name == "dvc" for arg in argv[:3])
 
 
+CALLER: int | None = None  # a stage forked by the warm interpreter: the command it runs for
+
+
 def pipeline_owner() -> tuple[int, str]:
-    """The process whose pipeline run this is: the nearest ``dvc`` ancestor, else this one."""
-    pid: int | None = os.getpid()
+    """The process whose pipeline run this is: the nearest ``dvc`` ancestor (of the command
+    a warm interpreter's child runs for), else this process."""
+    pid: int | None = CALLER or os.getpid()
     while pid and pid > 1:
         if _is_dvc(pid):
             return pid, process_start(pid) or ""
