@@ -220,6 +220,10 @@ def test_a_job_whose_every_worker_stays_paused_is_one_line(monkeypatch):
         settings = _settings(scheduler=theirs.scheduler_address, memory_per_worker="400MiB")
         with connect(settings) as client:
             client.submit(_hold_memory_up_to, 0.88, limit, pure=False).result(60)
+            deadline = time.monotonic() + 30
+            while not cluster_module._every_worker_paused(client):  # its monitor's next look
+                assert time.monotonic() < deadline, "the worker never paused"
+                time.sleep(0.1)
             future = client.submit(sum, [1, 2], pure=False)
             with pytest.raises(ChurnlabError) as failure:
                 cluster_module.gather(client, [future], settings, "judging 2026-01")

@@ -44,7 +44,7 @@ def _environ(**changes) -> dict[str, str]:
 def _start_warm(root: Path, environ: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     path = warm.socket_path(root.resolve(), environ)
     process = subprocess.Popen(
-        [sys.executable, "-m", "churnlab.pipeline.warm", str(root.resolve()), str(path)],
+        [sys.executable, "-m", "churnlab.pipeline.warm_server", str(root.resolve()), str(path)],
         cwd=root,
         env=environ,
         stdout=subprocess.DEVNULL,
