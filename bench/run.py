@@ -1763,6 +1763,7 @@ def main(argv: list[str]) -> int:
         if args.keep:
             log(f"kept {workdir}")
         else:
+            stop_tracking_services(workdir)  # the copies' services and warm interpreters
             shutil.rmtree(workdir, ignore_errors=True)
     info = machine()
     info["benchmark's own run"] = f"{time.perf_counter() - started:.0f} s"

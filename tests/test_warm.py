@@ -87,6 +87,7 @@ print(_json.dumps({
     "packages": sorted({name.split(".")[0] for name in _sys.modules}),
     "threads": sorted((i["user_api"], i["num_threads"]) for i in _tpc.threadpool_info()),
     "main": _sys.modules["__main__"].__name__,
+    "parent": __import__("ipykernel.kernelapp").kernelapp.IPKernelApp.instance().parent_handle,
 }, sort_keys=True))
 """
 )
@@ -263,10 +264,11 @@ def test_a_stage_command_run_warm_says_and_exits_as_one_run_cold(tmp_path):
             text=True,
         )
         timed = re.sub(r"done in [0-9.]+ s", "done in N s", done.stderr)
-        said[how] = (done.returncode, timed, outputs(root), bad.returncode, bad.stderr)
+        said[how] = (done.returncode, done.stdout, timed, outputs(root), bad.returncode)
+        said[how] += (bad.stdout, bad.stderr)
     assert said["warm"] == said["cold"]
-    assert said["cold"][0] == 0 and said["cold"][3] == 1
-    assert said["cold"][4].splitlines()[-1].startswith("churnlab: error: dvc.yaml: no stage")
+    assert said["cold"][0] == 0 and said["cold"][4] == 1
+    assert said["cold"][6].splitlines()[-1].startswith("churnlab: error: dvc.yaml: no stage")
     deadline = time.monotonic() + 30
     while path.exists():  # idle for 3 s: gone
         assert time.monotonic() < deadline, "the warm interpreter did not exit when idle"

@@ -219,7 +219,11 @@ def _kernel_child(request: dict, fds: list[int]) -> None:
         threading.Thread(target=watch, name="runner watch", daemon=True).start()
         from ipykernel import kernelapp
 
-        kernelapp.launch_new_instance()
+        # the kernel's parent is a default read from the environment when ipykernel was
+        # imported (here: the warm interpreter's, which has none); without it the kernel
+        # prints its connection banner into the stage's output
+        parent = int(environ.get("JPY_PARENT_PID") or 0)
+        kernelapp.IPKernelApp.launch_instance(parent_handle=parent)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
