@@ -986,7 +986,7 @@ def measure_iteration(
         if state == "off":
             set_tracking(root, False)
         if state == "cold":
-            stop_tracking_services(root)
+            stop_tracking_services(root.parent)  # every copy's: a warm interpreter is shared
         log(f"dvc repro --force, tracking {state}")
         run, _, load = timed_phase(
             lambda: marked_run(["dvc", "repro", "--force"], root, env, workdir, echo=False),

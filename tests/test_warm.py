@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -36,13 +37,15 @@ def _under_dvc(tmp_path: Path) -> list[str]:
 
 
 def _environ(**changes) -> dict[str, str]:
-    environ = {**tool_env(), warm.IDLE_VARIABLE: "60"}
+    """The tests' environment, marked as this test's own: its own warm interpreter (they are
+    shared by environment, and the other test worker's must not count here)."""
+    environ = {**tool_env(), warm.IDLE_VARIABLE: "60", "WARM_TEST_OWN": uuid.uuid4().hex}
     environ.pop(warm.SWITCH, None)
     return {**environ, **changes}
 
 
 def _start_warm(root: Path, environ: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    path = warm.socket_path(root.resolve(), environ)
+    path = warm.socket_path(environ)
     process = subprocess.Popen(
         [sys.executable, "-m", "churnlab.pipeline.warm_server", str(root.resolve()), str(path)],
         cwd=root,
@@ -245,7 +248,7 @@ def test_a_stage_command_run_warm_says_and_exits_as_one_run_cold(tmp_path):
     root = make_project(tmp_path / "project", "ok.py")
     dvc = _under_dvc(tmp_path)
     environ = _environ(**{warm.IDLE_VARIABLE: "3"})
-    path = warm.socket_path(root.resolve(), environ)
+    path = warm.socket_path(environ)
     said = {}
     for how in ("cold", "warm"):
         if how == "warm":
@@ -283,5 +286,5 @@ def test_off_and_outside_dvc_no_warm_interpreter_starts(tmp_path):
     ):
         subprocess.run(cmd, cwd=root, env=environ, check=True, capture_output=True)
         time.sleep(0.5)
-        assert not warm.socket_path(root.resolve(), environ).exists()
-        assert not warm.socket_path(root.resolve(), environ).with_suffix(".starting").exists()
+        assert not warm.socket_path(environ).exists()
+        assert not warm.socket_path(environ).with_suffix(".starting").exists()

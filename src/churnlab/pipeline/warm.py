@@ -4,7 +4,7 @@ A stage command (``churnlab run NAME``, ``churnlab report``, ``churnlab fetch``)
 first 0.7 to 1.3 s importing papermill, pandas, scikit-learn, pandera, matplotlib and
 nbconvert before any work (``bench/RESULTS.md``); a pipeline run pays that once per stage,
 a person's evaluation-only experiment twice. So, when DVC runs a stage command and no warm
-interpreter waits for the project, the command starts one in the background and runs as
+interpreter waits for its environment, the command starts one in the background and runs as
 before; the warm interpreter imports what the stage commands import and waits on a Unix
 socket. The next stage command connects and hands over its arguments, working folder,
 environment, umask and its three standard streams; the warm interpreter forks, and the
@@ -21,11 +21,12 @@ child that sees its caller gone and stops as on Ctrl-C, restoring the stage's ea
 outputs.
 
 A warm interpreter never serves what it was not started for: its socket's name is a digest
-of the project, the environment (but for the variables DVC sets per stage and run, which no
-import reads) and churnlab's code (the tracking service's identity: the interpreter, the
+of the environment (but for the variables DVC sets per stage and run, which no import
+reads) and churnlab's code (the tracking service's identity: the interpreter, the
 installed packages, every churnlab source file's size and time). It exits after
 ``CHURNLAB_WARM_IDLE`` seconds (600; 30 in DVC's temporary experiment copies) without a
-command. ``CHURNLAB_WARM=off`` runs every command in its own interpreter, as a command
+command. It holds nothing of a project, so the projects of one environment share it.
+``CHURNLAB_WARM=off`` runs every command in its own interpreter, as a command
 started outside DVC (a person's ``churnlab run`` in a shell, the tests' own calls) always does.
 """
 
@@ -108,8 +109,10 @@ def _environment_identity(environ) -> str:
     """The environment but what no import reads: the variables DVC sets per stage and run
     (DVC_STAGE, DVC_EXP_NAME, ...), churnlab's own (read when a command runs) and the
     shell's bookkeeping."""
-    # and what scikit-learn sets when imported (a cold runner may have imported it)
+    # and what scikit-learn sets when imported (a cold runner may have imported it), and
+    # pytest's marker of the running test (the suite's projects share one per worker)
     skipped = ("PWD", "OLDPWD", "SHLVL", "_", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
+    skipped += ("PYTEST_CURRENT_TEST",)
     kept = sorted(
         (name, value)
         for name, value in environ.items()
@@ -118,9 +121,11 @@ def _environment_identity(environ) -> str:
     return json.dumps(kept)
 
 
-def socket_path(root: Path, environ=None) -> Path:
-    """The warm interpreter's socket for this project, environment and code: short (a Unix
-    socket's path has at most 107 bytes), in a folder only this user may enter."""
+def socket_path(environ=None) -> Path:
+    """The warm interpreter's socket for this environment and code: short (a Unix socket's
+    path has at most 107 bytes), in a folder only this user may enter. Not per project: it
+    holds no project's state (each child runs in its command's folder), so the projects of
+    one environment (a venv, a conda environment) share it."""
     from churnlab.tracking.service import _code_identity
 
     environ = os.environ if environ is None else environ
@@ -129,7 +134,7 @@ def socket_path(root: Path, environ=None) -> Path:
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         return folder / "refused"  # someone else's folder: never connect (run cold)
-    key = "\0".join([str(root), _environment_identity(environ), _code_identity()])
+    key = "\0".join([_environment_identity(environ), _code_identity()])
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
 
 
@@ -150,7 +155,7 @@ def run_warm(argv: list[str]) -> int | None:
         from churnlab.config import project_root
 
         root = project_root()
-        path = socket_path(root)
+        path = socket_path()
     except Exception:  # whatever is wrong here, the command itself reports when it runs
         return None
     if path.name == "refused":
@@ -254,7 +259,8 @@ def kernel_socket() -> Path | None:
     try:
         from churnlab.config import project_root
 
-        path = socket_path(project_root())
+        project_root()  # a stage outside a project starts its own kernel
+        path = socket_path()
     except Exception:
         return None
     return path if path.name != "refused" and path.exists() else None
