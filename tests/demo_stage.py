@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,11 @@ def unwritable(path: Path):
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(mode)
+
+
+def wait_until_the_cell_runs(root: Path, process: subprocess.Popen) -> None:
+    result = root / "out" / "result.txt"
+    deadline = time.monotonic() + 60
+    while not (result.exists() and result.read_text() == "half a result\n"):
+        assert process.poll() is None and time.monotonic() < deadline, "the cell never ran"
+        time.sleep(0.1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from demo_stage import FIXTURES, make_project, outputs, unwritable
+from demo_stage import FIXTURES, make_project, outputs, unwritable, wait_until_the_cell_runs
 
 from churnlab.errors import ChurnlabError
 from churnlab.pipeline import execute
@@ -265,14 +265,6 @@ def start_a_slow_run(tmp_path: Path, stderr) -> tuple[Path, dict, subprocess.Pop
     )
     wait_until_the_cell_runs(root, process)
     return root, good, process
-
-
-def wait_until_the_cell_runs(root: Path, process: subprocess.Popen) -> None:
-    result = root / "out" / "result.txt"
-    deadline = time.monotonic() + 60
-    while not (result.exists() and result.read_text() == "half a result\n"):
-        assert process.poll() is None and time.monotonic() < deadline, "the cell never ran"
-        time.sleep(0.1)
 
 
 def processes_in(folder: Path) -> list[int]:

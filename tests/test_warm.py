@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from demo_stage import FIXTURES, make_project, outputs
+from demo_stage import FIXTURES, make_project, outputs, wait_until_the_cell_runs
 
 from churnlab.pipeline import warm
 
@@ -193,14 +193,6 @@ def _slow_project(tmp_path: Path) -> tuple[Path, dict]:
     return root, good
 
 
-def _wait_for_the_cell(root: Path, process: subprocess.Popen) -> None:
-    result = root / "out" / "result.txt"
-    deadline = time.monotonic() + 60
-    while not (result.exists() and result.read_text() == "half a result\n"):
-        assert process.poll() is None and time.monotonic() < deadline, "the cell never ran"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
 def test_a_stage_run_by_the_warm_interpreter_stops_cleanly(tmp_path, stop):
     """Under dvc the stage command hands its run to the warm interpreter: the stage's
@@ -218,7 +210,7 @@ def test_a_stage_run_by_the_warm_interpreter_stops_cleanly(tmp_path, stop):
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for_the_cell(root, command)
+        wait_until_the_cell_runs(root, command)
         stage = psutil.Process(server.pid).children()
         assert len(stage) == 2  # the stage's process and its kernel, both forked
         client = psutil.Process(command.pid).children()[0]  # the `churnlab` under `dvc`
