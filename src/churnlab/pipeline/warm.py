@@ -46,8 +46,6 @@ from pathlib import Path
 SWITCH = "CHURNLAB_WARM"  # "off": every stage command runs in an interpreter of its own
 IDLE_VARIABLE = "CHURNLAB_WARM_IDLE"
 IDLE_S = 600.0
-TEMPORARY_WORKSPACE = "/.dvc/tmp/exps/"  # where DVC runs queued and --temp experiments
-TEMPORARY_IDLE_S = 30.0
 COMMANDS = ("run", "report", "fetch")  # the stage commands of dvc.yaml
 # what the stage commands import (their handlers in churnlab.cli, and what those import
 # when they run); never matplotlib: see KERNEL_MODULES
@@ -95,6 +93,8 @@ def wanted(environ=None) -> bool:
 
 def idle_seconds(root: Path, environ=None) -> float:
     """How long a warm interpreter waits for the next command (a bad value: the default)."""
+    from churnlab.tracking.service import TEMPORARY_IDLE_S, TEMPORARY_WORKSPACE
+
     environ = os.environ if environ is None else environ
     try:
         idle = float(environ.get(IDLE_VARIABLE, "").strip() or IDLE_S)
@@ -141,11 +141,11 @@ def socket_path(environ=None) -> Path:
 # --- the command's side ---------------------------------------------------------------------
 
 
-def run_warm(argv: list[str]) -> int | None:
-    """Run the stage command ``argv`` in a child of the project's warm interpreter and
-    return its exit status; None: run it here (not a stage command, not under DVC, switched
-    off, or no warm interpreter ready: one is then started for the next command)."""
-    if not argv or argv[0] not in COMMANDS or not wanted():
+def _under_dvc() -> tuple[Path, Path] | None:
+    """The project and the warm interpreter's socket, for a process run by dvc with the
+    warm interpreter wanted; None otherwise (and for anything wrong here: the command
+    itself reports it when it runs)."""
+    if not wanted():
         return None
     from churnlab.tracking.processes import pipeline_owner
 
@@ -154,12 +154,20 @@ def run_warm(argv: list[str]) -> int | None:
     try:
         from churnlab.config import project_root
 
-        root = project_root()
-        path = socket_path()
-    except Exception:  # whatever is wrong here, the command itself reports when it runs
+        root, path = project_root(), socket_path()
+    except Exception:
         return None
-    if path.name == "refused":
+    return None if path.name == "refused" else (root, path)
+
+
+def run_warm(argv: list[str]) -> int | None:
+    """Run the stage command ``argv`` in a child of the project's warm interpreter and
+    return its exit status; None: run it here (not a stage command, not under DVC, switched
+    off, or no warm interpreter ready: one is then started for the next command)."""
+    found = _under_dvc() if argv and argv[0] in COMMANDS else None
+    if found is None:
         return None
+    root, path = found
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(str(path))
@@ -193,13 +201,11 @@ def _start(root: Path, path: Path) -> None:
 
 
 def _run_there(connection: socket.socket, argv: list[str]) -> int | None:
-    umask = os.umask(0)
-    os.umask(umask)
     request = {
         "argv": argv,
         "cwd": os.getcwd(),
         "env": dict(os.environ),
-        "umask": umask,
+        "umask": _umask(),
         "caller": os.getpid(),
         "path0": sys.path[0] if sys.path else "",  # the `churnlab` script's folder
     }
@@ -221,13 +227,8 @@ def _run_there(connection: socket.socket, argv: list[str]) -> int | None:
             os.kill(child, number)
 
     previous = {number: signal.signal(number, forward) for number in _FORWARDED}
-    try:
-        while True:
-            try:
-                line = reader.readline()
-                break
-            except InterruptedError:
-                continue
+    try:  # a forwarded signal interrupts the read, which Python then resumes (PEP 475)
+        line = reader.readline()
     except OSError:
         line = ""
     finally:
@@ -248,35 +249,27 @@ def _run_there(connection: socket.socket, argv: list[str]) -> int | None:
 
 def kernel_socket() -> Path | None:
     """The warm interpreter a stage's runner may ask for its kernel (None: start it here)."""
-    if not wanted():
-        return None
     if SERVING is not None:  # this runner is that interpreter's child
-        return SERVING
-    from churnlab.tracking.processes import pipeline_owner
+        return SERVING if wanted() else None
+    found = _under_dvc()
+    return found[1] if found is not None and found[1].exists() else None
 
-    if pipeline_owner()[0] == os.getpid():
-        return None
-    try:
-        from churnlab.config import project_root
 
-        project_root()  # a stage outside a project starts its own kernel
-        path = socket_path()
-    except Exception:
-        return None
-    return path if path.name != "refused" and path.exists() else None
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def request_kernel(path: Path, cmd: list[str], env: dict, cwd: str) -> int | None:
     """Ask the warm interpreter at ``path`` to fork the kernel ``cmd``; its pid, or None
     (no warm interpreter answering, or one that does not fork kernels)."""
-    umask = os.umask(0)
-    os.umask(umask)
     request = {
         "op": "kernel",
         "cmd": cmd,
         "env": env,
         "cwd": str(cwd),
-        "umask": umask,
+        "umask": _umask(),
         "caller": os.getpid(),
     }
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:

@@ -82,7 +82,7 @@ def _children_alive() -> bool:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m churnlab.pipeline.warm ROOT SOCKET``."""
+    """``python -m churnlab.pipeline.warm_server ROOT SOCKET``."""
     root, path = Path(argv[0]), Path(argv[1])
     idle_s = idle_seconds(root)
     marker = path.with_suffix(".starting")
@@ -145,9 +145,7 @@ def _serve(connection: socket.socket, listener: socket.socket) -> None:
             return  # the caller starts its kernel itself
         if threading.active_count() > 1:  # forking a threaded process is not safe
             return
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        _flush()
         pid = os.fork()
         if pid == 0:
             listener.close()
@@ -162,6 +160,12 @@ def _serve(connection: socket.socket, listener: socket.socket) -> None:
             os.close(fd)
 
 
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed stream
+            stream.flush()
+
+
 def _launches_ipykernel(cmd: list[str]) -> bool:
     """Whether the kernel's command is this interpreter's ``-m ipykernel_launcher``."""
     try:
@@ -171,11 +175,30 @@ def _launches_ipykernel(cmd: list[str]) -> bool:
     return same and "-m" in cmd and cmd[cmd.index("-m") + 1 :][:1] == ["ipykernel_launcher"]
 
 
-def _reset_signals() -> None:
+def _become(request: dict, streams: list[int]) -> dict:
+    """What a forked child shares, command or kernel: a session of its own, the default
+    signal handlers, the caller's ``streams`` as its standard ones (closed here), the
+    caller's environment (with what the warm-up's imports added to it, as they would),
+    thread pools as that environment asks, folder and umask, a fresh random state. Returns
+    the environment."""
+    os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # its own children are its own to reap
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    for number, fd in enumerate(streams):
+        os.dup2(fd, number)
+        os.close(fd)
+    environ = {**_state.get("added", {}), **request["env"]}
+    _follow_thread_limits(environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    import random
+
+    random.seed()  # as a fresh interpreter would
+    return environ
 
 
 def _kernel_child(request: dict, fds: list[int]) -> None:
@@ -184,28 +207,13 @@ def _kernel_child(request: dict, fds: list[int]) -> None:
     when the runner that asked for it is gone (as a kernel does when its parent is)."""
     code = 1
     try:
-        os.setsid()
-        _reset_signals()
         nothing = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(nothing, 0)
-        os.close(nothing)
-        for number, fd in zip((1, 2), fds, strict=True):
-            os.dup2(fd, number)
-            os.close(fd)
-        environ = {**_state.get("added", {}), **request["env"]}
-        _follow_thread_limits(environ)
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir(request["cwd"])
-        os.umask(request["umask"])
+        environ = _become(request, [nothing, *fds])
         if sys.path and sys.path[0] == _state["path0"]:
             del sys.path[0]  # as ipykernel_launcher leaves sys.path
         cmd = request["cmd"]
         launcher = importlib_origin("ipykernel_launcher")
         sys.argv = [launcher, *cmd[cmd.index("-m") + 2 :]]
-        import random
-
-        random.seed()
         caller = int(request["caller"])
 
         def watch():
@@ -232,9 +240,7 @@ def _kernel_child(request: dict, fds: list[int]) -> None:
 
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        _flush()
         os._exit(code)
 
 
@@ -263,23 +269,12 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
     """Become the stage's process; exit with its status (sent to the command first)."""
     code = 1
     try:
-        os.setsid()
-        _reset_signals()
-        for number, fd in enumerate(fds):
-            os.dup2(fd, number)
-            os.close(fd)
-        os.environ.clear()
-        os.environ.update({**_state.get("added", {}), **request["env"]})
-        os.chdir(request["cwd"])
-        os.umask(request["umask"])
+        _become(request, fds)
         sys.argv = ["churnlab", *request["argv"]]
         if sys.path and sys.path[0] == _state["path0"]:
             sys.path[0] = request.get("path0", "")  # as the command's own interpreter has it
         with contextlib.suppress(AttributeError, ValueError):
             sys.stdout.reconfigure(line_buffering=os.isatty(1))
-        import random
-
-        random.seed()  # as a fresh interpreter would
         warm.SERVING = Path(request["socket"])
         from churnlab.tracking import processes
 
