@@ -100,6 +100,20 @@ def _query(client: httpx.Client, expr: str) -> dict:
     return answer["data"]
 
 
+def _wait_until_ready(client: httpx.Client, log: str) -> None:
+    """Prometheus answers 503 "Service Unavailable" until its TSDB has started: wait for
+    /-/ready before the first query, so a slow start is not read as a broken one."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/-/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"Prometheus not ready after 60 s; see {log}"
+        time.sleep(0.2)
+
+
 def _value(client: httpx.Client, expr: str) -> float | None:
     result = _query(client, expr)["result"]
     return float(result[0]["value"][1]) if result else None
@@ -170,6 +184,7 @@ def test_prometheus_records_the_traffic_sent(pipeline_project, tmp_path, params)
                 "churnlab_model_ready": 1,
             }
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as prom:
+                _wait_until_ready(prom, log.name)
                 deadline = time.monotonic() + 90
                 while True:
                     try:
