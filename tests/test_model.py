@@ -298,15 +298,24 @@ def test_the_saved_model_does_not_depend_on_the_thread_count(tmp_path, calibrati
     [("logistic_regression", "none"), ("gradient_boosting", "sigmoid")],
 )
 @pytest.mark.parametrize("batch_rows", [500_000, 700])
-def test_permutation_importance_is_scikit_learns_bit_for_bit(family, calibration, batch_rows):
-    """One call to the model for every shuffled copy (or a few, by batch_rows) gives the
-    numbers of scikit-learn's own function, which calls the model once per copy."""
+@pytest.mark.parametrize("missing", [False, True])
+def test_permutation_importance_is_scikit_learns_bit_for_bit(
+    family, calibration, batch_rows, missing
+):
+    """Scoring only the rows a shuffle changed, each (row, new value) once, in one call to
+    the model (or a few, by batch_rows) gives the numbers of scikit-learn's own function,
+    which scores every row of every copy; with missing values too (which equal nothing)."""
     from sklearn.inspection import permutation_importance as scikit_learns
 
     from churnlab.evaluation import permutation_importance
     from churnlab.model import model_input
 
     table = customers(300, seed=3)
+    if missing:
+        table.loc[::7, "months"] = np.nan
+        table["plan"] = table["plan"].astype(object)
+        table.loc[::11, "plan"] = None
+        table.loc[5::13, "plan"] = np.nan
     _, model, _ = trained(table, family, calibration, max_iter=20)
     features = model_input(table, NUMERIC, CATEGORICAL)
     labels = table[TARGET_COLUMN].to_numpy()
