@@ -48,7 +48,7 @@ IDLE_VARIABLE = "CHURNLAB_WARM_IDLE"
 IDLE_S = 600.0
 COMMANDS = ("run", "report", "fetch")  # the stage commands of dvc.yaml
 # what the stage commands import (their handlers in churnlab.cli, and what those import
-# when they run); never matplotlib: see KERNEL_MODULES
+# when they run)
 COMMAND_MODULES = (
     "churnlab.cli",
     "churnlab.fetch",
@@ -65,9 +65,7 @@ COMMAND_MODULES = (
     "jupyter_client.manager",
 )
 # what the notebooks' kernels import (the notebooks' own imports, and their modules'
-# WARM_UP). Not matplotlib: it reads MPLBACKEND when imported, and the kernel sets it (to
-# the inline backend) only when it starts; a kernel forked from an interpreter that had
-# imported matplotlib would draw no figure into the notebook.
+# WARM_UP); matplotlib apart (PLOTTING_MODULES)
 KERNEL_MODULES = (
     "ipykernel.kernelapp",
     "numpy",
@@ -82,6 +80,12 @@ KERNEL_MODULES = (
     "churnlab.evaluation",
     "churnlab.compute.cluster",
 )
+# what the notebooks and the report draw with, imported last. matplotlib reads MPLBACKEND
+# when imported, and a kernel sets it (to the inline backend) only when it starts: a kernel
+# forked from the warm interpreter sets matplotlib's backend as that import would have
+# (warm_server._follow_kernel_backend). Not the inline backend's module: imported, it
+# attaches itself to the IPython shell it finds, and the warm interpreter has none.
+PLOTTING_MODULES = ("matplotlib", "matplotlib.pyplot")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SERVING: Path | None = None  # in a process the warm interpreter forked: its socket
 

@@ -20,7 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from churnlab.pipeline import warm
-from churnlab.pipeline.warm import COMMAND_MODULES, KERNEL_MODULES, idle_seconds
+from churnlab.pipeline.warm import (
+    COMMAND_MODULES,
+    KERNEL_MODULES,
+    PLOTTING_MODULES,
+    idle_seconds,
+)
 
 _THREAD_VARIABLES = {
     "OMP_NUM_THREADS": "openmp",
@@ -65,7 +70,14 @@ def _warm_up() -> bool:
     finally:
         if shell is not None:
             sys.modules["ipykernel.zmqshell"] = shell
-    return "matplotlib" not in sys.modules
+    load(PLOTTING_MODULES)
+    # a backend chosen here (a figure drawn by an import) would be every kernel's: a kernel
+    # is forked only while matplotlib's backend is what MPLBACKEND alone makes it
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        return matplotlib.get_backend(auto_select=False) == (os.environ.get("MPLBACKEND") or None)
+    return True
 
 
 _state: dict = {"kernels": False, "children": set(), "path0": None, "environ": {}}
@@ -227,6 +239,8 @@ def _kernel_child(request: dict, fds: list[int]) -> None:
         threading.Thread(target=watch, name="runner watch", daemon=True).start()
         from ipykernel import kernelapp
 
+        _follow_kernel_backend(kernelapp.IPKernelApp)
+
         # the kernel's parent is a default read from the environment when ipykernel was
         # imported (here: the warm interpreter's, which has none); without it the kernel
         # prints its connection banner into the stage's output
@@ -242,6 +256,24 @@ def _kernel_child(request: dict, fds: list[int]) -> None:
     finally:
         _flush()
         os._exit(code)
+
+
+def _follow_kernel_backend(app: type) -> None:
+    """matplotlib reads MPLBACKEND once, when imported: here, in the warm interpreter,
+    before the kernel sets it (ipykernel's ``init_gui_pylab`` makes the inline backend the
+    default). After it has, set what a notebook's own import would then read."""
+    if "matplotlib" not in sys.modules:
+        return
+    set_default = app.init_gui_pylab
+
+    def init_gui_pylab(self) -> None:
+        set_default(self)
+        import matplotlib
+
+        if os.environ.get("MPLBACKEND"):
+            matplotlib.rcParams["backend"] = os.environ["MPLBACKEND"]
+
+    app.init_gui_pylab = init_gui_pylab
 
 
 def importlib_origin(module: str) -> str:
