@@ -308,6 +308,7 @@ class Service:
         self.owner: tuple | None = None  # the pipeline run the tracker was opened for
         self.store: str | None = None  # the SQLite file the store was opened on
         self.closing = False  # its name given up: serve what was queued, then exit
+        self.warming = False  # the register step's imports, started once
         self.lock = threading.Lock()  # one request at a time: MLflow's client, the store
         self.counting = threading.Lock()
         self.connections = 0
@@ -326,7 +327,24 @@ class Service:
             _quiet_mlflow()
             self.tracker = Tracker._open(self.root, settings)
             self.store = _store_identity(settings.uri)
+            if not self.warming:
+                self.warming = True
+                self._warm_up()
         return self.tracker
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Import what the register step uses (2 s of CPU in a fresh service) in the
+        background, at the lowest priority, while the stages before it run: a pipeline run
+        that starts the service does not wait for them at the register stage."""
+        from churnlab.tracking.registry import warm_up
+        from churnlab.tracking.runs import Outcome
+
+        def quietly() -> None:
+            with contextlib.suppress(Exception):  # the register step then imports them
+                warm_up()
+
+        Outcome.in_thread(quietly, "warm-up")
 
     def give_name_up(self) -> None:
         """Unlink the socket (a stage that comes now starts a new service); exit when idle."""
