@@ -332,16 +332,18 @@ class Service:
                 self._warm_up()
         return self.tracker
 
-    @staticmethod
-    def _warm_up() -> None:
+    def _warm_up(self) -> None:
         """Import what the register step uses (2 s of CPU in a fresh service) in the
         background, at the lowest priority, while the stages before it run: a pipeline run
-        that starts the service does not wait for them at the register stage."""
+        that starts the service does not wait for them at the register stage. It holds the
+        request lock, as a request does: two threads importing parts of one package at once
+        can each wait for a module the other is importing, which Python breaks by failing
+        one of the imports."""
         from churnlab.tracking.registry import warm_up
         from churnlab.tracking.runs import Outcome
 
         def quietly() -> None:
-            with contextlib.suppress(Exception):  # the register step then imports them
+            with self.lock, contextlib.suppress(Exception):  # else the register step does it
                 warm_up()
 
         Outcome.in_thread(quietly, "warm-up")
