@@ -60,23 +60,42 @@ def _pinned(*names: str) -> list[str]:
     return [f"{name}=={installed_version(name)}" for name in names]
 
 
-def warm_up() -> None:
-    """Import what the register step uses, ahead of it (seconds in a fresh process)."""
-    import mlflow.sklearn  # noqa: F401
-    import pandas  # noqa: F401
-    import sklearn.metrics  # noqa: F401
-    import skops.io  # noqa: F401
-    from mlflow.models import infer_signature  # noqa: F401
+# what the register step imports, one module at a time (``warm_up_steps``)
+_REGISTER_MODULES = (
+    "pandas",
+    "sklearn.metrics",
+    "skops.io",
+    "mlflow.sklearn",
+    "mlflow.models",
+    "churnlab.data",
+    "churnlab.model",
+)
 
-    import churnlab.data  # noqa: F401
-    import churnlab.model  # noqa: F401
 
+def _packages_map() -> None:
     # MLflow checks pinned requirements against a map of the installed packages that it
     # builds on first use (a scan of every installed distribution): build it now too.
     with contextlib.suppress(Exception):
         from mlflow.utils.requirements_utils import _init_modules_to_packages_map
 
         _init_modules_to_packages_map()
+
+
+def warm_up_steps() -> list:
+    """What the register step uses, as steps a caller may run apart (the tracking service
+    lets a stage's request in between): imports, then MLflow's map of packages."""
+    import importlib
+
+    return [
+        *(lambda name=name: importlib.import_module(name) for name in _REGISTER_MODULES),
+        _packages_map,
+    ]
+
+
+def warm_up() -> None:
+    """Import what the register step uses, ahead of it (seconds in a fresh process)."""
+    for step in warm_up_steps():
+        step()
 
 
 def _broken_version(client, name: str, version: str, exc: BaseException) -> ChurnlabError:

@@ -327,24 +327,23 @@ class Service:
             _quiet_mlflow()
             self.tracker = Tracker._open(self.root, settings)
             self.store = _store_identity(settings.uri)
-            if not self.warming:
-                self.warming = True
-                self._warm_up()
         return self.tracker
 
     def _warm_up(self) -> None:
         """Import what the register step uses (2 s of CPU in a fresh service) in the
-        background, at the lowest priority, while the stages before it run: a pipeline run
-        that starts the service does not wait for them at the register stage. It holds the
-        request lock, as a request does: two threads importing parts of one package at once
-        can each wait for a module the other is importing, which Python breaks by failing
-        one of the imports."""
-        from churnlab.tracking.registry import warm_up
+        background at the lowest priority, once the first stage has ended, while the stages
+        before the register stage run: a pipeline run that starts the service does not wait
+        for them there. Each step holds the request lock, as a request does (two threads
+        importing parts of one package at once can each wait for a module the other is
+        importing, which Python breaks by failing one of the imports); a stage's request
+        gets in between steps."""
+        from churnlab.tracking.registry import warm_up_steps
         from churnlab.tracking.runs import Outcome
 
         def quietly() -> None:
-            with self.lock, contextlib.suppress(Exception):  # else the register step does it
-                warm_up()
+            for step in warm_up_steps():
+                with self.lock, contextlib.suppress(Exception):  # else the register step does
+                    step()
 
         Outcome.in_thread(quietly, "warm-up")
 
@@ -411,6 +410,9 @@ class Service:
             run = state.pop("run")
             failure = {None: None, "FAILED": RuntimeError(), "KILLED": KeyboardInterrupt()}
             run.tracker.end_stage(run, state["stage"].name, failure[request["failure"]])
+            if not self.warming:  # after the first stage, which never waits for it
+                self.warming = True
+                self._warm_up()
             return True
         raise ValueError(f"unknown request {op!r}")
 
