@@ -41,7 +41,8 @@ class Service:
         self.process.send_signal(number)
 
 
-def _status(client: httpx.Client, path: str) -> int:
+def http_status(client: httpx.Client, path: str) -> int:
+    """The status ``path`` answers with; 0 when nothing answers."""
     try:
         return client.get(path).status_code
     except httpx.TransportError:
@@ -74,7 +75,7 @@ def running_service(
             deadline = time.monotonic() + START_SECONDS
             with service.client(timeout=5) as client:
                 while True:
-                    seen = (_status(client, "/health"), _status(client, "/ready"))
+                    seen = (http_status(client, "/health"), http_status(client, "/ready"))
                     service.ready_seen.append(seen)
                     if seen[1] == 200:
                         break

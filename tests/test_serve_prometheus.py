@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from prometheus_client import generate_latest
-from service import running_service
+from service import http_status, running_service
 
 from churnlab.serving.metrics import ServiceMetrics
 
@@ -104,12 +104,7 @@ def _wait_until_ready(client: httpx.Client, log: str) -> None:
     """Prometheus answers 503 "Service Unavailable" until its TSDB has started: wait for
     /-/ready before the first query, so a slow start is not read as a broken one."""
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/-/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+    while http_status(client, "/-/ready") != 200:
         assert time.monotonic() < deadline, f"Prometheus not ready after 60 s; see {log}"
         time.sleep(0.2)
 
