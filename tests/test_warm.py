@@ -280,3 +280,45 @@ def test_off_and_outside_dvc_no_warm_interpreter_starts(tmp_path):
         time.sleep(0.5)
         assert not warm.socket_path(environ).exists()
         assert not warm.socket_path(environ).with_suffix(".starting").exists()
+
+
+def test_a_socket_folder_others_may_enter_is_never_used(tmp_path):
+    """The sockets' folders must be this user's alone (the requests carry environments and
+    params): found open to others, the warm interpreter is not used (the command runs cold)
+    and the tracking service refuses with one line naming the folder; made afresh, each is
+    private."""
+    script = (
+        "from pathlib import Path\n"
+        "from churnlab.errors import ChurnlabError\n"
+        "from churnlab.pipeline import warm\n"
+        "from churnlab.tracking import service\n"
+        "print(warm.socket_path())\n"
+        "try:\n"
+        "    print(service.socket_path(Path('.'), 'sqlite:///x'))\n"
+        "except ChurnlabError as exc:\n"
+        "    print(exc)\n"
+    )
+    uid = os.getuid()
+    for state in ("open", "fresh"):
+        temporary = tmp_path / state
+        temporary.mkdir()
+        if state == "open":
+            for name in ("churnlab-warm", "churnlab-tracking"):
+                (temporary / f"{name}-{uid}").mkdir(mode=0o755)
+                (temporary / f"{name}-{uid}").chmod(0o755)
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "TMPDIR": str(temporary)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        warm_path, tracking = done.stdout.splitlines()
+        if state == "open":
+            assert warm_path == f"{temporary}/churnlab-warm-{uid}/refused"
+            assert tracking.startswith(f"{temporary}/churnlab-tracking-{uid}: expected a folder")
+        else:
+            for line in (warm_path, tracking):
+                folder = Path(line).parent
+                assert line.endswith(".sock") and folder.parent == temporary
+                assert folder.stat().st_mode & 0o777 == 0o700

@@ -40,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 SWITCH = "CHURNLAB_WARM"  # "off": every stage command runs in an interpreter of its own
@@ -130,13 +129,11 @@ def socket_path(environ=None) -> Path:
     path has at most 107 bytes), in a folder only this user may enter. Not per project: it
     holds no project's state (each child runs in its command's folder), so the projects of
     one environment (a venv, a conda environment) share it."""
-    from churnlab.tracking.service import _code_identity
+    from churnlab.tracking.service import _code_identity, private_folder
 
     environ = os.environ if environ is None else environ
-    folder = Path(tempfile.gettempdir()) / f"churnlab-warm-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+    folder, private = private_folder("churnlab-warm")
+    if not private:
         return folder / "refused"  # someone else's folder: never connect (run cold)
     key = "\0".join([_environment_identity(environ), _code_identity()])
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"

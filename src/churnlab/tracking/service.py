@@ -110,13 +110,22 @@ def _store_identity(uri: str) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
+def private_folder(name: str) -> tuple[Path, bool]:
+    """``name`` in the temporary folder, made for this user only if absent; and whether it
+    is private (this user's, and no one else may enter it): the sockets of the tracking
+    service and the warm interpreter live there."""
+    folder = Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    return folder, info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
 def socket_path(root: Path, uri: str) -> Path:
     """The service's socket for one project, store and code: short (a Unix socket's path
     has at most 107 bytes) and in a folder only this user may enter (the requests carry
     the stages' params)."""
-    folder = Path(tempfile.gettempdir()) / f"churnlab-tracking-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+    folder, private = private_folder("churnlab-tracking")
+    if not private:
         raise ChurnlabError(
             f"{folder}: expected a folder only you may enter (the tracking service's "
             "sockets), found one others may; remove it and run again"
