@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 
 from churnlab.compute.cluster import ComputeSettings, connect
-from churnlab.compute.generate import MonthPlan, generate_month
+from churnlab.compute.generate import PART, MonthPlan, _drop_leftovers, generate_month
 from churnlab.data import TableSpec, read_table, validate_table
 from churnlab.errors import ChurnlabError
 from churnlab.monitoring.simulate import scenarios_from_params
@@ -292,6 +293,22 @@ def test_a_worker_killed_mid_job_changes_nothing(drawing, scheduler, tmp_path):
             time.sleep(0.5)
         else:
             raise AssertionError(f"the killed worker was not replaced: {sorted(alive)}")
+
+
+def test_what_a_killed_writer_left_never_reaches_the_month(tmp_path):
+    """A worker killed inside ``write_atomic`` leaves its temporary file in the staging
+    folder (SIGKILL runs no cleanup); its task runs again and writes the part. The month
+    gets the parts alone, and a part that is missing stops the move."""
+    staging = tmp_path / ".2026-11.parquet.partial-0"
+    staging.mkdir()
+    for k in range(3):
+        (staging / PART.format(k)).write_bytes(b"part")
+    fd, leftover = tempfile.mkstemp(dir=staging, prefix=f".{PART.format(0)}.")
+    os.close(fd)
+    _drop_leftovers(staging, {PART.format(k) for k in range(3)})
+    assert sorted(p.name for p in staging.iterdir()) == [PART.format(k) for k in range(3)]
+    with pytest.raises(RuntimeError, match=PART.format(3)):
+        _drop_leftovers(staging, {PART.format(k) for k in range(4)})
 
 
 def test_an_unreachable_scheduler_is_one_line_and_moves_nothing(project):

@@ -135,12 +135,30 @@ def generate_month(
                 key=[f"churnlab-generate-{plan.month}-{token}-{k}" for k in parts],
             )
             sizes = gather(client, futures, settings, f"simulating {plan.month}")
+        expected = {PART.format(k) for k in parts}
         for folder, target in zip(staging, targets, strict=True):
+            _drop_leftovers(folder, expected)
             _replace_folder(folder, target)
     finally:
         for folder in staging:
             shutil.rmtree(folder, ignore_errors=True)
     return int(sum(sizes))
+
+
+def _drop_leftovers(staging: Path, expected: set[str]) -> None:
+    """Remove what a killed task left in ``staging``: the half-written temporary file of a
+    worker that died mid-write (its task ran again elsewhere and wrote the part).
+
+    Raises:
+        RuntimeError: when a part is missing, which ``gather`` returning should rule out.
+    """
+    found = {entry.name: entry for entry in staging.iterdir()}
+    missing = sorted(expected - found.keys())
+    if missing:
+        raise RuntimeError(f"{staging}: parts {missing[:3]} were not written")
+    for name, entry in found.items():
+        if name not in expected:
+            entry.unlink()
 
 
 def _replace_folder(staging: Path, target: Path) -> None:
