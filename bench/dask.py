@@ -57,7 +57,7 @@ import pandas as pd
 import psutil
 from results import write_section  # bench/, put last on sys.path above
 
-from churnlab.compute.cluster import ComputeSettings, connect, gather
+from churnlab.compute.cluster import ComputeSettings, connect, gather, share
 from churnlab.compute.generate import MonthPlan, generate_month
 from churnlab.compute.monitor import summarise_part
 from churnlab.config import get_key, load_params
@@ -365,9 +365,7 @@ def judge_on_cluster(client, compute, monitor, spec, parts: list[str]) -> dict:
     """The verdict of the month's parts, summarised on the workers, judged here."""
     from churnlab.compute.monitor import combine_parts
 
-    shared = client.scatter(
-        [spec, dict(monitor.fill_missing), monitor.champion, None], broadcast=True
-    )
+    shared = share(client, [spec, dict(monitor.fill_missing), monitor.champion, None], "bench")
     futures = client.map(summarise_part, parts, *[[s] * len(parts) for s in shared], pure=False)
     quality, columns = combine_parts(gather(client, futures, compute, "bench"))
     return monitor.judge_columns(MONTH, quality, columns)
@@ -390,7 +388,10 @@ def bench_scoring(client, compute, monitor, spec, parts: list[str], args) -> dic
 
     def on(client) -> float:
         # the champion and the spec go to each worker once, not with every task
-        champion, spec_ = client.scatter([monitor.champion, spec], broadcast=True)
+        from distributed import wait
+
+        champion, spec_ = share(client, [monitor.champion, spec], "bench")
+        wait([champion, spec_])  # on a worker before the clock starts, as a scatter was
         futures = client.map(_score, score_parts, champion=champion, spec=spec_, pure=False)
         return scored / measure(lambda: client.gather(futures))[1]
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnlab.compute.cluster import ComputeSettings, connect
+from churnlab.compute.cluster import ComputeSettings, connect, share
 from churnlab.compute.generate import PART, MonthPlan, _drop_leftovers, generate_month
 from churnlab.data import TableSpec, read_table, validate_table
 from churnlab.errors import ChurnlabError
@@ -283,16 +283,40 @@ def test_a_worker_killed_mid_job_changes_nothing(drawing, scheduler, tmp_path):
         killer.join()
         assert killed, "no worker was killed while the job ran"
         assert found == here
-        # the nanny brings it back: wait for the new process, not for the scheduler to count
-        # two (it may still count the dead one), or the next test meets a dead worker
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            alive = client.run(os.getpid, on_error="ignore").values()
-            if len(alive) == 2 and killed[0] not in alive:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the killed worker was not replaced: {sorted(alive)}")
+        _wait_for_replacement(client, killed[0])
+
+
+def _wait_for_replacement(client, killed: int) -> None:
+    """The nanny brings a killed worker back: wait for the new process, not for the
+    scheduler to count two (it may still count the dead one), or the next test meets a dead
+    worker."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        alive = client.run(os.getpid, on_error="ignore").values()
+        if len(alive) == 2 and killed not in alive:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the killed worker was not replaced: {sorted(alive)}")
+
+
+def test_a_shared_value_outlives_the_worker_that_held_it(scheduler):
+    """What every task of a job needs (a model, the table spec) is a task of the job's graph:
+    when the worker holding it dies, the scheduler makes it again and the job goes on; the
+    same value shared by two jobs has two keys, so one job's release never takes the
+    other's. (``scatter(broadcast=True)`` hung on a copy gone missing.)"""
+    values = pd.Series(np.arange(10_000), name="v")
+    with connect(_settings(scheduler=scheduler)) as client:
+        [first] = share(client, [values], "test")
+        [second] = share(client, [values], "test")
+        assert first.key != second.key
+        assert client.submit(len, first, pure=False).result(timeout=60) == 10_000
+        holder = client.who_has([first])[first.key][0]
+        pid = client.run(os.getpid, workers=[holder])[holder]
+        del second
+        os.kill(pid, signal.SIGKILL)  # a worker process this test's fixture started
+        total = client.submit(lambda s: int(s.sum()), first, pure=False)
+        assert total.result(timeout=120) == int(values.sum())
+        _wait_for_replacement(client, pid)
 
 
 def test_what_a_killed_writer_left_never_reaches_the_month(tmp_path):

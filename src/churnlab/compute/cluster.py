@@ -209,6 +209,33 @@ def connect(settings: ComputeSettings) -> Iterator[Any]:
         cluster.close()
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def share(client: Any, values: list, name: str) -> list:
+    """Futures of ``values`` (the table spec, a model, a small table) for every task of a job.
+
+    Each value is a task of its own in the job's graph, not data scattered to the workers:
+    the workers that need it fetch it from the one that holds it, and when that worker dies
+    the scheduler computes it again from the graph. ``client.scatter(broadcast=True)`` was
+    used before: its replication loops for ever when a copy goes missing while it runs (a
+    worker restarted, or an earlier job's copy of the same content, under the same hashed
+    key, being released), and the command hung. The keys here are new for every job.
+    """
+    import uuid
+
+    import dask
+
+    token = uuid.uuid4().hex[:8]
+    # the values travel in the graph on purpose: once per job, not once per task
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
+        return [
+            client.submit(_same, value, key=f"churnlab-{name}-{token}-{k}", pure=False)
+            for k, value in enumerate(values)
+        ]
+
+
 def gather(client: Any, futures: list, settings: ComputeSettings, what: str) -> list:
     """The results of ``futures``, in order; a task that killed its workers is one error.
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnlab.compute.cluster import gather
+from churnlab.compute.cluster import gather, share
 from churnlab.data import TableSpec
 from churnlab.files import write_atomic
 from churnlab.monitoring.simulate import Scenario, simulate_month, table_bytes
@@ -123,7 +123,7 @@ def generate_month(
         if client is None:
             sizes = [write_partition(raw, typed, spec, scenarios, plan, k, names) for k in parts]
         else:
-            shared = client.scatter([raw, typed], broadcast=True)
+            shared = share(client, [raw, typed], f"drawing-{plan.month}")
             futures = client.map(
                 write_partition,
                 *([shared[0]] * len(parts), [shared[1]] * len(parts)),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnlab.compute.cluster import ComputeSettings, gather
+from churnlab.compute.cluster import ComputeSettings, gather, share
 from churnlab.data import TableSpec, read_table
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_json
@@ -193,8 +193,8 @@ def monitor_month_on_cluster(
     churned = None
     if labels is not None:
         churned = pd.Series(labels.churned, index=pd.Index(labels.ids.astype(str)))
-    shared = client.scatter(
-        [spec, dict(monitor.fill_missing), monitor.champion, churned], broadcast=True
+    shared = share(
+        client, [spec, dict(monitor.fill_missing), monitor.champion, churned], f"judging-{month}"
     )
     futures = client.map(
         summarise_part,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnlab.compute.cluster import ComputeSettings, gather
+from churnlab.compute.cluster import ComputeSettings, gather, share
 from churnlab.data import TableSpec, _as_text
 from churnlab.errors import ChurnlabError
 from churnlab.files import write_atomic_all
@@ -108,7 +108,7 @@ def score_on_cluster(
         size = compute.partition_rows or len(raw)
         tasks = [raw.iloc[i : i + size] for i in range(0, max(len(raw), 1), size)]
         sizes = [len(t) for t in tasks]
-        tasks = client.scatter(tasks)
+        tasks = client.scatter(tasks, hash=False)  # keys of this job only
         where = [str(source)] * len(sizes)
     else:
         sizes = [pq.read_metadata(part).num_rows for part in parts]
@@ -116,7 +116,7 @@ def score_on_cluster(
         tasks = [str(part.resolve()) for part in parts]
         where = [str(part) for part in parts]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
-    shared = client.scatter([spec, model, fill_missing], broadcast=True)
+    shared = share(client, [spec, model, fill_missing], "scoring")
     futures = client.map(
         score_part,
         tasks,
