@@ -388,10 +388,8 @@ def bench_scoring(client, compute, monitor, spec, parts: list[str], args) -> dic
 
     def on(client) -> float:
         # the champion and the spec go to each worker once, not with every task
-        from distributed import wait
-
         champion, spec_ = share(client, [monitor.champion, spec], "bench")
-        wait([champion, spec_])  # on a worker before the clock starts, as a scatter was
+        client.gather([champion, spec_])  # on a worker before the clock starts, as scattered
         futures = client.map(_score, score_parts, champion=champion, spec=spec_, pure=False)
         return scored / measure(lambda: client.gather(futures))[1]
 
