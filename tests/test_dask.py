@@ -319,6 +319,30 @@ def test_a_shared_value_outlives_the_worker_that_held_it(scheduler):
         _wait_for_replacement(client, pid)
 
 
+def test_a_job_whose_data_was_lost_is_one_line(scheduler):
+    """Data scattered the plain way (no copy in the graph) dies with the worker holding it,
+    and the cluster cancels the tasks that needed it: one line naming the job and the
+    scheduler's setting, not a traceback."""
+    from churnlab.compute.cluster import gather
+
+    settings = _settings(scheduler=scheduler)
+    with connect(settings) as client:
+        [lost] = client.scatter([pd.Series(np.arange(1000))], hash=False)
+        holder = client.who_has([lost])[lost.key][0]
+        pid = client.run(os.getpid, workers=[holder])[holder]
+        os.kill(pid, signal.SIGKILL)  # a worker process this test's fixture started
+        _wait_for_replacement(client, pid)
+        futures = [client.submit(len, lost, pure=False)]
+        with pytest.raises(ChurnlabError) as failure:
+            gather(client, futures, settings, "judging 2026-06")
+    message = str(failure.value)
+    assert message.startswith("CHURNLAB_DASK_SCHEDULER (environment): judging 2026-06") or (
+        message.startswith("params/compute.yaml: compute.scheduler: judging 2026-06")
+    )
+    assert "cancelled the job" in message and "no output was written" in message
+    assert "\n" not in message
+
+
 def test_what_a_killed_writer_left_never_reaches_the_month(tmp_path):
     """A worker killed inside ``write_atomic`` leaves its temporary file in the staging
     folder (SIGKILL runs no cleanup); its task runs again and writes the part. The month

@@ -245,10 +245,13 @@ def gather(client: Any, futures: list, settings: ComputeSettings, what: str) -> 
     job whose every worker stayed paused for memory ``PAUSED_LIMIT_S`` (it would wait for ever).
 
     Raises:
-        ChurnlabError: that task, in one line naming ``compute.memory_per_worker``; or what
-            a task raised itself (a ``ChurnlabError`` passes through unchanged).
+        ChurnlabError: that task, in one line naming ``compute.memory_per_worker``; a job
+            the cluster gave up on (its futures cancelled: the scheduler restarted, this
+            client's connection lost, data the job needed lost); or what a task raised
+            itself (a ``ChurnlabError`` passes through unchanged).
     """
     import time
+    from concurrent.futures import CancelledError
 
     from distributed.scheduler import KilledWorker
 
@@ -274,6 +277,14 @@ def gather(client: Any, futures: list, settings: ComputeSettings, what: str) -> 
         return client.gather(futures)
     except KilledWorker as exc:
         raise worker_failure(exc, settings, what) from None
+    except CancelledError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ChurnlabError(
+            f"{_where(settings) if settings.scheduler else COMPUTE_FILE}: {what} stopped: the "
+            f"Dask cluster cancelled the job ({reason}): the scheduler restarted, the "
+            "connection to it was lost, or data the job needed was lost with a worker; run "
+            "the command again; no output was written"
+        ) from None
     finally:
         for future in futures:
             future.release()

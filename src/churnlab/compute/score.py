@@ -108,7 +108,7 @@ def score_on_cluster(
         size = compute.partition_rows or len(raw)
         tasks = [raw.iloc[i : i + size] for i in range(0, max(len(raw), 1), size)]
         sizes = [len(t) for t in tasks]
-        tasks = client.scatter(tasks, hash=False)  # keys of this job only
+        tasks = share(client, tasks, "scoring-input")  # made again if their worker dies
         where = [str(source)] * len(sizes)
     else:
         sizes = [pq.read_metadata(part).num_rows for part in parts]
