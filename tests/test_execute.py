@@ -288,7 +288,7 @@ def test_ctrl_c_restores_outputs_stops_the_kernel_and_says_one_line(tmp_path):
     assert stderr.strip().splitlines()[-1] == "churnlab: interrupted: earlier outputs restored"
     assert outputs(root) == good
     assert leftovers(root) == []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded machine is slow to reap; one that never exits fails
     while processes_in(root.resolve()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_in(root.resolve()) == [], "the kernel outlived the run"

@@ -523,7 +523,7 @@ def test_a_store_made_anew_gets_a_new_service_and_keeps_every_run(tmp_path):
         "prepare",
         "train",
     ]
-    deadline = time.monotonic() + 10  # the old service exits once it has nothing queued
+    deadline = time.monotonic() + 30  # the old service exits once it has nothing queued
     while first in _service_pids(root) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(_service_pids(root) - {first}) == 1 and first not in _service_pids(root)
