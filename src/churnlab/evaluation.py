@@ -359,10 +359,8 @@ def permutation_importance(
         rows.append(every_row[first])
         sources.append(every_source[first])
         columns.append(np.full(len(first), position))
-        ends = np.cumsum([len(c) for c in changed])
-        for repeat, stop in enumerate(ends):
-            start = stop - len(changed[repeat])
-            copies.append((changed[repeat], offset + inverse[start:stop]))
+        repeat_ends = np.cumsum([len(c) for c in changed])[:-1]
+        copies += zip(changed, np.split(offset + inverse, repeat_ends), strict=True)
     rows_, sources_, columns_ = (np.concatenate(a) for a in (rows, sources, columns))
     scored = np.empty(len(rows_), dtype=baseline_scores.dtype)
     step = max(batch_rows, 1)
